@@ -1,0 +1,529 @@
+"""The config: Python files executed into one namespace, ``++key value`` overrides, typed getters.
+
+A config file is plain Python. It runs with the globals ``config`` (the :class:`Config`), ``__file__`` and
+``__name__ = "__returnn_config__"``; every global it leaves behind becomes a config key. Getters record which keys
+were read, so that keys set by the user and never read (typos such as ``bach_size``) can be reported after start-up.
+
+Options are declared next to the code that reads them with :func:`declare_options`. The declarations give each
+option its default and its documentation, they are the set of known keys for "did you mean" suggestions, and the
+README's config reference is generated from them.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import logging
+import os
+import types
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from returnn.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Config",
+    "ConfigOption",
+    "declare_options",
+    "declared_options",
+    "get_global_config",
+    "set_global_config",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Option declarations
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigOption:
+    """A config key that the project reads, with its default and meaning."""
+
+    name: str
+    default: Any
+    doc: str
+    section: str
+
+
+_declared_options: dict[str, ConfigOption] = {}
+
+
+def declare_options(section: str, options: dict[str, tuple[Any, str]]) -> None:
+    """Declare the config keys that a module reads.
+
+    :param section: heading in the config reference, e.g. ``"Training loop"``
+    :param options: ``{name: (default, doc)}``
+    """
+    for name, (default, doc) in options.items():
+        existing = _declared_options.get(name)
+        option = ConfigOption(name=name, default=default, doc=doc, section=section)
+        if existing is not None and existing != option:
+            raise RuntimeError(f"config option {name!r} declared twice ({existing.section!r} and {section!r})")
+        _declared_options[name] = option
+
+
+def declared_options() -> dict[str, ConfigOption]:
+    """All options declared so far (by the modules imported so far)."""
+    return dict(_declared_options)
+
+
+declare_options(
+    "General",
+    {
+        "task": (
+            "train",
+            "What to run: train, eval, forward, initialize_model, cleanup_old_models, nop, config:<name>.",
+        ),
+        "config_unknown_keys": (
+            "error",
+            'What to do with keys that are set but never read: "error" (near misses of known keys are errors, '
+            'the rest warnings), "warn" (only warnings) or "ignore".',
+        ),
+    },
+)
+
+# Keys that pipelines (Sisyphus/i6_core jobs) write into every config, and which this trainer does not use.
+PIPELINE_INJECTED_KEYS = frozenset(
+    {
+        "target",
+        "use_horovod",
+        "horovod_reduce_type",
+        "horovod_param_sync_step",
+        "horovod_dataset_distribution",
+        "tf_log_dir",
+        "tf_session_opts",
+        "backend",
+        "behavior_version",
+        "ext_model",
+        "ext_learning_rate_file",
+        "ext_load_epoch",
+        "forward_override_hdf_output",
+        "output_file",
+        "search_output_file",
+        "search_output_file_format",
+        "search_output_layer",
+        "search_data",
+        "extern_data",
+        "model_outputs",
+        "network",
+        "use_tensorflow",
+        "debug_print_layer_output_template",
+        "debug_mode",
+        "config",
+    }
+)
+
+_UNSET = object()
+
+
+def _parse_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value != 0
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0", "none", ""):
+            return False
+    raise ConfigError(f"config key {key!r}: expected a bool (True/False), got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Config
+
+
+class Config:
+    """Holds the config keys.
+
+    ``typed_dict`` holds Python values (from config files and typed overrides); ``dict`` holds strings (from the
+    command line, for keys that no config file defines).
+    """
+
+    def __init__(self, items: dict[str, Any] | None = None):
+        self.typed_dict: dict[str, Any] = {}
+        self.dict: dict[str, str] = {}
+        self.files: list[str] = []
+        self._read_keys: set[str] = set()
+        self._overrides: list[tuple[str, str]] = []
+        if items:
+            self.typed_dict.update(items)
+
+    def __repr__(self) -> str:
+        return f"<Config files={self.files!r} keys={len(self.keys())}>"
+
+    # ---------------------------------------------------------------- loading
+
+    def load_file(self, filename: str | os.PathLike) -> None:
+        """Execute a Python config file into this config."""
+        filename = os.fspath(filename)
+        try:
+            with open(filename, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {filename!r}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {filename!r}: {exc}") from exc
+        self.files.append(filename)
+        has_header = text.startswith("#!")  # '#!rnn.py': a comment to Python, so line numbers stay right
+        try:
+            code = compile(text, filename, "exec")
+        except SyntaxError as exc:
+            if not has_header and not filename.endswith(".py"):
+                raise ConfigError(
+                    f"config file {filename!r} is not a Python config ({exc.msg} at line {exc.lineno}); "
+                    "configs are Python files, optionally starting with '#!rnn.py'"
+                ) from None
+            raise ConfigError(f"syntax error in config file {filename}:{exc.lineno}: {exc.msg}") from None
+        namespace = self.typed_dict
+        namespace["config"] = self
+        namespace["__file__"] = filename
+        namespace["__name__"] = "__returnn_config__"
+        namespace.setdefault("__builtins__", __builtins__)
+        previous_global = _global_config
+        set_global_config(self)
+        try:
+            exec(code, namespace)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            line = _innermost_line_in(exc, filename)
+            where = f"{filename}:{line}" if line else filename
+            raise ConfigError(f"error while executing config file {where}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if previous_global is not None:
+                set_global_config(previous_global)
+        # `config = {}` / `config = json.loads(...)` in i6_core files rebinds the name; keep it as a plain key then.
+        if namespace.get("config") is self:
+            del namespace["config"]
+        for key in ("__file__", "__name__", "__builtins__"):
+            namespace.pop(key, None)
+        namespace["__file__"] = filename  # kept for config functions that read it at call time
+        self._apply_overrides(typed=True)
+
+    def parse_cmd_args(self, args: Sequence[str]) -> list[str]:
+        """Parse ``[--config FILE] [++key value ...]``. Returns the config files given with ``--config``.
+
+        Overrides are applied now (so config files see them while they execute) and again after each file is
+        loaded (so they win over the files' own values).
+        """
+        files: list[str] = []
+        i = 0
+        args = list(args)
+        while i < len(args):
+            arg = args[i]
+            if arg == "--config":
+                if i + 1 >= len(args):
+                    raise ConfigError("command line: '--config' needs a file name")
+                files.append(args[i + 1])
+                i += 2
+            elif arg.startswith("++"):
+                key = arg[2:]
+                if not key:
+                    raise ConfigError("command line: '++' needs a key name, as in '++num_epochs 10'")
+                if i + 1 >= len(args):
+                    raise ConfigError(f"command line: '{arg}' needs a value, as in '{arg} VALUE'")
+                value = args[i + 1]
+                if value.startswith("+-"):
+                    value = value[1:]
+                if key == "include":
+                    for filename in value.split(","):
+                        self.load_file(filename)
+                else:
+                    self._overrides.append((key, value))
+                i += 2
+            else:
+                raise ConfigError(
+                    f"command line: unexpected argument {arg!r}; expected config files first, "
+                    "then '++key value' pairs (see --help)"
+                )
+        self._apply_overrides(typed=False)
+        return files
+
+    def _apply_overrides(self, *, typed: bool) -> None:
+        for key, value in self._overrides:
+            if typed and key in self.typed_dict:
+                self.typed_dict[key] = _override_value(key, value, self.typed_dict[key])
+                self.dict.pop(key, None)
+            elif not typed and key not in self.typed_dict:
+                self.dict[key] = value
+            elif not typed:
+                self.typed_dict[key] = _override_value(key, value, self.typed_dict[key])
+
+    # ---------------------------------------------------------------- access
+
+    def keys(self) -> list[str]:
+        return sorted(set(self.typed_dict) | set(self.dict))
+
+    def has(self, key: str) -> bool:
+        self._read_keys.add(key)
+        return key in self.typed_dict or key in self.dict
+
+    def is_typed(self, key: str) -> bool:
+        return key in self.typed_dict
+
+    def set(self, key: str, value: Any) -> None:
+        """Set a key as a Python value."""
+        self.typed_dict[key] = value
+        self.dict.pop(key, None)
+
+    def update(self, items: dict[str, Any]) -> None:
+        for key, value in items.items():
+            self.set(key, value)
+
+    def _raw(self, key: str, default: Any) -> Any:
+        self._read_keys.add(key)
+        if key in self.typed_dict:
+            return self.typed_dict[key]
+        if key in self.dict:
+            return self.dict[key]
+        if default is _UNSET:
+            option = _declared_options.get(key)
+            return option.default if option is not None else None
+        return default
+
+    def typed_value(self, key: str, default: Any = _UNSET) -> Any:
+        """The value as it is (Python value, or the string from the command line)."""
+        return self._raw(key, default)
+
+    def opt_typed_value(self, key: str, default: Any = _UNSET) -> Any:
+        return self.typed_value(key, default)
+
+    def value(self, key: str, default: Any = _UNSET, index: int | None = None, list_join_str: str = ",") -> Any:
+        """The value as a string (lists joined with ``list_join_str``), or ``default``."""
+        value = self._raw(key, default)
+        if isinstance(value, (list, tuple)):
+            if index is not None:
+                return value[index] if index < len(value) else default
+            return list_join_str.join(str(v) for v in value)
+        if value is None or isinstance(value, str):
+            return value
+        return str(value)
+
+    def int(self, key: str, default: Any = _UNSET) -> int | None:
+        value = self._raw(key, default)
+        if value is None or isinstance(value, bool):
+            if isinstance(value, bool):
+                raise ConfigError(f"config key {key!r}: expected an int, got {value!r}")
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"config key {key!r}: expected an int, got {value!r}")
+
+    def float(self, key: str, default: Any = _UNSET) -> float | None:
+        value = self._raw(key, default)
+        if value is None:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+
+    def bool(self, key: str, default: Any = _UNSET) -> bool | None:
+        value = self._raw(key, default)
+        if value is None:
+            return None
+        return _parse_bool(key, value)
+
+    def is_true(self, key: str, default: bool = False) -> bool:
+        value = self._raw(key, default)
+        return bool(value) if not isinstance(value, str) else _parse_bool(key, value)
+
+    def bool_or_other(self, key: str, default: Any = _UNSET) -> Any:
+        """A bool if the value reads as one, else the value as it is (e.g. a dict or a string)."""
+        value = self._raw(key, default)
+        if isinstance(value, str):
+            try:
+                return _parse_bool(key, value)
+            except ConfigError:
+                return value
+        return value
+
+    def list(self, key: str, default: Any = _UNSET) -> list[Any]:
+        value = self._raw(key, default)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [item for item in value.split(",") if item] if value else []
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        return [value]
+
+    def int_list(self, key: str, default: Any = _UNSET) -> list[int]:
+        items = self.list(key, default)
+        try:
+            return [int(item) if not isinstance(item, bool) else _bad_int(item) for item in items]
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r}: expected a list of ints, got {self._raw(key, default)!r}") from None
+
+    def float_list(self, key: str, default: Any = _UNSET) -> list[float]:
+        items = self.list(key, default)
+        try:
+            return [float(item) for item in items]
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"config key {key!r}: expected a list of numbers, got {self._raw(key, default)!r}"
+            ) from None
+
+    def int_pair(self, key: str, default: Any = _UNSET) -> tuple[int, int] | None:
+        value = self._raw(key, default)
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, value
+        items = self.int_list(key, default)
+        if len(items) == 1:
+            return items[0], items[0]
+        if len(items) != 2:
+            raise ConfigError(f"config key {key!r}: expected an int or a pair of ints, got {value!r}")
+        return items[0], items[1]
+
+    def is_of_type(self, key: str, types_: type | tuple[type, ...]) -> bool:
+        return isinstance(self.typed_dict.get(key), types_)
+
+    def get_of_type(self, key: str, types_: type | tuple[type, ...], default: Any = None) -> Any:
+        value = self._raw(key, default)
+        if value is None or value is default:
+            return value
+        if not isinstance(value, types_):
+            names = " or ".join(t.__name__ for t in (types_ if isinstance(types_, tuple) else (types_,)))
+            raise ConfigError(f"config key {key!r}: expected {names}, got {type(value).__name__} {value!r}")
+        return value
+
+    def callable(self, key: str, default: Any = None) -> Any:
+        """A callable from the config (functions, classes, partials), or ``default``; anything else is an error."""
+        value = self._raw(key, default)
+        if value is None or value is default:
+            return value
+        if not callable(value):
+            raise ConfigError(f"config key {key!r}: expected a function, got {type(value).__name__} {value!r}")
+        return value
+
+    # ---------------------------------------------------------------- unknown keys
+
+    def read_keys(self) -> set[str]:
+        return set(self._read_keys)
+
+    def unread_user_keys(self) -> list[str]:
+        """Keys the user set that nothing has read, apart from the exempt ones (see module docs)."""
+        result = []
+        for key in self.keys():
+            if key in self._read_keys or key.startswith("_") or key in PIPELINE_INJECTED_KEYS:
+                continue
+            value = self.typed_dict.get(key)
+            if isinstance(value, (types.ModuleType, type)) or callable(value):
+                continue
+            result.append(key)
+        return result
+
+    def check_unknown_keys(self) -> None:
+        """Report keys that were set but never read (call after start-up, when everything read its options).
+
+        With ``config_unknown_keys = "error"`` (the default), a key that is a near miss of a known key is an error
+        ("did you mean ..."), any other unread key a warning.
+        """
+        mode = self.value("config_unknown_keys")
+        if mode not in ("error", "warn", "ignore"):
+            raise ConfigError(f"config key 'config_unknown_keys': expected 'error', 'warn' or 'ignore', got {mode!r}")
+        if mode == "ignore":
+            return
+        known = set(_declared_options) | self._read_keys
+        typos: list[str] = []
+        for key in self.unread_user_keys():
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+            if close:
+                typos.append(f"{key!r} (did you mean {close[0]!r}?)")
+            else:
+                logger.warning(f"config key {key!r} is set but not used by anything")
+        if typos:
+            message = "config keys that are set but never read: " + ", ".join(typos)
+            if mode == "error":
+                raise ConfigError(message + "; fix the names, or set config_unknown_keys = 'warn'")
+            logger.warning(message)
+
+
+def _bad_int(value: Any) -> int:
+    raise TypeError(value)
+
+
+def _override_value(key: str, text: str, current: Any) -> Any:
+    """A command-line string for a key that already has a Python value: parse it as a literal of that kind."""
+    if isinstance(current, str):
+        return text
+    if isinstance(current, bool):
+        try:
+            return _parse_bool(key, text)
+        except ConfigError:
+            pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if current is None:
+            return text
+        raise ConfigError(
+            f"command line: '++{key} {text}': the config holds {type(current).__name__} {current!r} for this key, "
+            f"and {text!r} is not a Python literal of that kind (write e.g. '++{key} {current!r}')"
+        ) from None
+
+
+def _innermost_line_in(exc: BaseException, filename: str) -> int | None:
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+# --------------------------------------------------------------------------------------------------
+# The global config (a compatibility accessor: config functions call get_global_config())
+
+_global_config: Config | None = None
+
+
+def set_global_config(config: Config | None) -> None:
+    global _global_config
+    _global_config = config
+
+
+def get_global_config(*, raise_exception: bool = True, auto_create: bool = False) -> Config | None:
+    """The config of the running experiment."""
+    global _global_config
+    if _global_config is None:
+        if auto_create:
+            _global_config = Config()
+        elif raise_exception:
+            raise ConfigError("no global config is set (call returnn.config.set_global_config(config) first)")
+    return _global_config
+
+
+def load_config(args: Iterable[str]) -> Config:
+    """Build a config from command-line arguments: ``CONFIG [CONFIG ...] [--config F] [++key value ...]``."""
+    args = list(args)
+    files = []
+    while args and not args[0].startswith(("-", "+")):
+        files.append(args.pop(0))
+    config = Config()
+    files += config.parse_cmd_args(args)
+    if not files:
+        raise ConfigError("no config file given; usage: rnn.py CONFIG [CONFIG ...] [++key value ...]")
+    set_global_config(config)
+    for filename in files:
+        config.load_file(filename)
+    return config
