@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import sys
 import types
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -144,8 +145,13 @@ class Config:
     command line, for keys that no config file defines).
     """
 
+    MODULE_NAME = "__returnn_config__"
+
     def __init__(self, items: dict[str, Any] | None = None):
-        self.typed_dict: dict[str, Any] = {}
+        # Config files execute in the namespace of a module, so that functions and classes they define can be
+        # pickled by reference (DataLoader worker processes rebuild the config, see :func:`config_from_args`).
+        self.module = types.ModuleType(self.MODULE_NAME)
+        self.typed_dict: dict[str, Any] = self.module.__dict__
         self.dict: dict[str, str] = {}
         self.files: list[str] = []
         self._read_keys: set[str] = set()
@@ -182,8 +188,6 @@ class Config:
         namespace = self.typed_dict
         namespace["config"] = self
         namespace["__file__"] = filename
-        namespace["__name__"] = "__returnn_config__"
-        namespace.setdefault("__builtins__", __builtins__)
         previous_global = _global_config
         set_global_config(self)
         try:
@@ -200,10 +204,18 @@ class Config:
         # `config = {}` / `config = json.loads(...)` in i6_core files rebinds the name; keep it as a plain key then.
         if namespace.get("config") is self:
             del namespace["config"]
-        for key in ("__file__", "__name__", "__builtins__"):
-            namespace.pop(key, None)
-        namespace["__file__"] = filename  # kept for config functions that read it at call time
         self._apply_overrides(typed=True)
+
+    def install_module(self) -> None:
+        """Make the config namespace importable as ``__returnn_config__`` (needed to unpickle config functions)."""
+        sys.modules[self.MODULE_NAME] = self.module
+
+    def cmd_args(self) -> list[str]:
+        """Arguments that rebuild this config with :func:`load_config` (in another process)."""
+        args = list(self.files)
+        for key, value in self._overrides:
+            args += ["++" + key, "+" + value if value.startswith("-") else value]
+        return args
 
     def parse_cmd_args(self, args: Sequence[str]) -> list[str]:
         """Parse ``[--config FILE] [++key value ...]``. Returns the config files given with ``--config``.
@@ -257,7 +269,8 @@ class Config:
     # ---------------------------------------------------------------- access
 
     def keys(self) -> list[str]:
-        return sorted(set(self.typed_dict) | set(self.dict))
+        keys = set(self.typed_dict) | set(self.dict)
+        return sorted(key for key in keys if not (key.startswith("__") and key.endswith("__")))
 
     def has(self, key: str) -> bool:
         self._read_keys.add(key)
@@ -524,6 +537,7 @@ def load_config(args: Iterable[str]) -> Config:
     if not files:
         raise ConfigError("no config file given; usage: rnn.py CONFIG [CONFIG ...] [++key value ...]")
     set_global_config(config)
+    config.install_module()
     for filename in files:
         config.load_file(filename)
     return config
