@@ -458,6 +458,8 @@ class Config:
         known = set(_declared_options) | self._read_keys
         typos: list[str] = []
         for key in self.unread_user_keys():
+            if key in _declared_options:
+                continue  # read later, when the code that needs it runs
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
             if close:
                 typos.append(f"{key!r} (did you mean {close[0]!r}?)")

@@ -153,6 +153,9 @@ class Log:
         formats = _as_list(config.typed_value("log_format"), "log_format", str)
         self.initialize(logs=logs, verbosity=verbosity, formatter=formats, stdout=stdout)
 
+    def has_file_targets(self) -> bool:
+        return any(isinstance(handler, logging.FileHandler) for handler in self._handlers)
+
     def close(self) -> None:
         root = logging.getLogger(ROOT_LOGGER_NAME)
         for stream in self.verbose:

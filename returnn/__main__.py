@@ -1,0 +1,183 @@
+"""The command line: ``python rnn.py CONFIG [CONFIG ...] [--config FILE] [++key value ...]``.
+
+:func:`main` loads the config, sets up logging, picks the engine class and runs the config's ``task``.
+Exit codes: 0 success, 2 bad user input (one line on stderr naming the key, file or value and the fix),
+1 internal error (with a traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import returnn
+from returnn.config import Config, load_config
+from returnn.errors import ConfigError, ReturnnError
+from returnn.log import log
+
+if TYPE_CHECKING:
+    from returnn.torch.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+USAGE = """\
+usage: rnn.py CONFIG [CONFIG ...] [--config FILE] [++key value ...]
+       python -m returnn CONFIG ...      returnn CONFIG ...
+
+Runs the experiment that the Python config file(s) describe. Later files and '++key value' overrides win over
+earlier ones. An override value is read as a Python literal of the kind the config already holds for the key
+(write '+-1' for -1); '++include FILE' loads another config file.
+
+The config key 'task' selects what runs (default: train):
+{tasks}
+
+Exit codes: 0 success, 2 bad config or data (one line on stderr says what to fix), 1 internal error.
+"""
+
+TASK_HELP = {
+    "train": "train the model, evaluating dev/eval_datasets after each epoch; resumes from the newest checkpoint",
+    "eval": "score the loaded checkpoint on dev and eval_datasets, write the scores to the learning_rates file",
+    "forward": "run forward_step over the 'forward' dataset (with forward_init_hook / forward_finish_hook)",
+    "initialize_model": "write a freshly initialized model as epoch-0 checkpoint",
+    "cleanup_old_models": "delete old checkpoints according to cleanup_old_models",
+    "nop": "load the config and do nothing",
+    "config:<name>": "call the function <name> defined in the config",
+    "optional-config:<name>": "the same, skipped when the config does not define <name>",
+}
+
+_UNSUPPORTED_TASKS = ("search", "compute_priors")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line. Returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"returnn {returnn.__version__}")
+        return 0
+    try:
+        config = load_config(argv)
+        log.init_by_config(config)
+        _log_startup(config)
+        return run_task(config)
+    except ReturnnError as exc:
+        if log.has_file_targets():  # keep the reason in the run's log file as well
+            logger.error(f"error: {exc}")
+        print(f"returnn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("returnn: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        log.close()
+
+
+def console_main() -> None:
+    """Entry point of the ``returnn`` console script."""
+    sys.exit(main())
+
+
+def usage() -> str:
+    width = max(len(name) for name in TASK_HELP)
+    tasks = "\n".join(f"  {name.ljust(width)}  {text}" for name, text in TASK_HELP.items())
+    return USAGE.format(tasks=tasks)
+
+
+def run_task(config: Config) -> int:
+    """Run the config's task (config key ``task``)."""
+    task = config.value("task")
+    if task == "nop" or task.startswith(("config:", "optional-config:")):
+        _load_option_declarations()
+        config.check_unknown_keys()
+        if task == "nop":
+            logger.info("task=nop: nothing to do")
+            return 0
+        return _run_config_function(config, task)
+    if task in _UNSUPPORTED_TASKS:
+        raise ConfigError(
+            f"task {task!r} is not supported: write a forward_step (with forward_init_hook / forward_finish_hook) "
+            "that computes and writes what you need, and run task 'forward'"
+        )
+    method_name = _ENGINE_TASKS.get(task)
+    if method_name is None:
+        choices = ", ".join(TASK_HELP)
+        raise ConfigError(f"config key 'task': unknown task {task!r}; choose one of: {choices}")
+    engine_class = get_engine_class(config)
+    import torch
+
+    logger.info(f"torch={torch.__version__} threads={torch.get_num_threads()}")
+    config.check_unknown_keys()
+    engine = engine_class(config)
+    start = time.monotonic()
+    getattr(engine, method_name)()
+    logger.info(f"task={task} finished time={time.monotonic() - start:.1f}s")
+    return 0
+
+
+_ENGINE_TASKS = {
+    "train": "train",
+    "eval": "eval",
+    "forward": "forward",
+    "initialize_model": "initialize_model",
+    "cleanup_old_models": "cleanup_old_models",
+}
+
+
+def get_engine_class(config: Config) -> type[Engine]:
+    """The config's ``CustomEngine`` if it defines one (a subclass of Engine), else :class:`Engine`."""
+    try:
+        from returnn.torch.engine import Engine
+    except ModuleNotFoundError as exc:
+        if exc.name != "returnn.torch.engine":
+            raise
+        raise ConfigError("the torch engine is not available in this installation") from exc
+    custom = config.typed_value("CustomEngine", None)
+    if custom is None:
+        return Engine
+    if not (isinstance(custom, type) and issubclass(custom, Engine)):
+        raise ConfigError(
+            f"config key 'CustomEngine': expected a subclass of returnn.torch.engine.Engine, got {custom!r}; "
+            "write 'class CustomEngine(Engine): ...' with 'from returnn.torch.engine import Engine'"
+        )
+    return custom
+
+
+def _load_option_declarations() -> None:
+    """Import the engine, which imports every module that declares config options (for the unknown-key check)."""
+    try:
+        import returnn.torch.engine  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "returnn.torch.engine":
+            raise
+
+
+def _run_config_function(config: Config, task: str) -> int:
+    optional, name = task.split(":", 1)
+    func = config.typed_value(name, None)
+    if func is None:
+        if optional == "optional-config":
+            logger.info(f"task={task}: the config defines no {name!r}, skipped")
+            return 0
+        raise ConfigError(f"task {task!r}: the config defines no function {name!r}")
+    if not callable(func):
+        raise ConfigError(f"task {task!r}: config key {name!r} is {type(func).__name__}, not a function")
+    func()
+    return 0
+
+
+def _log_startup(config: Config) -> None:
+    logger.info(
+        f"returnn {returnn.__version__} starting: python={platform.python_version()} pid={os.getpid()} "
+        f"cwd={os.getcwd()} config={','.join(config.files)}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The command line: rnn.py / python -m returnn, tasks, exit codes and the one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import tomllib
+
+import pytest
+
+from returnn.__main__ import TASK_HELP, main
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_config(tmp_path, text: str, name: str = "exp.config") -> str:
+    path = tmp_path / name
+    path.write_text("#!rnn.py\n" + textwrap.dedent(text).lstrip("\n"))
+    return str(path)
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_usage_and_tasks(capsys):
+    code, out, _ = run_main(capsys, "--help")
+    assert code == 0
+    assert out.startswith("usage: rnn.py CONFIG")
+    for task in TASK_HELP:
+        assert f"  {task}" in out
+
+
+def test_no_arguments_prints_usage_and_fails(capsys):
+    code, out, _ = run_main(capsys)
+    assert code == 2
+    assert "usage:" in out
+
+
+def test_nop(tmp_path, capsys):
+    code, out, err = run_main(capsys, write_config(tmp_path, 'task = "nop"\n'))
+    assert code == 0, err
+    assert "task=nop" in out
+
+
+def test_missing_config_file(tmp_path, capsys):
+    code, _, err = run_main(capsys, str(tmp_path / "missing.config"))
+    assert code == 2
+    assert err.strip().splitlines() == [f"returnn: error: config file not found: {str(tmp_path / 'missing.config')!r}"]
+
+
+def test_syntax_error(tmp_path, capsys):
+    filename = write_config(tmp_path, "x = [1,\n")
+    code, _, err = run_main(capsys, filename)
+    assert code == 2
+    assert f"syntax error in config file {filename}:2" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_override_without_value(tmp_path, capsys):
+    code, _, err = run_main(capsys, write_config(tmp_path, 'task = "nop"\n'), "++num_epochs")
+    assert code == 2
+    assert "'++num_epochs' needs a value" in err
+
+
+def test_unknown_task(tmp_path, capsys):
+    code, _, err = run_main(capsys, write_config(tmp_path, 'task = "trian"\n'))
+    assert code == 2
+    assert "unknown task 'trian'; choose one of: train, eval, forward" in err
+
+
+@pytest.mark.parametrize("task", ["search", "compute_priors"])
+def test_unsupported_tasks_point_to_forward(tmp_path, capsys, task):
+    code, _, err = run_main(capsys, write_config(tmp_path, f"task = {task!r}\n"))
+    assert code == 2
+    assert f"task {task!r} is not supported" in err and "run task 'forward'" in err
+
+
+def test_config_task_calls_function(tmp_path, capsys):
+    marker = tmp_path / "called"
+    filename = write_config(
+        tmp_path,
+        f"""
+        def make_marker():
+            open({str(marker)!r}, "w").close()
+        """,
+    )
+    code, _, err = run_main(capsys, filename, "++task", "config:make_marker")
+    assert code == 0, err
+    assert marker.exists()
+
+
+def test_optional_config_task(tmp_path, capsys):
+    filename = write_config(tmp_path, "")
+    assert run_main(capsys, filename, "++task", "optional-config:missing_func")[0] == 0
+    code, _, err = run_main(capsys, filename, "++task", "config:missing_func")
+    assert code == 2
+    assert "defines no function 'missing_func'" in err
+
+
+def test_internal_error_gives_exit_1_with_traceback(tmp_path, capsys):
+    filename = write_config(
+        tmp_path,
+        """
+        def broken():
+            raise RuntimeError("boom")
+        """,
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+        main([filename, "++task", "config:broken"])
+
+
+def test_log_file_target(tmp_path, capsys):
+    log_file = tmp_path / "logs" / "returnn.log"
+    filename = write_config(tmp_path, f'task = "nop"\nlog = [{str(log_file)!r}]\nlog_verbosity = 5\n')
+    assert run_main(capsys, filename)[0] == 0
+    assert "task=nop: nothing to do" in log_file.read_text()
+
+
+# ------------------------------------------------------------------------------------------------ real processes
+
+
+def run_process(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd or REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_rnn_py_process_exit_codes(tmp_path):
+    ok = run_process(os.path.join(REPO_ROOT, "rnn.py"), write_config(tmp_path, 'task = "nop"\n'))
+    assert ok.returncode == 0, ok.stderr
+    bad = run_process(os.path.join(REPO_ROOT, "rnn.py"), write_config(tmp_path, "x = (\n", "bad.config"))
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("returnn: error: syntax error in config file")
+    assert "Traceback" not in bad.stderr
+    crash = run_process(
+        os.path.join(REPO_ROOT, "rnn.py"),
+        write_config(tmp_path, "def f():\n    raise RuntimeError('boom')\n", "crash.config"),
+        "++task",
+        "config:f",
+    )
+    assert crash.returncode == 1
+    assert "Traceback" in crash.stderr and "RuntimeError: boom" in crash.stderr
+
+
+def test_python_dash_m_returnn(tmp_path):
+    result = run_process("-m", "returnn", "--help", cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "usage: rnn.py" in result.stdout
+
+
+def test_console_script_is_declared():
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["scripts"]["returnn"] == "returnn.__main__:console_main"
