@@ -6,7 +6,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from returnn.__main__ import main  # noqa: E402
+from returnn.__main__ import main
 
 if __name__ == "__main__":
     sys.exit(main())
