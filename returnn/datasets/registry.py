@@ -1,0 +1,157 @@
+"""Dataset classes by name, and :func:`init_dataset`, which turns a dataset definition into a dataset.
+
+The registry fills itself on the first lookup: it imports the dataset modules of this package and registers
+every :class:`Dataset` subclass they hold by its class name (the first one of a name wins).
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from returnn.datasets.basic import Dataset
+from returnn.errors import DatasetError
+
+__all__ = ["init_dataset", "get_dataset_class", "register_dataset_class", "check_dataset_options"]
+
+_DATASET_MODULES = (
+    "basic",
+    "cached2",
+    "generating",
+    "hdf",
+    "meta",
+    "map",
+    "postprocessing",
+    "variable",
+    "lm",
+    "audio",
+    "numpy_dump",
+)
+
+_classes: dict[str, type[Dataset]] = {}
+
+
+def register_dataset_class(cls: type[Dataset]) -> None:
+    """Make ``cls`` available by its name in dataset dicts (``{"class": "MyDataset", ...}``)."""
+    if not (isinstance(cls, type) and issubclass(cls, Dataset)):
+        raise DatasetError(f"cannot register {cls!r}: not a subclass of returnn.datasets.Dataset")
+    _classes.setdefault(cls.__name__, cls)
+
+
+def _load_registry() -> None:
+    for module_name in _DATASET_MODULES:
+        full_name = f"returnn.datasets.{module_name}"
+        try:
+            module = importlib.import_module(full_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == full_name:  # a module of this package that does not exist (yet)
+                continue
+            raise
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, Dataset) and not obj.__name__.startswith("_"):
+                register_dataset_class(obj)
+    _classes.setdefault("", Dataset)  # marks the registry as loaded
+
+
+def _known_class_names() -> list[str]:
+    if "" not in _classes:
+        _load_registry()
+    return sorted(name for name in _classes if name)
+
+
+def get_dataset_class(name: str) -> type[Dataset]:
+    """The dataset class of this name; a DatasetError with suggestions if there is none."""
+    known = _known_class_names()
+    if name in known:
+        return _classes[name]
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise DatasetError(f"unknown dataset class {name!r}.{hint} Known classes: {', '.join(known)}")
+
+
+def _init_params(cls: type) -> tuple[set[str], list[str], bool]:
+    """The keyword parameters of the constructors along the class chain.
+
+    :return: all parameter names; the required ones of the class's own constructor (the bases' required ones
+        are usually filled in by the subclass); whether the chain ends in ``**kwargs`` (then any name goes).
+    """
+    names: set[str] = set()
+    required: list[str] | None = None
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        passes_on = False
+        params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+        for param in params:
+            if param.kind == param.VAR_KEYWORD:
+                passes_on = True
+            elif param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                names.add(param.name)
+        if required is None:
+            required = [
+                p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            ]
+        if not passes_on:
+            return names, required, False
+    return names, required or [], True
+
+
+def check_dataset_options(cls: type, kwargs: dict[str, Any]) -> None:
+    """Check constructor options against the constructors of ``cls`` and its bases; report all problems at once."""
+    params, required, open_ended = _init_params(cls)
+    problems = []
+    if not open_ended:
+        for key in kwargs:
+            if key not in params:
+                close = difflib.get_close_matches(key, list(params), n=1)
+                problems.append(f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    problems += [f"missing required option {name!r}" for name in required if name not in kwargs]
+    if problems:
+        raise DatasetError(
+            f"dataset class {cls.__name__}: {'; '.join(problems)}. Valid options: {', '.join(sorted(params))}"
+        )
+
+
+def init_dataset(
+    opts: dict[str, Any] | str | Dataset | Callable[[], Any],
+    default_kwargs: dict[str, Any] | None = None,
+    extra_kwargs: dict[str, Any] | None = None,
+) -> Dataset:
+    """Make a dataset from its definition.
+
+    :param opts: a dict with ``"class"`` (a class name or a Dataset subclass) and the constructor options; a
+        string holding such a dict literal (starting with ``{``); a Dataset (returned as is); or a callable
+        returning any of these.
+    :param default_kwargs: options used where the definition does not set them (e.g. ``name``).
+    :param extra_kwargs: options that override the definition.
+    """
+    if isinstance(opts, Dataset):
+        return opts
+    if isinstance(opts, str):
+        if not opts.lstrip().startswith("{"):
+            raise DatasetError(f"dataset given as a string must be a dict literal starting with '{{', got {opts!r}")
+        try:
+            opts = ast.literal_eval(opts)
+        except (SyntaxError, ValueError) as exc:
+            raise DatasetError(f"dataset string {opts!r} is not a valid Python dict literal: {exc}") from exc
+    elif callable(opts) and not isinstance(opts, dict):
+        return init_dataset(opts(), default_kwargs=default_kwargs, extra_kwargs=extra_kwargs)
+    if not isinstance(opts, dict):
+        raise DatasetError(f"expected a dataset dict with 'class', a Dataset or a callable, got {type(opts).__name__}")
+    kwargs = dict(opts)
+    if "class" not in kwargs:
+        raise DatasetError(f"dataset dict has no 'class' key: {opts!r}")
+    cls = kwargs.pop("class")
+    if isinstance(cls, str):
+        cls = get_dataset_class(cls)
+    elif not (isinstance(cls, type) and issubclass(cls, Dataset)):
+        raise DatasetError(f"dataset 'class' must be a class name or a Dataset subclass, got {cls!r}")
+    for key, value in (default_kwargs or {}).items():
+        kwargs.setdefault(key, value)
+    kwargs.update(extra_kwargs or {})
+    check_dataset_options(cls, kwargs)
+    return cls(**kwargs)
