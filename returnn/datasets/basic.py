@@ -187,7 +187,8 @@ class Dataset:
     ) -> bool:
         """Set up an epoch: decide which sequences are visited in which order.
 
-        :param epoch: the (sub-)epoch, starting at 1; None means "not training" (like epoch 1, no partition).
+        :param epoch: the (sub-)epoch, starting at 1; None means "not training": the seed of epoch 1, and no
+            partition_epoch or repeat_epoch (forwarding visits every sequence once).
         :param seq_list: visit exactly these sequence tags, in this order (no ordering, partitioning, sharding).
         :param seq_order: visit exactly these corpus indices, in this order (likewise).
         :return: whether the order differs from the previous one.
@@ -259,9 +260,9 @@ class Dataset:
         seed = self._get_random_seed_for_epoch(epoch, self._ordering.num_epochs_fixed)
         local_len = None if get_seq_len is None else (lambda i: get_seq_len(int(corpus[i])))
         order = corpus[make_seq_order(self._ordering, len(corpus), seed=seed, get_seq_len=local_len)]
-        if self.partition_epoch > 1:
-            order = np.array_split(order, self.partition_epoch)[((epoch or 1) - 1) % self.partition_epoch]
-        if self.repeat_epoch > 1:
+        if epoch is not None and self.partition_epoch > 1:
+            order = np.array_split(order, self.partition_epoch)[(epoch - 1) % self.partition_epoch]
+        if epoch is not None and self.repeat_epoch > 1:
             order = np.tile(order, self.repeat_epoch)
         return order[self._shard_index :: self._num_shards].tolist()
 
@@ -373,7 +374,8 @@ class Dataset:
     # --- data description --------------------------------------------------------------------------------
 
     def get_data_keys(self) -> list[str]:
-        return ["data"] + self.get_target_list() if "data" in self.num_outputs or self.num_inputs else []
+        has_data = "data" in self.num_outputs or self.num_inputs
+        return (["data"] if has_data else []) + self.get_target_list()
 
     def get_target_list(self) -> list[str]:
         return [key for key in self.num_outputs if key != "data"]
@@ -382,7 +384,7 @@ class Dataset:
         """The feature dimension (dense data) or the number of classes (sparse data)."""
         if key in self.num_outputs:
             return self.num_outputs[key][0]
-        if key == "data":
+        if key == "data" and self.num_inputs:
             return self.num_inputs
         raise DatasetError(f"{self}: unknown data key {key!r}; known keys: {self.get_data_keys()}")
 

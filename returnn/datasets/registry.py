@@ -32,42 +32,49 @@ _DATASET_MODULES = (
     "numpy_dump",
 )
 
-_classes: dict[str, type[Dataset]] = {}
+
+class _Registry:
+    """Dataset classes by name; filled from the dataset modules on the first lookup."""
+
+    def __init__(self) -> None:
+        self.classes: dict[str, type[Dataset]] = {}
+        self.loaded = False
+
+    def load(self) -> None:
+        for module_name in _DATASET_MODULES:
+            full_name = f"returnn.datasets.{module_name}"
+            try:
+                module = importlib.import_module(full_name)
+            except ModuleNotFoundError as exc:
+                if exc.name == full_name:  # a module of this package that does not exist (yet)
+                    continue
+                raise
+            for obj in vars(module).values():
+                if isinstance(obj, type) and issubclass(obj, Dataset) and not obj.__name__.startswith("_"):
+                    self.classes.setdefault(obj.__name__, obj)
+        self.loaded = True
+
+    def names(self) -> list[str]:
+        if not self.loaded:
+            self.load()
+        return sorted(self.classes)
+
+
+_registry = _Registry()
 
 
 def register_dataset_class(cls: type[Dataset]) -> None:
     """Make ``cls`` available by its name in dataset dicts (``{"class": "MyDataset", ...}``)."""
     if not (isinstance(cls, type) and issubclass(cls, Dataset)):
         raise DatasetError(f"cannot register {cls!r}: not a subclass of returnn.datasets.Dataset")
-    _classes.setdefault(cls.__name__, cls)
-
-
-def _load_registry() -> None:
-    for module_name in _DATASET_MODULES:
-        full_name = f"returnn.datasets.{module_name}"
-        try:
-            module = importlib.import_module(full_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == full_name:  # a module of this package that does not exist (yet)
-                continue
-            raise
-        for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, Dataset) and not obj.__name__.startswith("_"):
-                register_dataset_class(obj)
-    _classes.setdefault("", Dataset)  # marks the registry as loaded
-
-
-def _known_class_names() -> list[str]:
-    if "" not in _classes:
-        _load_registry()
-    return sorted(name for name in _classes if name)
+    _registry.classes.setdefault(cls.__name__, cls)
 
 
 def get_dataset_class(name: str) -> type[Dataset]:
     """The dataset class of this name; a DatasetError with suggestions if there is none."""
-    known = _known_class_names()
+    known = _registry.names()
     if name in known:
-        return _classes[name]
+        return _registry.classes[name]
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise DatasetError(f"unknown dataset class {name!r}.{hint} Known classes: {', '.join(known)}")
