@@ -1,0 +1,67 @@
+"""The stages composed for one dataset and epoch: sequences -> length filter -> chunks -> batches -> collation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from returnn.torch.data.batching import batch_items, shuffle_batches
+from returnn.torch.data.chunking import chunk_items
+from returnn.torch.data.collate import CollatedBatch, collate_batch
+from returnn.torch.data.filter import filter_by_length
+from returnn.torch.data.iterate import iterate_dataset
+from returnn.torch.data.options import DataPipelineOptions
+
+if TYPE_CHECKING:
+    from returnn.datasets.basic import Dataset
+
+__all__ = ["MODES", "Mode", "iterate_batches"]
+
+Mode = Literal["train", "eval", "forward"]
+MODES = ("train", "eval", "forward")
+
+_CHUNKING_STREAM, _SHUFFLE_STREAM = 1, 2  # random streams of the stages, so that they draw independently
+
+
+def iterate_batches(
+    dataset: Dataset,
+    options: DataPipelineOptions,
+    *,
+    epoch: int | None,
+    mode: Mode = "train",
+    shard_index: int = 0,
+    num_shards: int = 1,
+    shared_memory: bool = False,
+) -> Iterator[CollatedBatch]:
+    """The collated batches of one epoch (of one shard), in the calling process.
+
+    What each mode applies: ``train`` all stages; ``eval`` no batch shuffling and no ``drop_last`` (every
+    sequence is evaluated); ``forward`` also no length filter and no chunking (every sequence, whole).
+
+    Random choices (chunk starts, batch shuffling) are seeded by (epoch, shard): reproducible for the same
+    number of shards.
+
+    :param shared_memory: collate into shared memory (in DataLoader workers).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    items = iterate_dataset(dataset, epoch=epoch, shard_index=shard_index, num_shards=num_shards)
+    if mode != "forward":
+        items = filter_by_length(items, min_seq_length=options.min_seq_length, max_seq_length=options.max_seq_length)
+        if options.chunking is not None:
+            items = chunk_items(items, options.chunking, rng=_rng(epoch, shard_index, _CHUNKING_STREAM))
+    batches = batch_items(
+        items, batch_size=options.batch_size, max_seqs=options.max_seqs, drop_last=options.drop_last and mode == "train"
+    )
+    if mode == "train" and options.shuffle_buffer_size:
+        batches = shuffle_batches(
+            batches, buffer_size=options.shuffle_buffer_size, rng=_rng(epoch, shard_index, _SHUFFLE_STREAM)
+        )
+    for batch in batches:
+        yield collate_batch(batch, shared_memory=shared_memory)
+
+
+def _rng(epoch: int | None, shard_index: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([epoch or 0, shard_index, stream])
