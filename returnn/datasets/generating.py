@@ -289,7 +289,8 @@ class StaticDataset(GeneratingDataset):
         if input_dim is not None and "data" not in dims:
             dims["data"] = (input_dim, 2)
         for key in self.data_keys:
-            dims.setdefault(key, self._infer_dims(key))
+            if key not in dims:
+                dims[key] = self._infer_dims(key)
         if input_dim is None and "data" in dims:
             input_dim = dims["data"][0]
         super().__init__(input_dim=input_dim, output_dim=dims, num_seqs=len(self.data), **kwargs)
@@ -299,7 +300,7 @@ class StaticDataset(GeneratingDataset):
         if first.ndim >= 2:
             return first.shape[-1], first.ndim
         if first.ndim == 1 and np.issubdtype(first.dtype, np.integer):
-            return int(max((seq[key].max(initial=-1) for seq in self.data), default=-1)) + 1, 1
+            return max((int(seq[key].max()) for seq in self.data if seq[key].size), default=-1) + 1, 1
         return 1, first.ndim
 
     @classmethod
