@@ -1,0 +1,1 @@
+"""The PyTorch engine: training, evaluation and forward loops (:mod:`returnn.torch.engine`) and what they use."""
