@@ -165,7 +165,7 @@ class Dataset:
         self._num_shards = 1
         self._shard_index = 0
         self._corpus_selection: tuple[int, np.ndarray] | None = None  # (corpus size, selected corpus indices)
-        self._seq_lens_by_tag: dict[str, int] | None = None
+        self._seq_lens_from_file_cache: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} epoch={self.epoch}>"
@@ -256,10 +256,12 @@ class Dataset:
             chosen = rng.choice(len(corpus), _subset_size(self.random_subset, len(corpus)), replace=False)
             corpus = corpus[np.sort(chosen)]
         if get_seq_len is None and self.seq_order_seq_lens_file and self._ordering.needs_seq_lens:
-            get_seq_len = self._seq_len_from_file
+            get_seq_len = self._seq_lens_from_file().__getitem__
+        seq_lens = None
+        if get_seq_len is not None and self._ordering.needs_seq_lens:
+            seq_lens = np.fromiter((get_seq_len(idx) for idx in corpus.tolist()), dtype=np.int64, count=len(corpus))
         seed = self._get_random_seed_for_epoch(epoch, self._ordering.num_epochs_fixed)
-        local_len = None if get_seq_len is None else (lambda i: get_seq_len(int(corpus[i])))
-        order = corpus[make_seq_order(self._ordering, len(corpus), seed=seed, get_seq_len=local_len)]
+        order = corpus[make_seq_order(self._ordering, len(corpus), seed=seed, seq_lens=seq_lens)]
         if epoch is not None and self.partition_epoch > 1:
             order = np.array_split(order, self.partition_epoch)[(epoch - 1) % self.partition_epoch]
         if epoch is not None and self.repeat_epoch > 1:
@@ -297,13 +299,19 @@ class Dataset:
         self._corpus_selection = (num_seqs, selected)
         return selected
 
-    def _seq_len_from_file(self, corpus_idx: int) -> int:
-        if self._seq_lens_by_tag is None:
-            self._seq_lens_by_tag = _read_seq_lens_file(self.seq_order_seq_lens_file)
-        tag = self.get_all_tags()[corpus_idx]
-        if tag not in self._seq_lens_by_tag:
-            raise DatasetError(f"seq_order_seq_lens_file {self.seq_order_seq_lens_file!r} has no entry for {tag!r}")
-        return self._seq_lens_by_tag[tag]
+    def _seq_lens_from_file(self) -> np.ndarray:
+        """The length of each corpus sequence from ``seq_order_seq_lens_file`` (read once)."""
+        if self._seq_lens_from_file_cache is None:
+            lens_by_tag = _read_seq_lens_file(self.seq_order_seq_lens_file)
+            lens = []
+            for tag in self.get_all_tags():
+                if tag not in lens_by_tag:
+                    raise DatasetError(
+                        f"seq_order_seq_lens_file {self.seq_order_seq_lens_file!r} has no entry for {tag!r}"
+                    )
+                lens.append(lens_by_tag[tag])
+            self._seq_lens_from_file_cache = np.array(lens, dtype=np.int64)
+        return self._seq_lens_from_file_cache
 
     def finish_epoch(self) -> None:
         """Called after the epoch; subclasses free per-epoch memory here."""
@@ -336,6 +344,14 @@ class Dataset:
 
     def get_corpus_seq_idx(self, seq_idx: int) -> int:
         return self.get_current_seq_order()[seq_idx]
+
+    def have_get_corpus_seq(self) -> bool:
+        """Whether :meth:`get_corpus_seq` works (random access by corpus index, independent of the epoch order)."""
+        return False
+
+    def get_corpus_seq(self, corpus_idx: int) -> DatasetSeq:
+        """The sequence at ``corpus_idx`` of the corpus; see :meth:`have_get_corpus_seq`."""
+        raise NotImplementedError(f"{type(self).__name__}.get_corpus_seq")
 
     def load_seqs(self, start: int, end: int) -> None:
         """Make the sequences ``start`` .. ``end - 1`` available to :meth:`get_data` (a hint for caching)."""

@@ -131,13 +131,18 @@ class GeneratingDataset(CachedDataset2):
         return seq
 
     def _collect_single_seq(self, seq_idx: int) -> DatasetSeq | None:
-        corpus_idx = seq_idx if self._seq_order is None else self._seq_order[seq_idx]
-        seq = self._generate(corpus_idx)
+        seq = self._generate(self.get_corpus_seq_idx(seq_idx))
         seq.seq_idx = seq_idx
         return seq
 
+    def have_get_corpus_seq(self) -> bool:
+        return True
+
+    def get_corpus_seq(self, corpus_idx: int) -> DatasetSeq:
+        return self._generate(corpus_idx)
+
     def get_tag(self, seq_idx: int) -> str:
-        return f"seq-{seq_idx if self._seq_order is None else self._seq_order[seq_idx]}"
+        return f"seq-{self.get_corpus_seq_idx(seq_idx)}"
 
     def get_corpus_seq_idx(self, seq_idx: int) -> int:
         return seq_idx if self._seq_order is None else self._seq_order[seq_idx]

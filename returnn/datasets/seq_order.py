@@ -20,7 +20,6 @@ Orderings (RETURNN's names):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,25 +121,18 @@ def parse_seq_ordering(text: str) -> SeqOrdering:
 
 
 def make_seq_order(
-    ordering: SeqOrdering,
-    num_seqs: int,
-    *,
-    seed: int,
-    get_seq_len: Callable[[int], int] | None = None,
+    ordering: SeqOrdering, num_seqs: int, *, seed: int, seq_lens: np.ndarray | None = None
 ) -> np.ndarray:
     """A permutation of ``range(num_seqs)`` (int64) for one epoch.
 
     :param seed: seeds the random orderings; ignored by the others.
-    :param get_seq_len: sequence length by corpus index; needed by the length-based orderings.
+    :param seq_lens: the length of each sequence; needed by the length-based orderings.
     """
-    if ordering.needs_seq_lens and get_seq_len is None:
+    if ordering.needs_seq_lens and seq_lens is None:
         raise DatasetError(
             f"seq_ordering {ordering.method!r} sorts by sequence length, but this dataset does not know the "
             "lengths before loading; use seq_order_seq_lens_file or an ordering that does not sort"
         )
-    seq_lens = None
-    if ordering.needs_seq_lens and num_seqs > 0:
-        seq_lens = np.fromiter((get_seq_len(i) for i in range(num_seqs)), dtype=np.int64, count=num_seqs)
     rng = np.random.default_rng(seed) if ordering.is_random else None
     method = ordering.method
     if method == "default":

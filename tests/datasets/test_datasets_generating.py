@@ -247,3 +247,12 @@ def test_convert_data_dims():
     assert convert_data_dims({"f": {"dim": 8, "shape": (None, 8)}}) == {"f": (8, 3)}
     with pytest.raises(DatasetError, match=r"output_dim\['x'\] must be dim, \(dim, ndim\) or a dict, got 'y'"):
         convert_data_dims({"x": "y"})
+
+
+def test_get_corpus_seq_matches_the_epoch(read_epoch):
+    dataset = Task12AXDataset(num_seqs=5, seq_ordering="random")
+    seqs = dict(read_epoch(dataset, 2))
+    assert dataset.have_get_corpus_seq()
+    seq = dataset.get_corpus_seq(3)
+    assert seq.seq_tag == "seq-3"
+    np.testing.assert_array_equal(seq.get_data("data"), seqs["seq-3"]["data"])
