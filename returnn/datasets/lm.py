@@ -19,7 +19,7 @@ import numpy as np
 
 from returnn.datasets.basic import DatasetSeq
 from returnn.datasets.cached2 import CachedDataset2
-from returnn.datasets.util.vocabulary import Vocabulary, read_vocab_file
+from returnn.datasets.util.vocabulary import Vocabulary, parse_dict_literal, read_vocab_file
 from returnn.errors import ConfigError, DatasetError
 
 __all__ = ["LmDataset", "TranslationDataset", "TranslationFactorsDataset", "iter_corpus_orths", "open_text_file"]
@@ -279,16 +279,8 @@ class LmDataset(_TextDataset):
         return self.symbol_map[symbol]
 
     def _read_replace_map(self, path: str) -> dict[str, list[str]]:
-        import ast
-
         with open_text_file(path) as f:
-            text = f.read()
-        try:
-            mapping = ast.literal_eval(text)
-        except (ValueError, SyntaxError) as exc:
-            raise DatasetError(f"orth_replace_map_file {path!r}: expected a dict literal: {exc}") from None
-        if not isinstance(mapping, dict):
-            raise DatasetError(f"orth_replace_map_file {path!r}: expected a dict, got {type(mapping).__name__}")
+            mapping = parse_dict_literal(f.read(), f"orth_replace_map_file {path!r}")
         return {str(key): self._symbolize(str(value)) for key, value in mapping.items()}
 
     # ---------------------------------------------------------------- parsing

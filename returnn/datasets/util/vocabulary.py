@@ -459,14 +459,19 @@ def read_vocab_file(filename: str) -> dict[str, int]:
     except UnicodeDecodeError as exc:
         raise DatasetError(f"vocab file {filename!r} is not UTF-8 text nor a pickle: {exc}") from None
     if text.lstrip().startswith("{"):
-        try:
-            vocab = ast.literal_eval(text)
-        except (ValueError, SyntaxError) as exc:
-            raise DatasetError(f"vocab file {filename!r}: not a valid Python dict literal: {exc}") from None
-        if not isinstance(vocab, dict):
-            raise DatasetError(f"vocab file {filename!r}: expected a dict {{label: index}}, got {type(vocab).__name__}")
-        return vocab
+        return parse_dict_literal(text, f"vocab file {filename!r}")
     return {label: idx for idx, label in enumerate(text.splitlines())}
+
+
+def parse_dict_literal(text: str, where: str) -> dict[Any, Any]:
+    """A Python (or JSON) dict literal, parsed safely; ``where`` names the source in errors."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as exc:
+        raise DatasetError(f"{where}: not a valid Python dict literal: {exc}") from None
+    if not isinstance(value, dict):
+        raise DatasetError(f"{where}: expected a dict, got {type(value).__name__}")
+    return value
 
 
 class _PlainUnpickler(pickle.Unpickler):
