@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import copy
+import pathlib
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -194,3 +198,34 @@ def test_dataset_seq():
     assert repr(scalar) == "<DatasetSeq 0 'x' {score: () float64}>"
     with pytest.raises(DatasetError, match=r"sequence 'x' has no data key 'data'; it has \['score'\]"):
         scalar.get_data("data")
+
+
+_READ_SHARD = """
+import pickle, sys
+dataset = pickle.load(sys.stdin.buffer)
+dataset.set_sharding(int(sys.argv[1]), 2)
+dataset.init_seq_order(epoch=dataset.epoch)
+tags = [dataset.get_tag(i) for i in range(dataset.num_seqs)]
+sums = [float(dataset.get_data(i, "data").sum()) for i in range(dataset.num_seqs)]
+print(repr((dataset.epoch, tags, sums)))
+"""
+
+
+def test_unpickled_in_a_fresh_interpreter(read_epoch):
+    """What a spawn-started DataLoader worker does: rebuild the dataset from a pickle and read its shard."""
+    repo_root = pathlib.Path(__file__).resolve().parents[2]
+    dataset = Task12AXDataset(num_seqs=9, seq_ordering="random", name="train")
+    expected = {tag: float(data["data"].sum()) for tag, data in read_epoch(dataset, 3)}
+    found = {}
+    for shard in (0, 1):
+        proc = subprocess.run(
+            [sys.executable, "-c", _READ_SHARD, str(shard)],
+            input=pickle.dumps(dataset),
+            capture_output=True,
+            cwd=repo_root,
+            check=True,
+        )
+        epoch, tags, sums = ast.literal_eval(proc.stdout.decode())
+        assert epoch == 3 and len(tags) == (5 if shard == 0 else 4)
+        found.update(zip(tags, sums))
+    assert found == expected
