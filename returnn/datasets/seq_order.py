@@ -9,9 +9,9 @@ Orderings (RETURNN's names):
 - ``default``: corpus order; ``reverse``: corpus order reversed.
 - ``sorted`` / ``sorted_reverse``: by sequence length, shortest / longest first (stable).
 - ``random[:N]``: a random permutation; with ``:N`` the same permutation for N consecutive epochs.
-- ``laplace[:B | .S][:N]``: shuffle, cut into B bins (or bins of about S sequences, at least 2 bins), sort
-  each bin by length, alternately ascending and descending (neighbouring sequences have similar lengths,
-  so little padding, while the epoch still goes up and down in length).
+- ``laplace[:B | .S][:N]``: shuffle, cut into B bins (or bins of about S sequences; without either, of about
+  100; at least 2 bins), sort each bin by length, alternately ascending and descending (neighbouring sequences
+  have similar lengths, so little padding, while the epoch still goes up and down in length).
 - ``sort_bin_shuffle[:B | .S][:N]``: shuffle, sort by length, cut into B bins (or of about S sequences),
   shuffle the order of the bins. ``sort_bin_shuffle_x2`` also shuffles the sequences inside each bin.
 - ``default_every_n:N``: cut the corpus into N equal blocks and interleave them, so that each run of N
