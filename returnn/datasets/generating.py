@@ -126,7 +126,8 @@ class GeneratingDataset(CachedDataset2):
         self.random = np.random.RandomState(int(state))
         seq = self.generate_seq(corpus_idx)
         for key, value in seq.features.items():
-            seq.features[key] = np.asarray(value, dtype=self.get_data_dtype(key))
+            # Hand out what get_data_dtype declares (numpy's defaults would give float64 / int64).
+            seq.features[key] = np.asarray(value, dtype=self.get_data_dtype(key) if key in self.num_outputs else None)
         seq.seq_tag = f"seq-{corpus_idx}"
         return seq
 
