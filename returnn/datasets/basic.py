@@ -22,7 +22,6 @@ every process, and the same for all partitions of one full epoch.
 
 from __future__ import annotations
 
-import ast
 import gzip
 import math
 from collections.abc import Callable, Sequence
@@ -472,15 +471,11 @@ def _read_tag_list(path: str) -> set[str]:
 
 
 def _read_seq_lens_file(path: str) -> dict[str, int]:
+    # Imported here: the vocabulary module (and its BPE code) is not needed by datasets without such a file.
+    from returnn.datasets.util.vocabulary import parse_dict_literal
+
     with _open_text(path) as file:
-        text = file.read()
-    try:
-        lens = ast.literal_eval(text)
-    except (SyntaxError, ValueError) as exc:
-        raise DatasetError(f"seq_order_seq_lens_file {path!r}: expected a dict literal {{tag: length}}") from exc
-    if not isinstance(lens, dict):
-        raise DatasetError(f"seq_order_seq_lens_file {path!r}: expected a dict {{tag: length}}, got {type(lens)}")
-    return lens
+        return parse_dict_literal(file.read(), f"seq_order_seq_lens_file {path!r}")
 
 
 def __getattr__(name: str) -> Any:

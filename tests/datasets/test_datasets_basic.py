@@ -178,7 +178,7 @@ def test_seq_order_seq_lens_file(tmp_path):
     with pytest.raises(DatasetError, match=r"seq_order_seq_lens_file '.*lens.py' has no entry for 'x'"):
         missing.init_seq_order(epoch=1)
     lens_file.write_text("[1, 2]")
-    with pytest.raises(DatasetError, match=r"expected a dict \{tag: length\}"):
+    with pytest.raises(DatasetError, match=r"seq_order_seq_lens_file '.*lens.py': expected a dict, got list"):
         Corpus(["a"], seq_ordering="sorted", seq_order_seq_lens_file=str(lens_file)).init_seq_order(epoch=1)
 
 
