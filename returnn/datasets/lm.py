@@ -8,39 +8,27 @@ content). Sequence tags are ``line-<n>``.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from returnn.datasets.basic import DatasetSeq
 from returnn.datasets.cached2 import CachedDataset2
+from returnn.datasets.util.files import open_text_file
 from returnn.datasets.util.vocabulary import Vocabulary, parse_dict_literal, read_vocab_file
 from returnn.errors import ConfigError, DatasetError
 
-__all__ = ["LmDataset", "TranslationDataset", "TranslationFactorsDataset", "iter_corpus_orths", "open_text_file"]
+__all__ = ["LmDataset", "TranslationDataset", "TranslationFactorsDataset", "iter_corpus_orths"]
 
 logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------
 # Files
-
-
-def open_text_file(path: str) -> IO[str]:
-    """Open a UTF-8 text file for reading, gunzipping it if its content is gzip."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(2)
-        if magic == b"\x1f\x8b":
-            return gzip.open(path, "rt", encoding="utf-8")
-        return open(path, encoding="utf-8")
-    except OSError as exc:
-        raise DatasetError(f"cannot open {path!r}: {exc}") from exc
 
 
 def _is_bliss(path: str) -> bool:
@@ -160,11 +148,17 @@ class _TextDataset(CachedDataset2):
         main = seqs["data"] if "data" in seqs else next(iter(seqs.values()))
         return main.length
 
+    def have_get_corpus_seq(self) -> bool:
+        return True
+
+    def get_corpus_seq(self, corpus_idx: int) -> DatasetSeq:
+        features = {key: packed[corpus_idx] for key, packed in self._ensure_loaded().items()}
+        return DatasetSeq(corpus_idx, features, seq_tag=self.get_all_tags()[corpus_idx])
+
     def _collect_single_seq(self, seq_idx: int) -> DatasetSeq | None:
-        seqs = self._ensure_loaded()
-        corpus_idx = self.get_corpus_seq_idx(seq_idx)
-        features = {key: packed[corpus_idx] for key, packed in seqs.items()}
-        return DatasetSeq(seq_idx, features, seq_tag=self.get_all_tags()[corpus_idx])
+        seq = self.get_corpus_seq(self.get_corpus_seq_idx(seq_idx))
+        seq.seq_idx = seq_idx
+        return seq
 
     def get_data_dtype(self, key: str) -> str:
         return "int32"

@@ -52,6 +52,8 @@ def test_char_corpus_gzip_unicode_and_special_symbols(char_corpus, symbols_file)
         ("line-2", [6, 4, 5, 0]),
     ]
     assert dataset.get_data(0, "data").dtype == np.int32
+    assert dataset.have_get_corpus_seq()
+    assert dataset.get_corpus_seq(1).get_data("data").tolist() == [7, 8, 0]
 
 
 def test_word_based_with_symbol_map_file_replaces_unknown_words(tmp_path):

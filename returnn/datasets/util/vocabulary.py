@@ -13,7 +13,6 @@ is the label of that index. Indices must cover ``0 .. N-1``.
 from __future__ import annotations
 
 import ast
-import gzip
 import inspect
 import io
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from returnn.datasets.util.bpe import SamplingBytePairEncoder, StandardBytePairEncoder
+from returnn.datasets.util.files import read_file_bytes
 from returnn.errors import ConfigError, DatasetError
 
 __all__ = [
@@ -445,13 +445,7 @@ def _option_names(clazz: type) -> set[str] | None:
 
 def read_vocab_file(filename: str) -> dict[str, int]:
     """Read a vocab file (see module docs) into ``{label: index}``."""
-    try:
-        with open(filename, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise DatasetError(f"cannot read vocab file {filename!r}: {exc}") from exc
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+    raw = read_file_bytes(filename, "vocab file")
     if filename.endswith((".pkl", ".pkl.gz")) or raw[:1] == b"\x80":
         return _unpickle_plain(raw, filename)
     try:
