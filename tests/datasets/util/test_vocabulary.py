@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import sys
 
 import pytest
 
@@ -234,3 +235,9 @@ def test_sentence_pieces_round_trip_and_pickle(spm_model):
 def test_sentence_pieces_needs_a_model_file():
     with pytest.raises(ConfigError, match=r"SentencePieces: give 'model_file'"):
         SentencePieces()
+
+
+def test_sentence_pieces_without_the_package(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)
+    with pytest.raises(ConfigError, match=r"SentencePieces vocabularies need the 'sentencepiece' package: pip install"):
+        SentencePieces(model_file=str(tmp_path / "spm.model"))
