@@ -314,6 +314,11 @@ class OggZipDataset(CachedDataset2):
     def is_data_sparse(self, key: str) -> bool:
         return key == "classes"
 
+    def serialize_data(self, key: str, data: np.ndarray) -> str:
+        if key == "orth":  # UTF-8 bytes: one label per byte would split multi-byte characters
+            return data.tobytes().decode("utf-8", errors="replace")
+        return super().serialize_data(key, data)
+
     def get_data_shape(self, key: str) -> list[int]:
         if key == "data" and self.feature_extractor is not None:
             return [self.num_inputs]

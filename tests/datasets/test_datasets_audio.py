@@ -88,6 +88,7 @@ def test_text_only_without_any_audio_package(tmp_path, char_targets, monkeypatch
     _, _, orth, raw = seqs[1]
     assert orth.dtype == np.uint8 and orth.tobytes() == "äb".encode()
     assert raw.shape == () and str(raw) == "äb"
+    assert dataset.serialize_data("orth", orth) == "äb"
 
 
 def test_entries_without_file_and_targets_post_process(tmp_path, char_targets):
