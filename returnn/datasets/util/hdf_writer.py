@@ -172,7 +172,7 @@ class _HDFAppender:
         for group in ("data", "size", "labels"):
             targets.require_group(group)
         self._datasets[key] = self._create_growing(targets["data"], key, dtype, tuple(feature_shape))
-        targets["size"].attrs[key] = np.array([dim or 1, ndim], dtype="int32")
+        targets["size"].attrs[key] = np.array([dim or 1, ndim], dtype="int64")
         if labels:
             targets["labels"].create_dataset(key, data=_as_label_bytes(labels))
 
@@ -218,11 +218,8 @@ class _HDFAppender:
         expected = ([INPUT_KEY] if self.has_inputs else []) + self._target_keys
         lengths = np.zeros((len(seqs), self.file["seqLengths"].shape[1]), dtype="int32")
         for i, (tag, seq) in enumerate(zip(tags, seqs)):
-            if sorted(seq) != sorted(expected):
-                raise DatasetError(
-                    f"HDF file {self.filename!r}, sequence {tag!r}: got data keys {sorted(seq)}, "
-                    f"expected {sorted(expected)} (every sequence needs the same keys)"
-                )
+            if seq.keys() != set(expected):
+                raise self._keys_error(tag, seq.keys(), expected)
             for column, key in enumerate(expected):
                 lengths[i, column] = seq[key].shape[0]
         for key in expected:
@@ -233,6 +230,19 @@ class _HDFAppender:
         self.file.attrs["numSeqs"] = self._num_seqs
         if self.has_inputs:
             self.file.attrs["numTimesteps"] = self._datasets[INPUT_KEY].shape[0]
+
+    def _keys_error(self, tag: str, keys: Any, expected: list[str]) -> DatasetError:
+        new, missing = sorted(set(keys) - set(expected)), sorted(set(expected) - set(keys))
+        problems = [f"lacks data keys {missing}"] if missing else []
+        if new:
+            problems.append(
+                f"has data keys {new} that earlier sequences did not have (SimpleHDFWriter: declare them "
+                "with extra_type=... and give them from the first batch on)"
+            )
+        return DatasetError(
+            f"HDF file {self.filename!r}, sequence {tag!r}: {'; '.join(problems)}; every sequence needs the "
+            f"same keys, the file holds {expected}"
+        )
 
     def _append_key(self, key: str, values: list[np.ndarray], tags: Sequence[str]) -> None:
         dataset = self._datasets[key]
@@ -292,10 +302,9 @@ class _HDFAppender:
 
 
 def _is_string_dtype(dtype: Any) -> bool:
-    if isinstance(dtype, str):
-        return dtype in ("string", "str", "object")
-    dtype = np.dtype(dtype)
-    return dtype.kind in ("O", "U")
+    if isinstance(dtype, str) and dtype in ("string", "str", "object"):
+        return True
+    return np.dtype(dtype).kind in ("O", "U")
 
 
 class SimpleHDFWriter:
@@ -523,8 +532,8 @@ class HDFDatasetWriter:
                 feature_shape=shape,
                 labels=key_labels,
             )
-            if key == "classes":
-                self._appender.file.attrs["numLabels"] = dim or 1
+        if "classes" in keys:  # RETURNN's oldest readers take the number of classes from here
+            self._appender.file.attrs["numLabels"] = dataset.get_data_dim("classes") or 1
 
     def close(self) -> None:
         """Finish the file (it appears under its name only now)."""
