@@ -1,0 +1,552 @@
+"""The engine: the train, eval and forward loops around the config's step functions.
+
+Tasks (``returnn.__main__`` calls one of them on ``Engine(config)``): :meth:`Engine.train`, :meth:`Engine.eval`,
+:meth:`Engine.forward`, :meth:`Engine.initialize_model`, :meth:`Engine.cleanup_old_models`. ``Engine(config)``
+only reads options; datasets and the model are built when a task runs.
+
+A config may define ``class CustomEngine(Engine)`` and override these hooks (each documented where defined):
+
+- :meth:`Engine.build_model`, :meth:`Engine.build_updater` (the optimizer), :meth:`Engine.build_data_loader`
+- :meth:`Engine.run_train_step` (step function and backward), :meth:`Engine.optimizer_step`
+- :meth:`Engine.evaluate_dataset`
+- :meth:`Engine.on_epoch_start`, :meth:`Engine.on_epoch_end`
+- :meth:`Engine.save_checkpoint`, :meth:`Engine.load_checkpoint`
+
+Log lines have a stable ``key=value`` shape: one per step at verbosity 5 (``epoch=... step=... loss_<name>=...
+seqs=... step_time=... eta=...``), one per evaluated dataset at verbosity 4 and one per epoch at verbosity 3
+(``epoch=... train_loss_<name>=... dev_loss_<name>=... lr=... time=...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+import returnn
+from returnn.config import Config, declare_options
+from returnn.datasets import Dataset, init_dataset
+from returnn.errors import CheckpointError, ConfigError, DatasetError, StepFunctionError, TrainingError
+from returnn.learning_rate_control import LearningRateControl, learning_rate_control_from_config
+from returnn.log import V4
+from returnn.torch import checkpoints, distributed
+from returnn.torch.context import RunCtx, set_run_ctx
+from returnn.torch.data.loader import BatchLoader, build_data_loader
+from returnn.torch.data.options import DataPipelineOptions
+from returnn.torch.device import amp_dtype_from_config, autocast, resolve_device
+from returnn.torch.model_loading import (
+    PreloadSpec,
+    StartPoint,
+    apply_preload_from_files,
+    checkpoint_for_task,
+    train_start_point,
+)
+from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
+from returnn.torch.scores import LossTotals, Progress, format_scores, loss_values
+from returnn.torch.step_functions import StepFunctions
+from returnn.torch.updater import Updater
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Engine", "EngineOptions"]
+
+declare_options(
+    "Training",
+    {
+        "train": (None, "The training dataset: a dataset dict {'class': ..., ...}, a Dataset, or a callable."),
+        "dev": (None, "Dataset evaluated after each epoch (scores dev_loss_<name>); optional."),
+        "eval_datasets": (None, "More datasets evaluated after each epoch: {name: dataset} (scores <name>_loss_...)."),
+        "forward": (None, "The dataset of task forward."),
+        "num_epochs": (5, "Train up to this epoch."),
+        "save_interval": (1, "Save a checkpoint every N epochs (and after the last one)."),
+        "random_seed": (42, "Seed of the model initialization and of each epoch's random numbers."),
+        "stop_on_nonfinite_train_score": (
+            True,
+            "Stop training when a loss becomes nan or inf (nothing from that state is saved).",
+        ),
+        "cleanup_old_models": (
+            None,
+            "Delete old checkpoints after each epoch: True, or {'keep': [epochs], 'keep_last_n': 2, 'keep_best_n': 4}.",
+        ),
+    },
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    """The engine's own options, read from the config once."""
+
+    device: str
+    amp_dtype: torch.dtype | None
+    model_prefix: str | None
+    num_epochs: int
+    save_interval: int
+    random_seed: int
+    stop_on_nonfinite_train_score: bool
+    cleanup: checkpoints.CleanupPolicy | None
+
+    @classmethod
+    def from_config(cls, config: Config) -> EngineOptions:
+        if config.typed_value("eval", None) is not None:
+            raise ConfigError(
+                "config key 'eval': this trainer evaluates the datasets in 'dev' and 'eval_datasets'; "
+                "write eval_datasets = {'eval': ...} instead"
+            )
+        num_epochs = config.int("num_epochs")
+        save_interval = config.int("save_interval")
+        for key, value in (("num_epochs", num_epochs), ("save_interval", save_interval)):
+            if value is None or value < 1:
+                raise ConfigError(f"config key {key!r}: expected an int >= 1, got {value!r}")
+        model_prefix = config.value("model")
+        return cls(
+            device=resolve_device(config.value("device")),
+            amp_dtype=amp_dtype_from_config(config),
+            model_prefix=str(model_prefix) if model_prefix else None,
+            num_epochs=num_epochs,
+            save_interval=save_interval,
+            random_seed=config.int("random_seed"),
+            stop_on_nonfinite_train_score=config.bool("stop_on_nonfinite_train_score"),
+            cleanup=checkpoints.CleanupPolicy.from_config_value(config.bool_or_other("cleanup_old_models")),
+        )
+
+
+class Engine:
+    """Runs the tasks of a config. See the module docstring for the hooks a ``CustomEngine`` overrides.
+
+    :ivar epoch: the current epoch (train), or the loaded checkpoint's epoch
+    :ivar global_step: the number of training steps done so far
+    """
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.options = EngineOptions.from_config(config)
+        self.functions = StepFunctions.from_config(config)
+        self.device = self.options.device
+        self._model: torch.nn.Module | None = None
+        self.updater: Updater | None = None
+        self.learning_rate_control: LearningRateControl | None = None
+        self.epoch = 0
+        self.global_step = 0
+        self.data_loaders: dict[str, BatchLoader] = {}
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            raise RuntimeError("the model is not built yet (a task builds it)")
+        return self._model
+
+    # ================================================================ tasks
+
+    def train(self) -> None:
+        """Task train: epochs from the start epoch (after the newest checkpoint) up to ``num_epochs``."""
+        try:
+            start = self._init_train()
+            if start.epoch > self.options.num_epochs:
+                logger.info(
+                    f"train: nothing to do, epochs 1..{start.epoch - 1} are done (num_epochs={self.options.num_epochs})"
+                )
+                return
+            logger.info(
+                f"train: epochs={start.epoch}..{self.options.num_epochs} start={start.kind} "
+                f"global_step={self.global_step} device={self.device}"
+            )
+            for epoch in range(start.epoch, self.options.num_epochs + 1):
+                self.train_epoch(epoch)
+        finally:
+            self._close_data_loaders()
+
+    def train_epoch(self, epoch: int) -> None:
+        """One epoch: train steps, learning_rates file, checkpoint, evaluation, cleanup."""
+        start_time = time.monotonic()
+        self.on_epoch_start(epoch)
+        scores = self._record_scores(self._train_steps(self.data_loaders["train"]))
+        if epoch % self.options.save_interval == 0 or epoch == self.options.num_epochs:
+            self.save_checkpoint(epoch)
+        for name in self._eval_names():
+            scores.update(self._record_scores(self.evaluate_dataset(name, self.data_loaders[name])))
+        self.on_epoch_end(epoch, scores)
+        logger.info(
+            f"epoch={epoch} {format_scores(scores)} lr={self.updater.learning_rate:.6g} "
+            f"time={time.monotonic() - start_time:.1f}s"
+        )
+
+    def eval(self) -> None:
+        """Task eval: score a checkpoint on ``dev`` and ``eval_datasets``; the scores go to the learning_rates
+        file (for epochs >= 1)."""
+        self.functions.require("train_step", "task 'eval'")
+        if not self._eval_names():
+            raise ConfigError("task 'eval' needs datasets to evaluate: set 'dev' and/or 'eval_datasets'")
+        try:
+            self._init_model_for_task("eval")
+            self.learning_rate_control = learning_rate_control_from_config(self.config)
+            self._init_data_loaders(self._eval_names())
+            for name in self._eval_names():
+                scores = self.evaluate_dataset(name, self.data_loaders[name])
+                if self.epoch >= 1:
+                    self._record_scores(scores)
+                logger.info(f"eval: epoch={self.epoch} {format_scores(scores)}")
+        finally:
+            self._close_data_loaders()
+
+    def forward(self) -> None:
+        """Task forward: ``forward_step`` over the ``forward`` dataset, between ``forward_init_hook`` and
+        ``forward_finish_hook``. ``run_ctx.epoch`` and ``global_step`` are the checkpoint's."""
+        forward_step = self.functions.require("forward_step", "task 'forward'")
+        if self.config.typed_value("forward") is None:
+            raise ConfigError("task 'forward' needs the config key 'forward': the dataset to run forward_step over")
+        try:
+            self._init_model_for_task("forward")
+            loader = self._init_data_loaders(["forward"], mode="forward")["forward"]
+            run_ctx = RunCtx(
+                stage="forward_step", device=self.device, engine=self, epoch=self.epoch, global_step=self.global_step
+            )
+            set_run_ctx(run_ctx)
+            self._model.eval()
+            num_batches = 0
+            with torch.no_grad():
+                if self.functions.forward_init_hook is not None:
+                    self.functions.forward_init_hook(run_ctx)
+                for data in loader.iter_epoch(None):
+                    run_ctx.init_step(self.global_step)
+                    with autocast(self.device, self.options.amp_dtype):
+                        forward_step(model=self._model, data=self._to_device(data), run_ctx=run_ctx)
+                    num_batches += 1
+                if self.functions.forward_finish_hook is not None:
+                    self.functions.forward_finish_hook(run_ctx)
+            _check_not_empty(num_batches, "forward", None)
+            logger.info(f"forward: batches={num_batches} epoch={self.epoch}")
+        finally:
+            set_run_ctx(None)
+            self._close_data_loaders()
+
+    def initialize_model(self) -> None:
+        """Task initialize_model: save a freshly initialized model (with ``import_model_train_epoch1``, ``load`` and
+        the ``init_for_train`` entries of ``preload_from_files`` applied) as epoch 0, ``<model>.000.pt``. Training
+        with the same ``model`` then starts from it."""
+        self.functions.require("get_model", "task 'initialize_model'")
+        self._require_model_prefix("initialize_model")
+        self._model = self.build_model(epoch=1, step=0)
+        source = self.config.value("import_model_train_epoch1") or self.config.value("load")
+        if source:
+            path = checkpoints.resolve_checkpoint_path(source, config_key="import_model_train_epoch1/load")
+            self._load_model_params(StartPoint(epoch=1, step=0, checkpoint=path, content=self.load_checkpoint(path)))
+        apply_preload_from_files(
+            self._model, PreloadSpec.list_from_config(self.config), for_train=True, load=self.load_checkpoint
+        )
+        self.epoch, self.global_step = 0, 0
+        self.save_checkpoint(0)
+        logger.info(f"initialize_model: saved {checkpoints.checkpoint_filename(self.options.model_prefix, 0)}")
+
+    def cleanup_old_models(self) -> None:
+        """Task cleanup_old_models: delete checkpoints as ``cleanup_old_models`` says (its defaults when unset)."""
+        self._require_model_prefix("cleanup_old_models")
+        self.learning_rate_control = learning_rate_control_from_config(self.config)
+        self._cleanup(self.options.cleanup or checkpoints.CleanupPolicy())
+
+    # ================================================================ hooks
+
+    def build_model(self, *, epoch: int, step: int) -> torch.nn.Module:
+        """Hook: the model, from the config's ``get_model(epoch=, step=)``, on the device.
+
+        Randomness is seeded from (random_seed, epoch, step) first, so the initialization is reproducible.
+        """
+        get_model = self.functions.require("get_model", "building the model")
+        seed_all(derive_seed(self.options.random_seed, epoch, step))
+        set_run_ctx(RunCtx(stage="load", device=self.device, engine=self, epoch=epoch, global_step=step))
+        try:
+            model = get_model(epoch=epoch, step=step)
+        finally:
+            set_run_ctx(None)
+        if not isinstance(model, torch.nn.Module):
+            raise StepFunctionError(f"get_model must return a torch.nn.Module, got {type(model).__name__}")
+        num_params = sum(p.numel() for p in model.parameters())
+        logger.info(f"model: class={type(model).__name__} params={num_params}")
+        logger.log(V4, f"{model}")
+        return model.to(self.device)
+
+    def build_updater(self, model: torch.nn.Module) -> Updater:
+        """Hook: the updater (optimizer, gradient clipping, accumulation, AMP scaler) from the config."""
+        return Updater.from_config(self.config, model, device=self.device, amp_dtype=self.options.amp_dtype)
+
+    def build_data_loader(self, name: str, dataset: Dataset, *, mode: str) -> BatchLoader:
+        """Hook: the loader of one dataset; it lives for the whole task (``iter_epoch(epoch)`` per epoch).
+
+        :param mode: "train", "eval" or "forward"
+        """
+        return build_data_loader(
+            dataset,
+            self._pipeline_options,
+            mode=mode,
+            device=self.device,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+            name=name,
+        )
+
+    def run_train_step(self, data: dict[str, Any], run_ctx: RunCtx) -> torch.Tensor:
+        """Hook: run the config's ``train_step`` on a batch and add the gradients of its total loss.
+
+        :return: the step's loss values ``[loss_0, inv_norm_0, loss_1, ...]`` on the device (see :func:`loss_values`)
+        """
+        with autocast(self.device, self.options.amp_dtype):
+            self.functions.train_step(model=self._model, data=data, run_ctx=run_ctx)
+        values = loss_values(run_ctx.losses)
+        total = run_ctx.total_loss()
+        if not total.requires_grad:
+            raise StepFunctionError(
+                f"train_step: the total loss of {list(run_ctx.losses)} has no gradient (all scales 0, or computed "
+                "under torch.no_grad / from detached tensors)"
+            )
+        self.updater.backward(total)
+        return values
+
+    def optimizer_step(self, step_values: torch.Tensor) -> list[float]:
+        """Hook: update the parameters (every ``accum_grad_multiple_step`` steps).
+
+        :param step_values: what :meth:`run_train_step` returned
+        :return: ``step_values`` as floats, fetched together with the gradient norm (one device sync per step)
+        """
+        return self.updater.step(self.global_step, fetch=step_values)
+
+    def evaluate_dataset(self, name: str, data_loader: BatchLoader) -> dict[str, float]:
+        """Hook: the scores ``{"<name>_loss_<loss>": value}`` of the config's ``train_step`` on one dataset
+        (no gradients, no update; the model in eval mode)."""
+        start_time = time.monotonic()
+        self._model.eval()
+        run_ctx = RunCtx(
+            stage="train_step", device=self.device, engine=self, epoch=self.epoch, global_step=self.global_step
+        )
+        set_run_ctx(run_ctx)
+        totals = LossTotals()
+        with torch.no_grad():
+            for data in data_loader.iter_epoch(self.epoch):
+                run_ctx.init_step(self.global_step)
+                with autocast(self.device, self.options.amp_dtype):
+                    self.functions.train_step(model=self._model, data=self._to_device(data), run_ctx=run_ctx)
+                totals.add(run_ctx.losses, loss_values(run_ctx.losses).tolist())
+        set_run_ctx(None)
+        _check_not_empty(totals.num_steps, name, self.epoch)
+        scores = totals.scores(f"{name}_loss_")
+        logger.log(
+            V4, f"epoch={self.epoch} dataset={name} {format_scores(scores)} time={time.monotonic() - start_time:.1f}s"
+        )
+        return scores
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook: before the epoch's first step: seed, learning rate, train mode."""
+        self.epoch = epoch
+        seed_all(derive_seed(self.options.random_seed, epoch, self.global_step))
+        learning_rate = self.learning_rate_control.get_learning_rate_for_epoch(epoch)
+        self.updater.set_epoch_learning_rate(epoch, learning_rate)
+        self._model.train()
+
+    def on_epoch_end(self, epoch: int, scores: dict[str, float]) -> None:
+        """Hook: after the epoch's evaluation: delete old checkpoints (``cleanup_old_models``)."""
+        if self.options.cleanup is not None:
+            self._cleanup(self.options.cleanup)
+
+    def save_checkpoint(self, epoch: int) -> None:
+        """Hook: write ``<model>.<epoch>.opt.pt`` (if there is an updater), then ``<model>.<epoch>.pt``; keep the
+        optimizer files of the last two saved epochs."""
+        prefix = self._require_model_prefix("saving checkpoints")
+        if self.updater is not None:
+            optimizer_state = {**self.updater.state_dict(), "epoch": epoch, "step": self.global_step}
+            checkpoints.save_checkpoint(checkpoints.optimizer_filename(prefix, epoch), optimizer_state)
+        content = {
+            "model": self._model.state_dict(),
+            "epoch": epoch,
+            "step": self.global_step,
+            "effective_learning_rate": self.updater.learning_rate if self.updater is not None else None,
+            "returnn_version": returnn.__version__,
+            "rng": get_rng_state(include_cuda=torch.device(self.device).type == "cuda"),
+        }
+        checkpoints.save_checkpoint(checkpoints.checkpoint_filename(prefix, epoch), content)
+        if self.updater is not None:
+            checkpoints.delete_old_optimizer_files(prefix)
+
+    def load_checkpoint(self, path: str) -> dict[str, Any]:
+        """Hook: read a checkpoint or optimizer file (``weights_only=True``, tensors onto the device)."""
+        return checkpoints.load_checkpoint(path, map_location=self.device)
+
+    # ================================================================ set-up
+
+    def _init_train(self) -> StartPoint:
+        self.functions.require("get_model", "task 'train'")
+        self.functions.require("train_step", "task 'train'")
+        self._require_model_prefix("task 'train'")
+        if self.config.typed_value("train") is None:
+            raise ConfigError("task 'train' needs the config key 'train': the training dataset")
+        self.learning_rate_control = learning_rate_control_from_config(self.config)
+        start = train_start_point(self.config, self.load_checkpoint)
+        self.epoch, self.global_step = start.epoch, start.step
+        self._model = self.build_model(epoch=start.epoch, step=start.step)
+        self._load_model_params(start)
+        if start.kind in ("fresh", "import"):
+            specs = PreloadSpec.list_from_config(self.config)
+            apply_preload_from_files(self._model, specs, for_train=True, load=self.load_checkpoint)
+        self.updater = self.build_updater(self._model)
+        if start.optimizer_file is not None:
+            self.updater.load_state_dict(self.load_checkpoint(start.optimizer_file), source=start.optimizer_file)
+        self._init_data_loaders(["train"], mode="train")
+        self._init_data_loaders(self._eval_names(), mode="eval")
+        if start.kind == "resume":
+            self._evaluate_missing(start)
+        return start
+
+    def _init_model_for_task(self, task: str) -> None:
+        self.functions.require("get_model", f"task {task!r}")
+        start = checkpoint_for_task(self.config, task, self.load_checkpoint)
+        self.epoch, self.global_step = start.epoch, start.step
+        self._model = self.build_model(epoch=start.epoch, step=start.step)
+        self._load_model_params(start)
+        specs = PreloadSpec.list_from_config(self.config)
+        apply_preload_from_files(self._model, specs, for_train=False, load=self.load_checkpoint)
+
+    def _load_model_params(self, start: StartPoint) -> None:
+        if start.content is None:
+            return
+        if "model" not in start.content:
+            raise CheckpointError(
+                f"checkpoint {start.checkpoint!r} has no 'model' entry (it has: {', '.join(map(str, start.content))})"
+            )
+        checkpoints.load_model_state(
+            self._model,
+            start.content["model"],
+            source=f"checkpoint {start.checkpoint!r}",
+            ignore_missing=self.config.bool("load_ignore_missing_vars"),
+        )
+
+    def _evaluate_missing(self, start: StartPoint) -> None:
+        """A run stopped between saving epoch k and evaluating it: evaluate what the learning_rates file lacks,
+        with the random state of that moment, exactly as the interrupted run would have."""
+        epoch = start.epoch - 1
+        data = self.learning_rate_control.epoch_data.get(epoch)
+        scores = data.scores if data is not None else {}
+        missing = [name for name in self._eval_names() if not any(k.startswith(f"{name}_loss_") for k in scores)]
+        if not missing or epoch < 1:
+            return
+        logger.info(f"epoch={epoch}: evaluating {missing}, which the interrupted run did not finish")
+        if start.content and "rng" in start.content:
+            set_rng_state(start.content["rng"])
+        self.epoch = epoch
+        for name in missing:
+            self._record_scores(self.evaluate_dataset(name, self.data_loaders[name]))
+
+    @property
+    def _pipeline_options(self) -> DataPipelineOptions:
+        if not hasattr(self, "_pipeline_options_cache"):
+            self._pipeline_options_cache = DataPipelineOptions.from_config(self.config)
+        return self._pipeline_options_cache
+
+    def _eval_names(self) -> list[str]:
+        names = ["dev"] if self.config.typed_value("dev") is not None else []
+        eval_datasets = self.config.typed_value("eval_datasets") or {}
+        if not isinstance(eval_datasets, dict):
+            raise ConfigError(f"config key 'eval_datasets': expected a dict {{name: dataset}}, got {eval_datasets!r}")
+        for name in eval_datasets:
+            if name in ("train", "forward", *names):
+                raise ConfigError(f"config key 'eval_datasets': the name {name!r} is taken; choose another one")
+            names.append(name)
+        return names
+
+    def _init_data_loaders(self, names: Iterable[str], *, mode: str = "eval") -> dict[str, BatchLoader]:
+        eval_datasets = self.config.typed_value("eval_datasets") or {}
+        for name in names:
+            definition = eval_datasets[name] if name in eval_datasets else self.config.typed_value(name)
+            dataset = init_dataset(definition, default_kwargs={"name": name})
+            self.datasets[name] = dataset
+            self.data_loaders[name] = self.build_data_loader(name, dataset, mode=mode)
+        return self.data_loaders
+
+    def _close_data_loaders(self) -> None:
+        for loader in self.data_loaders.values():
+            loader.close()
+        self.data_loaders = {}
+
+    def _require_model_prefix(self, what: str) -> str:
+        if not self.options.model_prefix:
+            raise ConfigError(
+                f"{what} needs the config key 'model': the checkpoint prefix, e.g. model = 'models/epoch' "
+                "(files models/epoch.001.pt, ...)"
+            )
+        return self.options.model_prefix
+
+    # ================================================================ the steps
+
+    def _train_steps(self, data_loader: BatchLoader) -> dict[str, float]:
+        """The train steps of one epoch. Returns the epoch's scores ``train_loss_<name>``."""
+        run_ctx = RunCtx(
+            stage="train_step", device=self.device, engine=self, epoch=self.epoch, global_step=self.global_step
+        )
+        set_run_ctx(run_ctx)
+        totals = LossTotals()
+        progress = Progress(self.epoch, _expected_num_seqs(self.datasets["train"], data_loader))
+        for data in data_loader.iter_epoch(self.epoch):
+            run_ctx.init_step(self.global_step)
+            values = self.optimizer_step(self.run_train_step(self._to_device(data), run_ctx))
+            step_losses = totals.add(run_ctx.losses, values)
+            if self.options.stop_on_nonfinite_train_score:
+                self._check_finite(step_losses, values)
+            self.global_step += 1
+            progress.step(self.global_step, step_losses, data)
+        set_run_ctx(None)
+        _check_not_empty(totals.num_steps, "train", self.epoch)
+        logger.log(V4, f"epoch={self.epoch} part=train steps={totals.num_steps} seqs={progress.num_seqs}")
+        return totals.scores("train_loss_")
+
+    def _check_finite(self, step_losses: dict[str, float], values: list[float]) -> None:
+        for i, (name, value) in enumerate(step_losses.items()):
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"epoch={self.epoch} step={self.global_step}: loss {name!r} is {value} (sum {values[2 * i]}, "
+                    f"inv_norm_factor {values[2 * i + 1]}); training stopped, nothing of this epoch was saved. "
+                    "Set stop_on_nonfinite_train_score = False to go on regardless"
+                )
+
+    def _to_device(self, data: dict[str, Any]) -> dict[str, Any]:
+        if self.device == "cpu":
+            return data
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+
+    # ================================================================ scores and cleanup
+
+    def _record_scores(self, scores: dict[str, float]) -> dict[str, float]:
+        """Add scores of the current epoch to the learning_rates file (rewritten now)."""
+        self.learning_rate_control.set_epoch_error(self.epoch, scores)
+        self.learning_rate_control.save()
+        return scores
+
+    def _cleanup(self, policy: checkpoints.CleanupPolicy) -> None:
+        prefix = self.options.model_prefix
+        epochs = checkpoints.existing_epochs(prefix)
+        scores = {epoch: data.scores for epoch, data in self.learning_rate_control.epoch_data.items()}
+        to_delete = policy.epochs_to_delete(epochs, scores)
+        for epoch in to_delete:
+            checkpoints.delete_epoch(prefix, epoch)
+        if to_delete:
+            logger.log(V4, f"cleanup_old_models: deleted={to_delete} kept={sorted(set(epochs) - set(to_delete))}")
+
+
+def _expected_num_seqs(dataset: Dataset, data_loader: BatchLoader) -> int | None:
+    """Sequences expected in the coming epoch: as many as in the last one, else the corpus size per partition."""
+    if data_loader.last_epoch_stats is not None:
+        return data_loader.last_epoch_stats.num_seqs
+    try:
+        return -(-dataset.get_total_num_seqs() // max(1, dataset.partition_epoch))
+    except (DatasetError, AttributeError, NotImplementedError):
+        return dataset.estimated_num_seqs
+
+
+def _check_not_empty(num_batches: int, name: str, epoch: int | None) -> None:
+    if num_batches == 0:
+        raise DatasetError(
+            f"dataset {name!r} yielded no batches"
+            + (f" in epoch {epoch}" if epoch is not None else "")
+            + "; check the dataset (and min_seq_length / max_seq_length, which may filter out every sequence)"
+        )
