@@ -103,6 +103,8 @@ class PipelineDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[CollatedBatch]:
         info = torch.utils.data.get_worker_info()
         worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.dataset is None:
+            self.dataset = self._unpickle_dataset()
         yield from iterate_batches(
             self.dataset,
             self.options,
@@ -115,17 +117,21 @@ class PipelineDataset(torch.utils.data.IterableDataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["dataset"] = None  # travels as the bytes pickled up front
+        state["dataset"] = None  # travels as the bytes pickled up front; unpickled at the first iteration
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+    def _unpickle_dataset(self) -> Dataset:
+        """In a worker: rebuild the config (defines its functions and classes), then the dataset.
+
+        This runs inside the first iteration rather than while the worker process unpickles its arguments, so
+        that an error reaches the main process as the exception it is, not as a dead worker.
+        """
         if self.options.config_args:
             from returnn.config import load_config
 
             load_config(self.options.config_args)
         try:
-            self.dataset = pickle.loads(self._dataset_bytes)
+            return pickle.loads(self._dataset_bytes)
         except (AttributeError, ImportError, pickle.UnpicklingError) as exc:
             raise DatasetError(
                 f"a DataLoader worker cannot rebuild the dataset: {exc}. Functions and classes defined in the "

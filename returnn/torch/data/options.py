@@ -340,20 +340,21 @@ def _chunk_stream(where: str, spec: Any, problems: list[str]) -> ChunkStream | N
             close = difflib.get_close_matches(str(key), _STREAM_KEYS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             problems.append(f"{where}: unknown key {key!r}; {hint}choose from {', '.join(_STREAM_KEYS)}")
-    if "size" not in spec:
-        problems.append(f"{where}: 'size' is missing")
-        return None
-    return _make_stream(where, spec["size"], spec.get("step"), spec.get("min_chunk_size"), problems)
+    return _make_stream(where, spec.get("size"), spec.get("step"), spec.get("min_chunk_size"), problems)
 
 
 def _make_stream(where: str, size: Any, step: Any, min_chunk_size: Any, problems: list[str]) -> ChunkStream | None:
-    step = size if step is None else step
-    min_chunk_size = 0 if min_chunk_size is None else min_chunk_size
+    checks = [("size", size, 1), ("step", step, 1), ("min_chunk_size", min_chunk_size, 0)]
     ok = True
-    for name, value, minimum in (("size", size, 1), ("step", step, 1), ("min_chunk_size", min_chunk_size, 0)):
-        if not _is_int(value) or value < minimum:
+    for name, value, minimum in checks:
+        if value is not None and (not _is_int(value) or value < minimum):
             problems.append(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
             ok = False
+    if size is None:
+        problems.append(f"{where}: size is missing")
+        ok = False
+    step = size if step is None else step
+    min_chunk_size = 0 if min_chunk_size is None else min_chunk_size
     if ok and min_chunk_size > size:
         problems.append(
             f"{where}: min_chunk_size {min_chunk_size} is larger than size {size}, so every chunk is dropped"

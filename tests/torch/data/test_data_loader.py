@@ -1,0 +1,178 @@
+"""The dataset iteration stage, the composed pipeline and the loader in the main process (no workers)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from returnn.datasets.generating import DummyDataset, StaticDataset
+from returnn.errors import ConfigError, DatasetError
+from returnn.log import V4
+from returnn.torch.data import BatchStatistics, DataPipelineOptions, build_data_loader, default_num_workers
+from returnn.torch.data.iterate import iterate_dataset
+from returnn.torch.data.pipeline import iterate_batches
+
+
+def _static(num_seqs: int = 8, **kwargs) -> StaticDataset:
+    """Sequence i: ``data`` [i + 1, 2] filled with i, ``classes`` [i + 1] counting up."""
+    data = [
+        {"data": np.full((i + 1, 2), i, dtype=np.float32), "classes": np.arange(i + 1, dtype=np.int32)}
+        for i in range(num_seqs)
+    ]
+    return StaticDataset(data=data, **kwargs)
+
+
+def _epoch_order(dataset: StaticDataset, epoch: int) -> list[str]:
+    dataset.init_seq_order(epoch=epoch)
+    return [dataset.get_tag(i) for i in range(dataset.num_seqs)]
+
+
+# ------------------------------------------------------------------------------------------------ iteration
+
+
+def test_iterate_dataset_sets_up_the_epoch_and_yields_items():
+    dataset = _static(4, seq_ordering="random")
+    items = list(iterate_dataset(dataset, epoch=3))
+    assert [item["seq_tag"] for item in items] == _epoch_order(_static(4, seq_ordering="random"), 3)
+    assert [item["seq_idx"] for item in items] == [0, 1, 2, 3]
+    assert dataset.epoch == 3
+    first = items[0]
+    assert sorted(first) == ["classes", "data", "seq_idx", "seq_tag"]
+    index = int(first["seq_tag"].split("-")[1])
+    assert first["data"].tolist() == [[index, index]] * (index + 1)
+
+
+def test_iterate_dataset_shard_holds_every_nth_sequence_with_global_positions():
+    order = _epoch_order(_static(8, seq_ordering="random"), 2)
+    shard = list(iterate_dataset(_static(8, seq_ordering="random"), epoch=2, shard_index=1, num_shards=3))
+    assert [item["seq_tag"] for item in shard] == order[1::3]
+    assert [item["seq_idx"] for item in shard] == [1, 4, 7]
+
+
+def test_iterate_dataset_unshardable_dataset_with_shards_is_an_error():
+    endless = DummyDataset(input_dim=2, output_dim=3, num_seqs=float("inf"))
+    with pytest.raises(DatasetError, match="cannot be sharded"):
+        next(iterate_dataset(endless, epoch=1, shard_index=0, num_shards=2))
+
+
+# ------------------------------------------------------------------------------------------------ modes
+
+
+def _seq_counts(batches) -> list[int]:
+    return [batch.num_seqs for batch in batches]
+
+
+def test_modes_apply_filter_chunking_shuffle_and_drop_last_as_documented():
+    options = DataPipelineOptions.parse(
+        batch_size=100, max_seqs=3, drop_last=True, min_seq_length=3, chunking=(4, 4), online_shuffle_batches=2
+    )
+    dataset = _static(8)
+    # Lengths 1..8; filter keeps 3..8; chunks of 4: 3, 4, 4+1, 4+2, 4+3, 4+4 -> 10 chunks.
+    train = list(iterate_batches(dataset, options, epoch=1, mode="train"))
+    assert _seq_counts(train) == [3, 3, 3]  # drop_last drops the 10th chunk
+    evaluation = list(iterate_batches(dataset, options, epoch=1, mode="eval"))
+    assert _seq_counts(evaluation) == [3, 3, 3, 1]
+    forward = list(iterate_batches(dataset, options, epoch=None, mode="forward"))
+    assert [tag for batch in forward for tag in batch.lists["seq_tag"]] == [f"seq-{i}" for i in range(8)]
+    assert [batch.lists["seq_tag"] for batch in evaluation] == [
+        ["seq-2", "seq-3", "seq-4"],
+        ["seq-4", "seq-5", "seq-5"],
+        ["seq-6", "seq-6", "seq-7"],
+        ["seq-7"],
+    ]
+    # Training shuffles the same batches (after dropping the last one).
+    assert sorted(batch.lists["seq_tag"] for batch in train) == sorted(b.lists["seq_tag"] for b in evaluation[:3])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        next(iterate_batches(dataset, options, epoch=1, mode="search"))
+
+
+# ------------------------------------------------------------------------------------------------ loader
+
+
+def test_loader_in_main_process_yields_data_dicts_and_logs_statistics(caplog):
+    options = DataPipelineOptions.parse(batch_size=12, max_seqs=8)
+    loader = build_data_loader(_static(5), options, mode="eval", device="cpu", name="dev")
+    assert loader.num_workers == 0
+    with caplog.at_level(V4, logger="returnn.torch.data"):
+        batches = list(loader.iter_epoch(1))
+    # Lengths 1..5 with batch_size 12: [1, 2, 3] (3 x 3 = 9), [4, 5] (2 x 5 = 10).
+    assert [batch["seq_tag"] for batch in batches] == [["seq-0", "seq-1", "seq-2"], ["seq-3", "seq-4"]]
+    assert batches[1]["data"].shape == (2, 5, 2) and batches[1]["data:size1"].tolist() == [4, 5]
+    assert batches[1]["classes"].tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 3, 4]]
+    assert isinstance(batches[0]["data"], torch.Tensor)
+    stats = loader.last_epoch_stats
+    assert isinstance(stats, BatchStatistics)
+    assert (stats.epoch, stats.num_batches, stats.num_seqs, stats.min_seqs_per_batch, stats.max_seqs_per_batch) == (
+        1,
+        2,
+        5,
+        2,
+        3,
+    )
+    assert (stats.keys["data"].frames, stats.keys["data"].padded_frames) == (15, 19)
+    assert stats.keys["data"].padding_ratio == pytest.approx(4 / 19)
+    (record,) = [r for r in caplog.records if "batch statistics" in r.getMessage()]
+    assert record.levelno == V4
+    assert record.getMessage().startswith("batch statistics: dataset=dev epoch=1 batches=2 seqs=5 seqs_per_batch=2.5")
+    assert "data: frames_per_batch=8 max_padded=10 padding=0.211" in record.getMessage()
+    loader.close()
+    with pytest.raises(RuntimeError, match="is closed"):
+        next(loader.iter_epoch(2))
+
+
+def test_loader_reports_an_oversized_sequence_once_and_counts_all(caplog):
+    loader = build_data_loader(_static(8), DataPipelineOptions.parse(batch_size=6), mode="eval")
+    with caplog.at_level(logging.WARNING, logger="returnn.torch.data"):
+        list(loader.iter_epoch(1))
+        list(loader.iter_epoch(2))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "dataset 'StaticDataset': sequence 'seq-6' with lengths {'classes': 7, 'data': 7} is larger than batch_size 6 "
+        "and forms a batch of its own; further ones are counted in the batch statistics (log_verbosity 4)"
+    ]
+    assert loader.last_epoch_stats.num_oversized == 2
+
+
+def test_loader_epoch_changes_the_order():
+    loader = build_data_loader(_static(8, seq_ordering="random"), DataPipelineOptions.parse(batch_size=100))
+    for epoch in (1, 2):
+        (batch,) = loader.iter_epoch(epoch)
+        assert batch["seq_tag"] == _epoch_order(_static(8, seq_ordering="random"), epoch)
+
+
+def test_loader_without_workers_ignores_worker_only_dataloader_options():
+    options = DataPipelineOptions.parse(
+        batch_size=100, num_workers_per_gpu=0, torch_dataloader_opts={"prefetch_factor": 4, "persistent_workers": True}
+    )
+    (batch,) = build_data_loader(_static(3), options).iter_epoch(1)
+    assert batch["seq_idx"] == [0, 1, 2]
+
+
+def test_loader_refuses_more_shards_than_the_dataset_supports():
+    endless = DummyDataset(input_dim=2, output_dim=3, num_seqs=float("inf"))
+    options = DataPipelineOptions.parse(batch_size=100, num_workers_per_gpu=2)
+    with pytest.raises(ConfigError, match=r"cannot be split over 2 shards \(2 DataLoader workers x 1 distributed"):
+        build_data_loader(endless, options)
+    single = DataPipelineOptions.parse(batch_size=100, num_workers_per_gpu=0)
+    with pytest.raises(ConfigError, match=r"over 4 shards .* \(distributed training needs one\)"):
+        build_data_loader(endless, single, rank=1, world_size=4)
+
+
+def test_distributed_ranks_split_the_epoch():
+    options = DataPipelineOptions.parse(batch_size=100, num_workers_per_gpu=0)
+    tags = []
+    for rank in range(2):
+        (batch,) = build_data_loader(_static(6), options, rank=rank, world_size=2).iter_epoch(1)
+        assert batch["seq_idx"] == list(range(rank, 6, 2))
+        tags += batch["seq_tag"]
+    assert sorted(tags) == [f"seq-{i}" for i in range(6)]
+
+
+def test_default_number_of_workers_by_device():
+    assert default_num_workers(None) == 0
+    assert default_num_workers("cpu") == 0
+    assert default_num_workers("cuda") == 1
+    assert default_num_workers(torch.device("cuda", 1)) == 1
