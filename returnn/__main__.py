@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import returnn
-from returnn.config import Config, load_config
+from returnn.config import Config, declare_options, load_config
 from returnn.errors import ConfigError, ReturnnError
 from returnn.log import log
 
@@ -51,6 +51,17 @@ TASK_HELP = {
 }
 
 _UNSUPPORTED_TASKS = ("search", "compute_priors")
+
+declare_options(
+    "General",
+    {
+        "CustomEngine": (
+            None,
+            "A subclass of returnn.torch.engine.Engine, defined in the config, that runs instead of the Engine "
+            "(see the CustomEngine hooks).",
+        ),
+    },
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
