@@ -1,8 +1,8 @@
 """:class:`NumpyDumpDataset`: reads the text dumps of ``dump-dataset.py --type numpy``.
 
 Sequence ``i`` is the file ``<prefix><i>.data<postfix>`` (features, one frame per line, as written by
-``numpy.savetxt``) and, if present, ``<prefix><i>.targets<postfix>`` (one label index per line). A postfix ending in
-``.gz`` means gzipped files.
+``numpy.savetxt``) and, if present, ``<prefix><i>.targets.classes<postfix>`` (one label index per line; the older
+name ``<prefix><i>.targets<postfix>`` works too). A postfix ending in ``.gz`` means gzipped files.
 """
 
 from __future__ import annotations
@@ -54,10 +54,14 @@ class NumpyDumpDataset(CachedDataset2):
             raise DatasetError(f"{self}: no dump files {self._filename(start_seq, 'data')!r} ... found")
         self.num_inputs = num_inputs if num_inputs is not None else self._load(start_seq, "data").shape[1]
         self.num_outputs = {"data": (self.num_inputs, 2)}
-        self.has_targets = os.path.exists(self._filename(start_seq, "targets"))
-        if self.has_targets:
+        self.targets_kind = next(
+            (kind for kind in ("targets.classes", "targets") if os.path.exists(self._filename(start_seq, kind))), None
+        )
+        if self.targets_kind is not None:
             if num_outputs is None:
-                num_outputs = 1 + max(int(self._load(i, "targets").max(initial=0)) for i in range(start_seq, end_seq))
+                num_outputs = 1 + max(
+                    int(self._load(i, self.targets_kind).max(initial=0)) for i in range(start_seq, end_seq)
+                )
             self.num_outputs["classes"] = (num_outputs, 1)
 
     def _filename(self, seq_number: int, kind: str) -> str:
@@ -87,8 +91,8 @@ class NumpyDumpDataset(CachedDataset2):
     def get_corpus_seq(self, corpus_idx: int) -> DatasetSeq:
         number = self.start_seq + corpus_idx
         features = {"data": self._load(number, "data")}
-        if self.has_targets:
-            features["classes"] = self._load(number, "targets")
+        if self.targets_kind is not None:
+            features["classes"] = self._load(number, self.targets_kind)
         return DatasetSeq(corpus_idx, features, seq_tag=f"seq-{corpus_idx}")
 
     def _collect_single_seq(self, seq_idx: int) -> DatasetSeq | None:

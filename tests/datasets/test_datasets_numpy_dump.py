@@ -5,22 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from returnn.datasets import init_dataset
 from returnn.datasets.numpy_dump import NumpyDumpDataset
 from returnn.errors import DatasetError
 
 
-def write_dump(tmp_path, num_seqs: int, with_targets: bool = True) -> str:
+def write_dump(tmp_path, num_seqs: int, with_targets: bool = True, targets_name: str = "targets.classes") -> str:
     prefix = str(tmp_path / "dump.")
     for i in range(num_seqs):
         np.savetxt(f"{prefix}{i}.data.txt.gz", np.arange(3 * (i + 1), dtype=np.float32).reshape(i + 1, 3) / 2)
         if with_targets:
-            np.savetxt(f"{prefix}{i}.targets.txt.gz", np.arange(i + 1) + i, fmt="%i")
+            np.savetxt(f"{prefix}{i}.{targets_name}.txt.gz", np.arange(i + 1) + i, fmt="%i")
     return prefix
 
 
-def test_reads_gzipped_dumps_and_infers_dims(tmp_path):
-    dataset = init_dataset({"class": "NumpyDumpDataset", "prefix": write_dump(tmp_path, 3), "seq_ordering": "reverse"})
+@pytest.mark.parametrize("targets_name", ["targets.classes", "targets"])
+def test_reads_gzipped_dumps_and_infers_dims(tmp_path, targets_name):
+    prefix = write_dump(tmp_path, 3, targets_name=targets_name)
+    dataset = NumpyDumpDataset(prefix=prefix, seq_ordering="reverse")
     assert dataset.num_outputs == {"data": (3, 2), "classes": (5, 1)}
     dataset.init_seq_order(epoch=1)
     assert dataset.num_seqs == 3
