@@ -173,8 +173,8 @@ class _HDFFile:
         if path not in f or f[path].ndim != 1 or f[path].shape[0] == 0:
             return
         labels = [_decode(raw) for raw in f[path][...].tolist()]
-        # Writers put placeholders ("dummy-label") where a key has no labels: only a full set is real.
-        if len(labels) == self.keys[key].dim:
+        # RETURNN's writers put a placeholder ["dummy-label"] where a key has no labels: only a full set is real.
+        if len(labels) == self.keys[key].dim and labels != ["dummy-label"]:
             self.labels[key] = labels
 
     # ------------------------------------------------------------------ lazy state

@@ -222,7 +222,15 @@ def test_placeholder_labels_are_not_labels(tmp_path):
     with h5py.File(path, "r+") as f:
         del f["targets/labels/classes"]
         f.create_dataset("targets/labels/classes", data=_fixed_strings(["dummy-label"]))
-    assert HDFDataset(files=[str(path)]).labels == {}
+        f["targets/data/score"] = np.zeros(9, dtype="float32")
+        f["targets/size"].attrs["score"] = np.array([1, 1])
+        f["targets/labels/score"] = _fixed_strings(["dummy-label"])
+        lengths = f["seqLengths"][...]
+        del f["seqLengths"]
+        f["seqLengths"] = np.concatenate([lengths, lengths[:, :1]], axis=1)
+    dataset = HDFDataset(files=[str(path)])
+    assert dataset.num_outputs == {"data": (3, 2), "classes": (5, 1), "score": (1, 1)}
+    assert dataset.labels == {}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -234,6 +234,13 @@ def test_dataset_writer_strings_and_keys_without_data(tmp_path):
     assert [(data["orth"].tolist(), data["classes"].tolist()) for _, data in seqs] == [(["grüße"], [1, 2]), (["x"], [])]
 
 
+def test_dataset_writer_replaces_an_existing_file(tmp_path):
+    (tmp_path / "d.hdf").write_bytes(b"")  # pipelines pass a file made with mkstemp
+    source = init_dataset({"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 4})
+    assert dump(source, tmp_path / "d.hdf") == 4
+    assert [tag for tag, _ in read_all(tmp_path / "d.hdf")[1]] == ["seq-0", "seq-1", "seq-2", "seq-3"]
+
+
 def test_dataset_writer_range_is_inclusive_like_returnn(tmp_path):
     source = init_dataset({"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 10})
     assert dump(source, tmp_path / "d.hdf", start_seq=2, end_seq=4) == 3

@@ -64,7 +64,7 @@ class _HDFAppender:
     ``seqLengths`` depend on them.
     """
 
-    def __init__(self, filename: str, *, has_inputs: bool, extend_existing_file: bool = False):
+    def __init__(self, filename: str, *, has_inputs: bool, extend_existing_file: bool = False, overwrite: bool = False):
         import h5py
 
         self.filename = os.fspath(filename)
@@ -75,7 +75,7 @@ class _HDFAppender:
                 f"HDF file {self.filename!r} does not exist, so it cannot be extended; "
                 "create it first, or pass extend_existing_file=False"
             )
-        if not extend_existing_file and os.path.exists(self.filename):
+        if not extend_existing_file and not overwrite and os.path.exists(self.filename):
             raise DatasetError(
                 f"HDF file {self.filename!r} already exists; delete it first, or pass extend_existing_file=True "
                 "to append to it"
@@ -456,7 +456,8 @@ def _as_extra_seq(value: Any) -> np.ndarray:
 
 
 class HDFDatasetWriter:
-    """Writes all sequences of any dataset into an HDF file (what ``tools/hdf_dump.py`` does).
+    """Writes all sequences of any dataset into an HDF file (what ``tools/hdf_dump.py`` does); an existing file of
+    that name is replaced.
 
     The key ``data`` becomes ``inputs``, every other key a target; dimensions, dtypes and labels come from the
     dataset. Sequences are read once, in the dataset's order for the epoch.
@@ -487,7 +488,8 @@ class HDFDatasetWriter:
         keys = sorted(dataset.get_data_keys())
         if not keys:
             raise DatasetError(f"dataset {dataset!r} has no data keys, nothing to write to {self.filename!r}")
-        self._appender = appender = _HDFAppender(self.filename, has_inputs=INPUT_KEY in keys)
+        # Overwrite, as RETURNN does: pipelines pass a file they created empty (mkstemp).
+        self._appender = appender = _HDFAppender(self.filename, has_inputs=INPUT_KEY in keys, overwrite=True)
         try:
             self._declare_keys(dataset, keys)
             tags: list[str] = []
