@@ -41,6 +41,7 @@ __all__ = [
     "existing_epochs",
     "existing_optimizer_epochs",
     "load_model_state",
+    "check_shapes",
     "CleanupPolicy",
     "delete_epoch",
     "delete_old_optimizer_files",
@@ -128,7 +129,7 @@ def load_model_state(
     """
     if not isinstance(state, dict):
         raise CheckpointError(f"{source}: expected a state dict, got {type(state).__name__}")
-    expected = set(model.state_dict())
+    expected = set(model.state_dict())  # parameters and persistent buffers
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     if missing and not ignore_missing:
@@ -142,10 +143,20 @@ def load_model_state(
         logger.warning(f"{source}: parameters not in the checkpoint, kept as initialized: {_name_list(missing)}")
     if unexpected:
         logger.warning(f"{source}: checkpoint entries the model does not have, ignored: {_name_list(unexpected)}")
-    try:
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"{source} does not match the model: {exc}") from None
+    check_shapes(model, state, source=source)
+    model.load_state_dict(state, strict=False)
+
+
+def check_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Raise :class:`CheckpointError` listing the entries of ``state`` whose shape differs from the model's."""
+    model_state = model.state_dict()
+    mismatches = [
+        f"{name} (checkpoint {list(value.shape)}, model {list(model_state[name].shape)})"
+        for name, value in state.items()
+        if name in model_state and isinstance(value, torch.Tensor) and value.shape != model_state[name].shape
+    ]
+    if mismatches:
+        raise CheckpointError(f"{source} does not match the model: shapes differ for {_name_list(mismatches)}")
 
 
 def _name_list(names: list[str], limit: int = 10) -> str:

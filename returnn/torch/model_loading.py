@@ -283,12 +283,8 @@ class PreloadSpec:
                 + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else "")
                 + "; set 'ignore_missing': True, 'ignore_params' or 'var_name_mapping'"
             )
-        try:
-            model.load_state_dict(to_load, strict=False)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"preload_from_files[{self.name!r}]: {path!r} does not fit the model: {exc}"
-            ) from None
+        checkpoints.check_shapes(model, to_load, source=f"preload_from_files[{self.name!r}]: {path!r}")
+        model.load_state_dict(to_load, strict=False)
         logger.info(f"preload_from_files[{self.name!r}]: loaded {len(to_load)} parameters from {path}")
 
 
