@@ -88,10 +88,15 @@ def load_checkpoint(path: str, *, map_location: str | torch.device = "cpu") -> d
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file not found: {path!r}") from None
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's message is long; the line that matters follows "WeightsUnpickler error:"
+        detail = str(exc).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0].strip()
+        if "Unsupported global" not in detail:
+            raise CheckpointError(
+                f"cannot read checkpoint {path!r} (truncated or not a torch file?): {detail}"
+            ) from None
         raise CheckpointError(
             f"checkpoint {path!r} holds objects other than tensors, numbers, strings, lists and dicts, which are "
-            f"not loaded for safety ({first_line}); re-save it with plain types only"
+            f"not loaded for safety ({detail.splitlines()[0]}); re-save it with plain types only"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"cannot read checkpoint {path!r} (truncated or not a torch file?): {exc}") from exc

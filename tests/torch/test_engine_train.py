@@ -289,3 +289,15 @@ def test_log_lines(make_config, capsys):
     epoch_lines = [line for line in out.splitlines() if line.startswith("epoch=1 train_loss_ce=")]
     assert len(epoch_lines) == 1
     assert " dev_loss_ce=" in epoch_lines[0] and " lr=0.01 time=" in epoch_lines[0]
+
+
+def test_forward_applies_amp(make_config, tmp_path):
+    Engine(make_config(num_epochs=1)).train()
+    dtypes = set()
+
+    def forward_step(*, model, data, run_ctx, **kwargs):
+        dtypes.add(model(data["data"].float()).dtype)
+
+    config = make_config(torch_amp="bfloat16", forward=make_config().typed_value("dev"), forward_step=forward_step)
+    Engine(config).forward()
+    assert dtypes == {torch.bfloat16}
