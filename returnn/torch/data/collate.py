@@ -19,9 +19,9 @@ views of it, without copying.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -54,18 +54,18 @@ _INT64 = np.dtype(np.int64)
 _NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex: become tensors; everything else goes into lists
 
 
-@dataclass
-class _Slot:
+class _Slot(NamedTuple):
     """Where one array of the batch lies in the buffer."""
 
     key: str
     offset: int
     shape: tuple[int, ...]
     dtype: np.dtype
+    nbytes: int
 
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+def _slot(key: str, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> _Slot:
+    return _Slot(key, offset, shape, dtype, math.prod(shape) * dtype.itemsize)
 
 
 class CollatedBatch:
@@ -115,8 +115,7 @@ def collate_batch(items: Sequence[Item], *, shared_memory: bool = False) -> Coll
                 f"sequences {first.get(SEQ_TAG)!r} and {item.get(SEQ_TAG)!r} have different keys "
                 f"{sorted(first)} and {sorted(item)}; every sequence of a dataset needs the same keys"
             )
-    num_seqs = len(items)
-    plans: list[tuple[str, list[np.ndarray], list[_Slot]]] = []
+    plans: list[tuple[list[np.ndarray], list[tuple[int, ...]], list[_Slot]]] = []
     lists: dict[str, list] = {}
     offset = 0
     for key, value in first.items():
@@ -124,18 +123,16 @@ def collate_batch(items: Sequence[Item], *, shared_memory: bool = False) -> Coll
             lists[key] = [_plain(item[key]) for item in items]
             continue
         arrays = [item[key] for item in items]
-        slots = _slots_for(key, arrays, offset)
+        shapes = [array.shape for array in arrays]
+        slots = _layout(key, arrays, shapes, offset)
         offset = _aligned(slots[-1].offset + slots[-1].nbytes)
-        plans.append((key, arrays, slots))
-    buffer = _allocate(offset, shared_memory)
-    flat = buffer.numpy()
-    batch = CollatedBatch(buffer, [slot for _, _, slots in plans for slot in slots], lists, num_seqs)
-    for key, arrays, slots in plans:
-        views = [flat[s.offset : s.offset + s.nbytes].view(s.dtype).reshape(s.shape) for s in slots]
-        _fill(key, arrays, views)
-        if len(views) > 2:
-            lengths = views[2]
-            batch.frames[key] = (int(lengths.sum()), int(views[0].shape[1]))
+        plans.append((arrays, shapes, slots))
+    flat, buffer = _allocate(offset, shared_memory)
+    batch = CollatedBatch(buffer, [slot for _, _, slots in plans for slot in slots], lists, len(items))
+    for arrays, shapes, slots in plans:
+        _fill(flat, arrays, shapes, slots)
+        if len(slots) > 2:
+            batch.frames[slots[0].key] = (sum(shape[0] for shape in shapes), slots[0].shape[1])
     return batch
 
 
@@ -144,62 +141,64 @@ def _plain(value: Any) -> Any:
     return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
 
 
-def _slots_for(key: str, arrays: list[np.ndarray], offset: int) -> list[_Slot]:
-    """Slots of ``key`` (padded data, then size0, size1, ...), laid out from ``offset`` on."""
+def _layout(key: str, arrays: list[np.ndarray], shapes: list[tuple[int, ...]], offset: int) -> list[_Slot]:
+    """Slots of ``key`` from ``offset`` on: the padded data, size0, then size1 .. size<ndim> in one block."""
     first = arrays[0]
     ndim = first.ndim
-    for array in arrays:
-        if array.ndim != ndim:
-            raise DatasetError(
-                f"key {key!r}: sequences have different numbers of axes ({first.shape} and {array.shape}) in one batch"
-            )
+    if any(len(shape) != ndim for shape in shapes):
+        other = next(shape for shape in shapes if len(shape) != ndim)
+        raise DatasetError(f"key {key!r}: sequences have different numbers of axes ({first.shape} and {other})")
     dtype = first.dtype.newbyteorder("=")
     dtype = _CONVERTED_DTYPES.get(dtype, dtype)
     if dtype not in _TORCH_DTYPES:
         raise DatasetError(f"key {key!r}: dtype {first.dtype} has no torch equivalent; convert the data in the dataset")
-    shape = (len(arrays),) + tuple(max(array.shape[axis] for array in arrays) for axis in range(ndim))
-    slots = [_Slot(key, offset, shape, dtype)]
-    offset = _aligned(offset + slots[0].nbytes)
-    slots.append(_Slot(f"{key}:size0", offset, (), _INT64))
-    if ndim:
-        # size1 .. size<ndim> share one [ndim, B] block: each row is one [B] tensor.
-        offset = _aligned(offset + _INT64.itemsize)
-        row_bytes = len(arrays) * _INT64.itemsize
-        slots += [
-            _Slot(f"{key}:size{axis + 1}", offset + axis * row_bytes, (len(arrays),), _INT64) for axis in range(ndim)
-        ]
-    return slots
+    num_seqs = len(arrays)
+    data = _slot(key, offset, (num_seqs, *map(max, zip(*shapes))), dtype)
+    size0 = _slot(f"{key}:size0", _aligned(offset + data.nbytes), (), _INT64)
+    sizes_offset = _aligned(size0.offset + size0.nbytes)
+    sizes = [
+        _slot(f"{key}:size{axis + 1}", sizes_offset + axis * num_seqs * 8, (num_seqs,), _INT64) for axis in range(ndim)
+    ]
+    return [data, size0, *sizes]
 
 
-def _fill(key: str, arrays: list[np.ndarray], views: list[np.ndarray]) -> None:
-    """Copy the sequences into their padded places and write the sizes."""
-    out = views[0]
-    views[1][()] = len(arrays)
-    if out.ndim == 1:
+def _view(flat: np.ndarray, slot: _Slot) -> np.ndarray:
+    return flat[slot.offset : slot.offset + slot.nbytes].view(slot.dtype).reshape(slot.shape)
+
+
+def _fill(flat: np.ndarray, arrays: list[np.ndarray], shapes: list[tuple[int, ...]], slots: list[_Slot]) -> None:
+    """Copy the sequences into their padded places and write the sizes (the buffer is zero-filled already)."""
+    data, size0, *sizes = slots
+    out = _view(flat, data)
+    _view(flat, size0)[()] = len(arrays)
+    if not sizes:
         out[:] = arrays
         return
-    inner = out.shape[2:]
+    inner = data.shape[2:]
     for index, array in enumerate(arrays):
-        length = array.shape[0]
         if array.shape[1:] == inner:
-            out[index, :length] = array
-            out[index, length:] = 0
+            out[index, : array.shape[0]] = array
         else:
-            out[index] = 0
             out[index][tuple(slice(0, extent) for extent in array.shape)] = array
-    for axis, sizes in enumerate(views[2:]):
-        sizes[:] = [array.shape[axis] for array in arrays]
+    block = flat[sizes[0].offset : sizes[-1].offset + sizes[-1].nbytes].view(np.int64)
+    block.reshape(len(sizes), len(arrays))[...] = np.array(shapes, dtype=np.int64).T
 
 
 def _aligned(offset: int) -> int:
     return -(-offset // _ALIGN) * _ALIGN
 
 
-def _allocate(nbytes: int, shared_memory: bool) -> torch.Tensor:
+def _allocate(nbytes: int, shared_memory: bool) -> tuple[np.ndarray, torch.Tensor]:
+    """The zero-filled batch buffer, as numpy (to fill) and as torch tensor (to ship and to view).
+
+    Zero pages come from the kernel (calloc, a fresh shared-memory file), so padding costs no writes.
+    """
     if not shared_memory or nbytes == 0:
-        return torch.empty(nbytes, dtype=torch.uint8)
-    if not hasattr(torch.UntypedStorage, "_new_shared"):
-        return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
-    # A fresh shared-memory storage: torch would otherwise copy the batch into shared memory when sending it.
-    storage = torch.UntypedStorage._new_shared(nbytes)
-    return torch.empty(0, dtype=torch.uint8).set_(storage)
+        flat = np.zeros(nbytes, dtype=np.uint8)
+        return flat, torch.from_numpy(flat)
+    if hasattr(torch.UntypedStorage, "_new_shared"):
+        # A fresh shared-memory storage: torch would otherwise copy the batch into shared memory when sending it.
+        buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
+    else:
+        buffer = torch.zeros(nbytes, dtype=torch.uint8).share_memory_()
+    return buffer.numpy(), buffer
