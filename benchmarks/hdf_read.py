@@ -100,11 +100,12 @@ def run_one(mode: str, path: str) -> None:
         sys.path.insert(0, REPO_ROOT)
         import returnn.datasets.hdf  # noqa: F401
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     num_seqs, frames = reader(path)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"mode": mode, "seqs": num_seqs, "frames": frames, "s": seconds, "peak_rss_mb": peak_rss_mb}))
+    result = {"mode": mode, "seqs": num_seqs, "frames": frames, "s": seconds, "cpu_s": cpu_seconds}
+    print(json.dumps({**result, "peak_rss_mb": peak_rss_mb}))
 
 
 def compare(path: str, reps: int) -> None:
@@ -121,20 +122,22 @@ def compare(path: str, reps: int) -> None:
     size_gib = os.path.getsize(path) / 1024**3
     first = results["h5py"][0]
     print(f"file {path}: {size_gib:.2f} GiB, {first['seqs']} sequences, {first['frames']} frames")
-    median_s = {}
+    median_s, median_cpu = {}, {}
     for mode, runs in results.items():
         times = [r["s"] for r in runs]
         median_s[mode] = statistics.median(times)
+        median_cpu[mode] = statistics.median(r["cpu_s"] for r in runs)
         seqs = runs[0]["seqs"]
         print(
-            f"{mode:8s} median {median_s[mode]:.2f} s (runs: {', '.join(f'{t:.2f}' for t in times)}), "
+            f"{mode:8s} median {median_s[mode]:.2f} s wall, {median_cpu[mode]:.2f} s CPU "
+            f"(wall per run: {', '.join(f'{t:.2f}' for t in times)}), "
             f"{seqs / median_s[mode]:.0f} seqs/s, {size_gib * 1024 / median_s[mode]:.0f} MiB/s, "
             f"peak RSS {max(r['peak_rss_mb'] for r in runs):.0f} MB"
         )
     ratios = [h["s"] / d["s"] for h, d in zip(results["h5py"], results["dataset"])]
     print(
-        f"HDFDataset rate / plain h5py rate: median {median_s['h5py'] / median_s['dataset']:.3f} "
-        f"(per round: {', '.join(f'{r:.3f}' for r in ratios)})"
+        f"HDFDataset rate / plain h5py rate: wall {median_s['h5py'] / median_s['dataset']:.3f} "
+        f"(per round: {', '.join(f'{r:.3f}' for r in ratios)}), CPU {median_cpu['h5py'] / median_cpu['dataset']:.3f}"
     )
 
 

@@ -200,7 +200,9 @@ class _HDFFile:
 
     def _make_reader(self, key: str) -> tuple[h5py.Dataset, int, bool]:
         """The h5py dataset, seqLengths column and string flag of a key (kept for the next reads)."""
-        info = self.keys[key]
+        info = self.keys.get(key)
+        if info is None:
+            raise DatasetError(f"{self.owner}: unknown data key {key!r}; the HDF files have {sorted(self.keys)}")
         if self._offsets is None:
             self._offsets = self._load_offsets()
         handle = self._handle or self._open()
@@ -377,12 +379,14 @@ class HDFDataset(Dataset):
         return info
 
     def _locate_seq(self, seq_idx: int) -> tuple[_HDFFile, int]:
+        # On the path of every read: kept to a few lookups (see benchmarks/hdf_read.py).
         order = self._seq_order
-        return self._locate(order[seq_idx] if order is not None else self.get_corpus_seq_idx(seq_idx))
+        corpus_idx = order[seq_idx] if order is not None else self.get_corpus_seq_idx(seq_idx)
+        if len(self._files) == 1:
+            return self._files[0], corpus_idx
+        return self._locate(corpus_idx)
 
     def get_data(self, seq_idx: int, key: str) -> np.ndarray:
-        if key not in self._keys:
-            self._key_info(key)
         hdf_file, local_idx = self._locate_seq(seq_idx)
         return hdf_file.read(local_idx, key)
 
