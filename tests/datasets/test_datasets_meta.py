@@ -55,17 +55,6 @@ def meta(features_hdf, align_hdf, **kwargs) -> MetaDataset:
     return init_dataset(opts)
 
 
-def read(dataset, epoch):
-    dataset.init_seq_order(epoch=epoch)
-    seqs = []
-    for seq_idx in range(dataset.num_seqs):
-        dataset.load_seqs(seq_idx, seq_idx + 1)
-        seqs.append(
-            (dataset.get_tag(seq_idx), {key: dataset.get_data(seq_idx, key) for key in dataset.get_data_keys()})
-        )
-    return seqs
-
-
 def corpus_idx(tag: str) -> int:
     return int(tag.removeprefix("rec"))
 
@@ -79,7 +68,7 @@ def check_consistent(seqs):
         np.testing.assert_array_equal(data["classes"], np.arange(LENS[idx]) % 5)
 
 
-def test_keys_dims_dtypes_and_data(features_hdf, align_hdf):
+def test_keys_dims_dtypes_and_data(features_hdf, align_hdf, read_epoch):
     dataset = meta(features_hdf, align_hdf)
     assert dataset.get_data_keys() == ["align", "classes", "data"]
     assert dataset.get_target_list() == ["align", "classes"]
@@ -87,14 +76,14 @@ def test_keys_dims_dtypes_and_data(features_hdf, align_hdf):
     assert (dataset.get_data_dtype("data"), dataset.get_data_dtype("classes")) == ("float32", "int32")
     assert dataset.is_data_sparse("classes") and not dataset.is_data_sparse("align")
     assert (dataset.get_data_shape("data"), dataset.get_data_shape("classes")) == ([3], [])
-    seqs = read(dataset, 1)
+    seqs = read_epoch(dataset, 1)
     assert [tag for tag, _ in seqs] == [f"rec{i}" for i in range(10)]  # the default dataset's ("data") order
     check_consistent(seqs)
     assert dataset.get_seq_length(3) == {"data": 7, "classes": 7, "align": 7}
     assert dataset.get_all_tags() == [f"rec{i}" for i in range(10)] and dataset.get_total_num_seqs() == 10
 
 
-def test_hdf_with_generated_data(features_hdf, tmp_path):
+def test_hdf_with_generated_data(features_hdf, tmp_path, read_epoch):
     # Tags seq-0 .. seq-9, as the generated datasets name their sequences.
     hdf = write_hdf(tmp_path / "gen_tags.hdf", [f"seq-{i}" for i in range(10)], list(range(10)))
     dataset = init_dataset(
@@ -110,14 +99,14 @@ def test_hdf_with_generated_data(features_hdf, tmp_path):
     )
     dummy = init_dataset({"class": "DummyDataset", "input_dim": 2, "output_dim": 7, "num_seqs": 10, "seq_len": 3})
     dummy.init_seq_order(epoch=1)
-    for tag, data in read(dataset, 1):
+    for tag, data in read_epoch(dataset, 1):
         idx = int(tag.removeprefix("seq-"))
         assert (data["data"] == idx).all()
         np.testing.assert_array_equal(data["targets"], dummy.get_corpus_seq(idx).features["classes"])
     assert dataset.num_outputs == {"data": (3, 2), "targets": (7, 1)}
 
 
-def test_control_dataset_orders_every_epoch(features_hdf, align_hdf):
+def test_control_dataset_orders_every_epoch(features_hdf, align_hdf, read_epoch):
     control_opts = {"class": "HDFDataset", "files": [align_hdf], "seq_ordering": "random", "partition_epoch": 2}
     dataset = init_dataset(
         {
@@ -130,7 +119,7 @@ def test_control_dataset_orders_every_epoch(features_hdf, align_hdf):
     reference = HDFDataset(files=[align_hdf], seq_ordering="random", partition_epoch=2)
     seen = []
     for epoch in (1, 2):
-        seqs = read(dataset, epoch)
+        seqs = read_epoch(dataset, epoch)
         reference.init_seq_order(epoch=epoch)
         assert [tag for tag, _ in seqs] == [reference.get_tag(i) for i in range(reference.num_seqs)]
         check_consistent(seqs)
@@ -138,47 +127,47 @@ def test_control_dataset_orders_every_epoch(features_hdf, align_hdf):
     assert sorted(seen) == sorted(f"rec{i}" for i in range(10))  # the two partitions cover the corpus once
 
 
-def test_orders_itself_without_control_dataset(features_hdf, align_hdf):
+def test_orders_itself_without_control_dataset(features_hdf, align_hdf, read_epoch):
     dataset = meta(features_hdf, align_hdf, seq_ordering="sorted", partition_epoch=2)
     by_length = sorted(range(10), key=LENS.__getitem__)
-    first, second = read(dataset, 1), read(dataset, 2)
+    first, second = read_epoch(dataset, 1), read_epoch(dataset, 2)
     assert [corpus_idx(tag) for tag, _ in first + second] == by_length
     check_consistent(first + second)
 
 
-def test_seq_lens_file_sorts(features_hdf, align_hdf, tmp_path):
+def test_seq_lens_file_sorts(features_hdf, align_hdf, tmp_path, read_epoch):
     lens_file = tmp_path / "lens.json"
     lens_file.write_text("{" + ", ".join(f'"rec{i}": {{"data": {(i * 7) % 10}}}' for i in range(10)) + "}")
     dataset = meta(features_hdf, align_hdf, seq_ordering="sorted_reverse", seq_lens_file=str(lens_file))
-    assert [corpus_idx(tag) for tag, _ in read(dataset, 1)] == sorted(range(10), key=lambda i: -((i * 7) % 10))
+    assert [corpus_idx(tag) for tag, _ in read_epoch(dataset, 1)] == sorted(range(10), key=lambda i: -((i * 7) % 10))
     assert dataset.get_seq_length(0) == {"data": 9}
 
 
 @pytest.mark.parametrize("control", [None, "align"])
-def test_shards_cover_the_epoch_once(features_hdf, align_hdf, control):
+def test_shards_cover_the_epoch_once(features_hdf, align_hdf, control, read_epoch):
     kwargs = {"seq_order_control_dataset": control} if control else {"seq_ordering": "random"}
-    full = [tag for tag, _ in read(meta(features_hdf, align_hdf, **kwargs), 3)]
+    full = [tag for tag, _ in read_epoch(meta(features_hdf, align_hdf, **kwargs), 3)]
     shards = []
     for shard_index in range(3):
         dataset = meta(features_hdf, align_hdf, **kwargs)
         assert dataset.supports_sharding()
         dataset.set_sharding(shard_index, 3)
-        seqs = read(dataset, 3)
+        seqs = read_epoch(dataset, 3)
         check_consistent(seqs)
         assert [tag for tag, _ in seqs] == full[shard_index::3]
         shards += [tag for tag, _ in seqs]
     assert sorted(shards) == sorted(full) and len(full) == 10
 
 
-def test_pickle_round_trip(features_hdf, align_hdf):
+def test_pickle_round_trip(features_hdf, align_hdf, read_epoch):
     dataset = meta(features_hdf, align_hdf, seq_ordering="random", partition_epoch=2, name="train")
     dataset.set_sharding(1, 2)
-    expected = read(dataset, 3)
+    expected = read_epoch(dataset, 3)
     clone = pickle.loads(pickle.dumps(dataset))
     assert (type(clone), clone.name, clone.epoch) == (MetaDataset, "train", 3)
     assert [clone.get_tag(i) for i in range(clone.num_seqs)] == [tag for tag, _ in expected]
     np.testing.assert_array_equal(clone.get_data(1, "align"), expected[1][1]["align"])
-    assert [tag for tag, _ in read(clone, 4)] == [tag for tag, _ in read(dataset, 4)]
+    assert [tag for tag, _ in read_epoch(clone, 4)] == [tag for tag, _ in read_epoch(dataset, 4)]
 
 
 def test_explicit_seq_list_and_seq_order(features_hdf, align_hdf):
@@ -204,13 +193,13 @@ def renamed_align_hdf(tmp_path) -> str:
 
 
 @pytest.mark.parametrize("fmt", ["text", "gzip"])
-def test_seq_list_file_of_tags(features_hdf, align_hdf, tmp_path, fmt):
+def test_seq_list_file_of_tags(features_hdf, align_hdf, tmp_path, fmt, read_epoch):
     tags = ["rec8", "rec1", "rec4"]
     path = tmp_path / ("list.txt" if fmt == "text" else "list.gz")
     content = "\n".join(tags) + "\n\n"
     path.write_bytes(gzip.compress(content.encode()) if fmt == "gzip" else content.encode())
     dataset = meta(features_hdf, align_hdf, seq_list_file=str(path))
-    seqs = read(dataset, 1)
+    seqs = read_epoch(dataset, 1)
     assert [tag for tag, _ in seqs] == tags and dataset.get_all_tags() == tags
     check_consistent(seqs)
 
@@ -220,7 +209,7 @@ def per_dataset_lists():
 
 
 @pytest.mark.parametrize("fmt", ["literal", "pickle", "files"])
-def test_seq_list_per_dataset_matches_by_position(features_hdf, renamed_align_hdf, tmp_path, fmt):
+def test_seq_list_per_dataset_matches_by_position(features_hdf, renamed_align_hdf, tmp_path, fmt, read_epoch):
     lists = per_dataset_lists()
     if fmt == "literal":
         (tmp_path / "lists.py").write_text(repr(lists))
@@ -233,12 +222,12 @@ def test_seq_list_per_dataset_matches_by_position(features_hdf, renamed_align_hd
         for key, tags in lists.items():
             (tmp_path / f"{key}.txt").write_text("\n".join(tags))
             seq_list_file[key] = str(tmp_path / f"{key}.txt")
-    seqs = read(meta(features_hdf, renamed_align_hdf, seq_list_file=seq_list_file), 1)
+    seqs = read_epoch(meta(features_hdf, renamed_align_hdf, seq_list_file=seq_list_file), 1)
     assert [tag for tag, _ in seqs] == ["rec3", "rec0", "rec6"]  # the default dataset's tags
     check_consistent(seqs)
 
 
-def test_seq_list_file_with_control_dataset_skips_unlisted(features_hdf, renamed_align_hdf, tmp_path):
+def test_seq_list_file_with_control_dataset_skips_unlisted(features_hdf, renamed_align_hdf, tmp_path, read_epoch):
     (tmp_path / "lists.py").write_text(repr(per_dataset_lists()))
     control = {"class": "HDFDataset", "files": [renamed_align_hdf], "seq_ordering": "reverse"}
     dataset = init_dataset(
@@ -250,7 +239,7 @@ def test_seq_list_file_with_control_dataset_skips_unlisted(features_hdf, renamed
             "seq_order_control_dataset": "align",
         }
     )
-    seqs = read(dataset, 1)
+    seqs = read_epoch(dataset, 1)
     # The control file stores 5 0 9 2 7 1 8 3 6 4; reversed, the listed ones come as 6, 3, 0. Named by the control.
     assert [tag for tag, _ in seqs] == ["utt-6", "utt-3", "utt-0"]
     assert [int(data["data"][0, 0]) for _, data in seqs] == [6, 3, 0]
