@@ -118,6 +118,8 @@ class _HDFFile:
                 f"has {seq_lengths.shape[1]} seqLengths columns, but needs {num_columns} "
                 f"(inputs: {has_inputs}, targets: {sorted(target_columns)})"
             )
+        if has_inputs and "data" in target_columns:
+            raise self._error("has both 'inputs' and 'targets/data/data'; both would be data key 'data'")
         if has_inputs:
             self.keys["data"] = self._inputs_info(f)
             self._read_labels(f, "labels", "data")
@@ -301,11 +303,20 @@ class HDFDataset(Dataset):
         self._files: list[_HDFFile] = []
         self._file_starts: list[int] = [0]  # corpus index of each file's first sequence, then the total
         self._keys: dict[str, _KeyInfo] = {}
+        self._given_files: list[str] = []  # as given, before the cache manager
         for filename in files or []:
-            self.add_file(filename)
+            self._add_file(filename)
 
     def add_file(self, filename: str) -> None:
-        """Append the sequences of another file to the corpus."""
+        """Append the sequences of another file to the corpus (RETURNN's API; also kept in pickled copies)."""
+        self._add_file(filename)
+        # Pickled copies (DataLoader workers) are rebuilt from the constructor arguments: keep them complete.
+        positional = dict(zip(("files", "use_cache_manager", "cache_byte_size"), self._ctor_args))
+        self._ctor_args = ()
+        self._ctor_kwargs = {**self._ctor_kwargs, **positional, "files": list(self._given_files)}
+
+    def _add_file(self, filename: str) -> None:
+        self._given_files.append(filename)
         if self.use_cache_manager:
             from returnn.util.basic import cf
 

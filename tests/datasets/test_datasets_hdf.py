@@ -440,6 +440,15 @@ def _read_tags_and_sums(dataset: HDFDataset, queue: Any = None) -> list[tuple[st
     return result
 
 
+def test_files_added_later_are_kept_when_pickled(tmp_path):
+    write_hdf_dump_layout(tmp_path / "a.hdf")
+    write_hdf_dump_layout(tmp_path / "b.hdf", lens=[5], tags=["b/1"])
+    dataset = HDFDataset([str(tmp_path / "a.hdf")])
+    dataset.add_file(str(tmp_path / "b.hdf"))
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert clone.get_all_tags() == TAGS + ["b/1"]
+
+
 def test_read_in_spawned_and_forked_processes(tmp_path):
     write_hdf_dump_layout(tmp_path / "a.hdf")
     dataset = HDFDataset(files=[str(tmp_path / "a.hdf")])

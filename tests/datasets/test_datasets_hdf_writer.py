@@ -135,6 +135,11 @@ def test_simple_writer_file_existence_errors(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(DatasetError, match=r"out\.hdf' already exists; delete it first, or pass extend_existing"):
         SimpleHDFWriter(str(path), dim=3)
+    with pytest.raises(
+        DatasetError, match=r"cannot extend HDF file '.*out\.hdf': it lacks \['seqLengths', 'seqTags'\]"
+    ):
+        SimpleHDFWriter(str(path), dim=3, extend_existing_file=True)
+    assert os.listdir(tmp_path) == ["out.hdf"]  # no temporary file left behind
 
 
 def test_simple_writer_bad_batches(tmp_path):

@@ -86,15 +86,26 @@ class _HDFAppender:
             dir=directory, prefix=f".{os.path.basename(self.filename)}.", suffix=".tmp"
         )
         os.close(fd)
-        if extend_existing_file:
-            shutil.copyfile(self.filename, self.tmp_filename)
-        self.file: h5py.File | None = h5py.File(self.tmp_filename, "r+" if extend_existing_file else "w")
+        self.file: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
         self._target_keys: list[str] | None = None  # sorted; fixed once sequences were written
-        if extend_existing_file:
-            self._open_existing(has_inputs)
-        else:
-            self._create_new(has_inputs)
+        try:
+            if extend_existing_file:
+                shutil.copyfile(self.filename, self.tmp_filename)
+                self.file = self._open_h5(h5py, "r+")
+                self._open_existing(has_inputs)
+            else:
+                self.file = self._open_h5(h5py, "w")
+                self._create_new(has_inputs)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _open_h5(self, h5py: Any, mode: str) -> h5py.File:
+        try:
+            return h5py.File(self.tmp_filename, mode)
+        except OSError as exc:
+            raise DatasetError(f"cannot open HDF file {self.filename!r} for writing: {exc}") from exc
 
     # ------------------------------------------------------------------ set-up
 
@@ -293,10 +304,9 @@ class _HDFAppender:
 
     def abort(self) -> None:
         """Close and delete the temporary file; the destination stays as it was."""
-        if self.file is None:
-            return
-        self.file.close()
-        self.file = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
         if os.path.exists(self.tmp_filename):
             os.remove(self.tmp_filename)
 
