@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from returnn.config import load_config
+from returnn.config import declare_options, load_config
 from returnn.errors import ConfigError, ReturnnError, StepFunctionError
 from returnn.log import log
 from returnn.torch.checkpoints import load_checkpoint, load_model_state, resolve_checkpoint_path
@@ -27,6 +27,17 @@ from returnn.torch.context import RunCtx, set_run_ctx
 from returnn.torch.step_functions import check_accepts_kwargs
 
 logger = logging.getLogger(__name__)
+
+declare_options(
+    "Tools",
+    {
+        "export": (
+            None,
+            "For tools/torch_export_to_onnx.py: export(*, model, f, input_names, output_names, **kwargs) writes the "
+            "model to the ONNX file f (e.g. with torch.onnx.export).",
+        ),
+    },
+)
 
 
 def export_to_onnx(
