@@ -81,15 +81,21 @@ class ConcatSeqsDataset(DescribedByInner, CachedDataset2):
 
     def _check_option_keys(self) -> None:
         keys = self.inner.get_data_keys()
-        for option in (
-            "remove_in_between_postfix",
-            "repeat_in_between_last_frame_up_to_multiple_of",
-            "pad_narrow_data_to_multiple_of_target_len",
-        ):
-            for key, value in getattr(self, option).items():
-                target = value[0] if option.startswith("pad") and isinstance(value, (tuple, list)) else key
-                if key not in keys or target not in keys:
+        options = {
+            "remove_in_between_postfix": self.remove_in_between_postfix,
+            "repeat_in_between_last_frame_up_to_multiple_of": self.repeat_in_between_last_frame_up_to_multiple_of,
+            "pad_narrow_data_to_multiple_of_target_len": self.pad_narrow_data_to_multiple_of_target_len,
+        }
+        for option, values in options.items():
+            for key in values:
+                if key not in keys:
                     raise DatasetError(f"{self}: {option}[{key!r}]: the inner dataset has no such key; it has {keys}")
+        for key, value in self.pad_narrow_data_to_multiple_of_target_len.items():
+            if not (isinstance(value, (tuple, list)) and len(value) == 2 and value[0] in keys):
+                raise DatasetError(
+                    f"{self}: pad_narrow_data_to_multiple_of_target_len[{key!r}] = {value!r}; expected "
+                    f"(target_key, multiple) with a target key of the inner dataset ({keys})"
+                )
 
     # --- the corpus --------------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from returnn.datasets.basic import DatasetSeq
 from returnn.datasets.cached2 import CachedDataset2
-from returnn.datasets.util.sub_datasets import DataSpec, DescribedBySpecs, check_array, parse_data_spec
+from returnn.datasets.util.sub_datasets import DataSpec, DescribedBySpecs, parse_data_spec, spec_mismatch
 from returnn.errors import DatasetError
 
 __all__ = ["MapDatasetBase", "MapDatasetWrapper", "FromListDataset"]
@@ -133,10 +133,11 @@ class MapDatasetWrapper(DescribedBySpecs, CachedDataset2):
                 f"{self}: {type(self.map_dataset).__name__}[{corpus_idx}] ({tag!r}) returned {found}; expected a dict "
                 f"with the keys of data_types {sorted(self._specs)}"
             )
-        features = {
-            key: check_array(value, self._specs[key], f"{self}: sequence {tag!r}, key {key!r}")
-            for key, value in item.items()
-        }
+        features = {key: np.asarray(value) for key, value in item.items()}
+        for key, value in features.items():
+            problem = spec_mismatch(value, self._specs[key])
+            if problem:
+                raise DatasetError(f"{self}: sequence {tag!r}, key {key!r}: got {problem} (data_types)")
         return DatasetSeq(corpus_idx, features, seq_tag=tag)
 
     def _collect_single_seq(self, seq_idx: int) -> DatasetSeq:

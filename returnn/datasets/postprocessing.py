@@ -21,10 +21,10 @@ from returnn.datasets.util.sub_datasets import (
     DataSpec,
     DescribedBySpecs,
     check_accepts_kwargs,
-    check_array,
     data_spec_of,
     parse_data_spec,
     reject_options,
+    spec_mismatch,
 )
 from returnn.errors import DatasetError
 
@@ -178,7 +178,7 @@ class PostprocessingDataset(DescribedBySpecs, CachedDataset2):
         num_shards = 1 if explicit else self._num_shards
         stream: Iterator[Item] = self._mapped_inner(epoch, seed, 0 if explicit else self._shard_index, num_shards)
         if self.map_seq_stream is not None:
-            rng = _make_rng(seed, 1 << 31, self._shard_index, num_shards)
+            rng = np.random.RandomState(np.random.PCG64([seed % 2**63, 1, self._shard_index, num_shards]))
             stream = self.map_seq_stream(stream, rng=rng, epoch=epoch)
             if not isinstance(stream, Iterator):
                 raise DatasetError(f"{self}: map_seq_stream must return an iterator, got {type(stream).__name__}")
@@ -200,6 +200,7 @@ class PostprocessingDataset(DescribedBySpecs, CachedDataset2):
     def _mapped_inner(self, epoch: int | None, seed: int, shard_index: int, num_shards: int) -> Iterator[Item]:
         """The wrapped dataset's sequences of this epoch as dicts, after ``map_seq``."""
         inner, keys = self.inner, self.inner.get_data_keys()
+        rngs = _PositionRng(seed)
         seq_idx = 0
         while inner.is_less_than_num_seqs(seq_idx):
             inner.load_seqs(seq_idx, seq_idx + 1)
@@ -209,8 +210,7 @@ class PostprocessingDataset(DescribedBySpecs, CachedDataset2):
                 self._inner_dtypes.setdefault(key, (item[key].dtype, item[key].ndim))
             if self.map_seq is not None:
                 # Seeded by the position in the whole epoch: the same in every shard layout.
-                rng = _make_rng(seed, shard_index + seq_idx * num_shards)
-                item = self.map_seq(item, rng=rng, epoch=epoch)
+                item = self.map_seq(item, rng=rngs.at(shard_index + seq_idx * num_shards), epoch=epoch)
                 if isinstance(item, dict):
                     item.setdefault(SEQ_TAG, tag)
             yield item
@@ -249,16 +249,18 @@ class PostprocessingDataset(DescribedBySpecs, CachedDataset2):
                 "declare added keys in map_outputs ({key: {'dim': ...}}) and dropped ones as {key: None}"
             )
         for key, value in item.items():
-            where = f"{self}: {source} result for {tag!r}, key {key!r}"
-            if key in self._declared:
-                item[key] = check_array(value, self._declared[key], f"{where} (declared in map_outputs)")
-                continue
             item[key] = value = np.asarray(value)
+            if key in self._declared:
+                problem = spec_mismatch(value, self._declared[key])
+                if problem:
+                    raise DatasetError(f"{self}: {source} result for {tag!r}, key {key!r}: got {problem} (map_outputs)")
+                continue
             dtype, ndim = self._inner_dtypes.get(key, (value.dtype, value.ndim))
             if value.ndim != ndim or not _same_dtype(value.dtype, dtype):
                 raise DatasetError(
-                    f"{where}: got dtype {value.dtype.name} with {value.ndim} axes, the wrapped dataset gives "
-                    f"{dtype.name} with {ndim}; convert it back, or declare the new form in map_outputs"
+                    f"{self}: {source} result for {tag!r}, key {key!r}: got dtype {value.dtype.name} with "
+                    f"{value.ndim} axes, the wrapped dataset gives {dtype.name} with {ndim}; convert it back, or "
+                    "declare the new form in map_outputs"
                 )
         return DatasetSeq(seq_idx, item, seq_tag=tag)
 
@@ -281,10 +283,19 @@ def _same_dtype(dtype: np.dtype, expected: np.dtype) -> bool:
     return dtype == expected or (dtype.kind in "USO" and expected.kind in "USO")
 
 
-def _make_rng(*seed_parts: int) -> np.random.RandomState:
-    """A RandomState from several non-negative ints (mixed, so that neighbouring seeds give unrelated streams)."""
-    state = np.random.SeedSequence([part % 2**63 for part in seed_parts]).generate_state(1)[0]
-    return np.random.RandomState(int(state))
+class _PositionRng:
+    """The RandomState of each position of an epoch: the same in every process, and cheap to make (seeding a fresh
+    generator per sequence would cost more than many ``map_seq`` functions)."""
+
+    def __init__(self, seed: int):
+        self._bit_generator = np.random.PCG64(seed % 2**63)
+        self._start = self._bit_generator.state
+
+    def at(self, position: int) -> np.random.RandomState:
+        """A new RandomState for ``position``, valid until the next call (they share one bit generator)."""
+        self._bit_generator.state = self._start
+        self._bit_generator.advance(position << 64)  # 2**64 draws apart: the streams never overlap in practice
+        return np.random.RandomState(self._bit_generator)
 
 
 class LaplaceOrdering:

@@ -324,3 +324,43 @@ def test_data_dims_and_dtypes_are_checked(features_hdf, align_hdf):
         meta(features_hdf, align_hdf, data_dtypes={"data": "int32"})
     with pytest.raises(DatasetError, match=r"unknown data key 'labels'; data_map has \['align', 'classes', 'data'\]"):
         dataset.get_data_dim("labels")
+
+
+def test_zip_corpus_with_hdf_alignments_as_real_setups(tmp_path, read_epoch):
+    """The usual top level: an OggZipDataset (here text only) controls the order, an HDF adds per-tag data."""
+    import zipfile
+
+    entries = [
+        {"text": "ab", "duration": 0.3, "file": "a.wav", "seq_name": "corpus/a"},
+        {"text": "b", "duration": 0.1, "file": "b.wav", "seq_name": "corpus/b"},
+        {"text": "ba", "duration": 0.2, "file": "c.wav", "seq_name": "corpus/c"},
+    ]
+    with zipfile.ZipFile(tmp_path / "corpus.zip", "w") as zf:
+        zf.writestr("corpus.txt", repr(entries))
+    (tmp_path / "chars.txt").write_text(repr({"a": 0, "b": 1, "@": 2}))
+    hdf = write_hdf(tmp_path / "align.hdf", ["corpus/c", "corpus/a", "corpus/b"], [2, 0, 1], with_classes=False)
+    zip_dataset = {
+        "class": "OggZipDataset",
+        "path": str(tmp_path / "corpus.zip"),
+        "audio": None,
+        "targets": {"class": "CharacterTargets", "vocab_file": str(tmp_path / "chars.txt")},
+        "seq_ordering": "sorted_reverse",
+    }
+    dataset = init_dataset(
+        {
+            "class": "MetaDataset",
+            "datasets": {"zip_dataset": zip_dataset, "align": {"class": "HDFDataset", "files": [hdf]}},
+            "data_map": {
+                "labels": ("zip_dataset", "classes"),
+                "orth": ("zip_dataset", "raw"),
+                "data": ("align", "data"),
+            },
+            "seq_order_control_dataset": "zip_dataset",
+        }
+    )
+    assert dataset.get_data_keys() == ["data", "labels", "orth"] and dataset.labels["labels"] == ["a", "b", "@"]
+    seqs = read_epoch(dataset, 1)
+    assert [tag for tag, _ in seqs] == ["corpus/a", "corpus/c", "corpus/b"]  # longest first, by duration
+    assert [data["labels"].tolist() for _, data in seqs] == [[0, 1], [1, 0], [1]]
+    assert [str(data["orth"]) for _, data in seqs] == ["ab", "ba", "b"]
+    assert [int(data["data"][0, 0]) for _, data in seqs] == [0, 2, 1]

@@ -119,3 +119,7 @@ def test_bad_input(files, tmp_path, read_epoch):
         match=r"sequence 'seq-0;seq-1', part 'seq-0', key 'classes': remove_in_between_postfix expects it to end in 3",
     ):
         read_epoch(wrong_postfix, 1)
+    with pytest.raises(
+        DatasetError, match=r"pad_narrow_data_to_multiple_of_target_len\['data'\] = 2; expected \(target_key"
+    ):
+        make(files, pad_narrow_data_to_multiple_of_target_len={"data": 2})

@@ -207,7 +207,7 @@ def test_bad_options():
         ),
         (
             {"map_seq": _wrong_dim, "map_outputs": {"data": {"dim": 3}}},
-            r"result for 'seq-\d', key 'data' \(declared in map_outputs\): got shape \[\d, 2\], declared \[None, 3\]",
+            r"result for 'seq-\d', key 'data': got shape \[\d, 2\], declared \[None, 3\] \(None: any size\) \(map_outputs\)",
         ),
         ({"map_seq_stream": _list_stream}, r"map_seq_stream must return an iterator, got list"),
         (
@@ -274,3 +274,8 @@ def test_config_function_in_spawned_dataloader_workers(tmp_path, read_epoch):
     for tag, batch in zip(tags, batches):
         np.testing.assert_array_equal(batch["data"][0].numpy(), expected[tag])
         assert batch["data"].min() >= 999  # DummyDataset features lie in [-0.5, 0.5)
+
+
+def test_options_are_checked_by_name():
+    with pytest.raises(DatasetError, match=r"unknown option 'map_seqs' \(did you mean 'map_seq'\?\)"):
+        make(map_seqs=scale)

@@ -26,7 +26,7 @@ __all__ = [
     "epoch_corpus_indices",
     "data_spec_of",
     "parse_data_spec",
-    "check_array",
+    "spec_mismatch",
     "corpus_seq_len_fn",
     "reject_options",
     "check_accepts_kwargs",
@@ -110,21 +110,18 @@ def parse_data_spec(key: str, opts: Any, where: str) -> DataSpec:
     return DataSpec(dim=dim, shape=shape, dtype=dtype, sparse=sparse)
 
 
-def check_array(value: Any, spec: DataSpec, what: str) -> np.ndarray:
-    """``value`` as a numpy array, checked against ``spec``; ``what`` names key and sequence in errors."""
-    array = np.asarray(value)
+def spec_mismatch(array: np.ndarray, spec: DataSpec) -> str | None:
+    """What in ``array`` does not match ``spec`` (for an error message), or None if it matches."""
     if spec.dtype == STRING_DTYPE:
-        return array
+        return None
     problems = []
     if array.dtype.name != spec.dtype:
         problems.append(f"dtype {array.dtype.name}, declared {spec.dtype}")
-    if array.ndim != len(spec.shape):
+    if array.ndim != len(spec.shape) or any(
+        size is not None and size != actual for size, actual in zip(spec.shape, array.shape)
+    ):
         problems.append(f"shape {list(array.shape)}, declared {list(spec.shape)} (None: any size)")
-    elif any(size is not None and size != actual for size, actual in zip(spec.shape, array.shape)):
-        problems.append(f"shape {list(array.shape)}, declared {list(spec.shape)} (None: any size)")
-    if problems:
-        raise DatasetError(f"{what}: got {'; '.join(problems)}")
-    return array
+    return "; ".join(problems) or None
 
 
 class DescribedByInner:
