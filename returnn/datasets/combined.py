@@ -157,6 +157,7 @@ class _SequenceMix(DescribedBySpecs, Dataset):
         return self.get_seq_order_for_epoch(epoch, len(joined), get_len)
 
     def finish_epoch(self) -> None:
+        super().finish_epoch()
         for dataset in self._datasets:
             dataset.finish_epoch()
 

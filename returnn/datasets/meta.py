@@ -306,8 +306,7 @@ class MetaDataset(Dataset):
 
     def _get_seq_len_for_ordering(self) -> Callable[[int], int] | None:
         if self.seq_lens_file:
-            lens_by_tag = self._get_seq_lens_by_tag()
-            lens = np.array([self._sort_len(lens_by_tag, tag) for tag in self._get_corpus().tags], dtype=np.int64)
+            lens = np.array([self._sort_len(tag) for tag in self._get_corpus().tags], dtype=np.int64)
             return lens.item
         get_len = corpus_seq_len_fn(self.datasets[self.default_dataset_key])
         if get_len is None:
@@ -320,15 +319,21 @@ class MetaDataset(Dataset):
             self._seq_lens_by_tag = read_dict_file(self.seq_lens_file, f"{self} seq_lens_file")
         return self._seq_lens_by_tag
 
-    def _sort_len(self, lens_by_tag: dict[str, Any], tag: str) -> int:
-        lens = lens_by_tag.get(tag)
+    def _file_lens(self, tag: str) -> dict[str, int]:
+        """The lengths of a sequence from ``seq_lens_file``."""
+        lens = self._get_seq_lens_by_tag().get(tag)
         if not isinstance(lens, dict) or not lens:
             raise DatasetError(
                 f"{self}: seq_lens_file {self.seq_lens_file!r} has no entry {{data_key: length}} for {tag!r}"
             )
+        return lens
+
+    def _sort_len(self, tag: str) -> int:
+        lens = self._file_lens(tag)
         return int(lens["data"] if "data" in lens else max(lens.values()))
 
     def finish_epoch(self) -> None:
+        super().finish_epoch()
         for dataset in self.datasets.values():
             dataset.finish_epoch()
 
@@ -354,7 +359,7 @@ class MetaDataset(Dataset):
 
     def get_seq_length(self, seq_idx: int) -> dict[str, int]:
         if self.seq_lens_file:
-            return dict(self._get_seq_lens_by_tag()[self.get_tag(seq_idx)])
+            return dict(self._file_lens(self.get_tag(seq_idx)))
         lengths = {}
         for key in self.data_map:
             dataset, sub_key = self._sub(key)

@@ -52,7 +52,8 @@ class PostprocessingDataset(DescribedBySpecs, CachedDataset2):
 
     - ``map_seq(data, *, rng, epoch, **kwargs) -> data``: one sequence in, one out. ``data`` is
       ``{data_key: array, ..., "seq_tag": str}``; ``rng`` a :class:`numpy.random.RandomState` seeded from the epoch
-      and the sequence's position in the epoch, so the result does not depend on the number of DataLoader workers.
+      and the sequence's position in the epoch, so the result does not depend on the number of DataLoader workers
+      (use it only during the call).
     - ``map_seq_stream(iterator, *, rng, epoch, **kwargs) -> iterator``: the whole stream of the epoch (of this
       process's shard); may merge, split, drop or reorder sequences. Its ``rng`` is seeded from the epoch and the
       shard. With both, ``map_seq`` runs first.
@@ -175,10 +176,10 @@ class PostprocessingDataset(DescribedBySpecs, CachedDataset2):
         super().init_seq_order(epoch=epoch, seq_list=seq_list, seq_order=seq_order)
         self.inner.init_seq_order(epoch=epoch, seq_list=seq_list, seq_order=seq_order)
         seed = self._get_random_seed_for_epoch(epoch)
-        num_shards = 1 if explicit else self._num_shards
-        stream: Iterator[Item] = self._mapped_inner(epoch, seed, 0 if explicit else self._shard_index, num_shards)
+        shard_index, num_shards = (0, 1) if explicit else (self._shard_index, self._num_shards)
+        stream: Iterator[Item] = self._mapped_inner(epoch, seed, shard_index, num_shards)
         if self.map_seq_stream is not None:
-            rng = np.random.RandomState(np.random.PCG64([seed % 2**63, 1, self._shard_index, num_shards]))
+            rng = np.random.RandomState(np.random.PCG64([seed % 2**63, 1, shard_index, num_shards]))
             stream = self.map_seq_stream(stream, rng=rng, epoch=epoch)
             if not isinstance(stream, Iterator):
                 raise DatasetError(f"{self}: map_seq_stream must return an iterator, got {type(stream).__name__}")

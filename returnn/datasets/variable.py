@@ -138,6 +138,7 @@ class VariableDataset(DescribedByInner, Dataset):
         return self.inner.have_corpus_seq_idx()
 
     def finish_epoch(self) -> None:
+        super().finish_epoch()
         self.inner.finish_epoch()
 
     # --- sequences ---------------------------------------------------------------------------------------

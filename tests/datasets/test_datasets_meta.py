@@ -364,3 +364,10 @@ def test_zip_corpus_with_hdf_alignments_as_real_setups(tmp_path, read_epoch):
     assert [data["labels"].tolist() for _, data in seqs] == [[0, 1], [1, 0], [1]]
     assert [str(data["orth"]) for _, data in seqs] == ["ab", "ba", "b"]
     assert [int(data["data"][0, 0]) for _, data in seqs] == [0, 2, 1]
+
+
+def test_seq_lens_file_lacks_a_tag(features_hdf, align_hdf, tmp_path):
+    (tmp_path / "lens.json").write_text('{"rec0": {"data": 4}}')
+    dataset = meta(features_hdf, align_hdf, seq_ordering="sorted", seq_lens_file=str(tmp_path / "lens.json"))
+    with pytest.raises(DatasetError, match=r"seq_lens_file '.*lens.json' has no entry \{data_key: length\} for 'rec1'"):
+        dataset.init_seq_order(epoch=1)

@@ -1,8 +1,11 @@
 """Helpers for datasets built from other datasets (MetaDataset, CombinedDataset, PostprocessingDataset, ...).
 
 - :class:`DataSpec`: what one data key holds (dimension, per-sequence shape, dtype, sparse), parsed from RETURNN's
-  ``extern_data``-style dicts (``data_types``, ``map_outputs``) or read off a dataset;
-- :class:`DescribedByInner`: a mixin for wrappers whose data description is that of one inner dataset;
+  ``extern_data``-style dicts (``data_types``, ``map_outputs``) or read off a dataset; :func:`spec_mismatch`
+  compares an array with it;
+- mixins for the data description: :class:`DescribedByInner` (that of one inner dataset) and
+  :class:`DescribedBySpecs` (a DataSpec per key);
+- :func:`epoch_corpus_indices`: the current epoch's corpus indices, range-checked;
 - :func:`corpus_seq_len_fn`: a dataset's sequence lengths by corpus index, where known without loading data;
 - :func:`reject_options`: wrappers that leave ordering to their sub-datasets refuse the base ordering options;
 - :func:`check_accepts_kwargs`: user callables must take ``**kwargs`` so that new arguments can be passed later.
