@@ -62,6 +62,10 @@ declare_options(
         "dev": (None, "Dataset evaluated after each epoch (scores dev_loss_<name>); optional."),
         "eval_datasets": (None, "More datasets evaluated after each epoch: {name: dataset} (scores <name>_loss_...)."),
         "forward": (None, "The dataset of task forward."),
+        "eval": (
+            None,
+            "Not used: datasets to evaluate go into dev and eval_datasets (a config setting eval is stopped).",
+        ),
         "num_epochs": (5, "Train up to this epoch."),
         "save_interval": (1, "Save a checkpoint every N epochs (and after the last one)."),
         "random_seed": (42, "Seed of the model initialization and of each epoch's random numbers."),
@@ -76,6 +80,11 @@ declare_options(
     },
 )
 
+declare_options(
+    "Checkpoints",
+    {"load_ignore_missing_vars": (False, "Parameters missing in a loaded checkpoint keep their initialization.")},
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class EngineOptions:
@@ -88,21 +97,20 @@ class EngineOptions:
     save_interval: int
     random_seed: int
     stop_on_nonfinite_train_score: bool
+    load_ignore_missing_vars: bool
     cleanup: checkpoints.CleanupPolicy | None
+    datasets: dict[str, Any]
+    eval_names: tuple[str, ...]
 
     @classmethod
     def from_config(cls, config: Config) -> EngineOptions:
-        if config.typed_value("eval", None) is not None:
-            raise ConfigError(
-                "config key 'eval': this trainer evaluates the datasets in 'dev' and 'eval_datasets'; "
-                "write eval_datasets = {'eval': ...} instead"
-            )
         num_epochs = config.int("num_epochs")
         save_interval = config.int("save_interval")
         for key, value in (("num_epochs", num_epochs), ("save_interval", save_interval)):
             if value is None or value < 1:
                 raise ConfigError(f"config key {key!r}: expected an int >= 1, got {value!r}")
         model_prefix = config.value("model")
+        datasets, eval_names = _dataset_definitions(config)
         return cls(
             device=resolve_device(config.value("device")),
             amp_dtype=amp_dtype_from_config(config),
@@ -111,8 +119,33 @@ class EngineOptions:
             save_interval=save_interval,
             random_seed=config.int("random_seed"),
             stop_on_nonfinite_train_score=config.bool("stop_on_nonfinite_train_score"),
+            load_ignore_missing_vars=config.bool("load_ignore_missing_vars"),
             cleanup=checkpoints.CleanupPolicy.from_config_value(config.bool_or_other("cleanup_old_models")),
+            datasets=datasets,
+            eval_names=eval_names,
         )
+
+
+def _dataset_definitions(config: Config) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The dataset definitions by name (train, dev, the eval_datasets entries, forward), and the names evaluated
+    after each epoch (dev first)."""
+    if config.typed_value("eval", None) is not None:
+        raise ConfigError(
+            "config key 'eval': this trainer evaluates the datasets in 'dev' and 'eval_datasets'; "
+            "write eval_datasets = {'eval': ...} instead"
+        )
+    definitions = {name: config.typed_value(name) for name in ("train", "dev", "forward")}
+    definitions = {name: value for name, value in definitions.items() if value is not None}
+    eval_names = ["dev"] if "dev" in definitions else []
+    eval_datasets = config.typed_value("eval_datasets") or {}
+    if not isinstance(eval_datasets, dict):
+        raise ConfigError(f"config key 'eval_datasets': expected a dict {{name: dataset}}, got {eval_datasets!r}")
+    for name, definition in eval_datasets.items():
+        if name in ("train", "forward", *eval_names):
+            raise ConfigError(f"config key 'eval_datasets': the name {name!r} is taken; choose another one")
+        definitions[name] = definition
+        eval_names.append(name)
+    return definitions, tuple(eval_names)
 
 
 class Engine:
@@ -168,7 +201,7 @@ class Engine:
         scores = self._record_scores(self._train_steps(self.data_loaders["train"]))
         if epoch % self.options.save_interval == 0 or epoch == self.options.num_epochs:
             self.save_checkpoint(epoch)
-        for name in self._eval_names():
+        for name in self.options.eval_names:
             scores.update(self._record_scores(self.evaluate_dataset(name, self.data_loaders[name])))
         self.on_epoch_end(epoch, scores)
         logger.info(
@@ -180,13 +213,13 @@ class Engine:
         """Task eval: score a checkpoint on ``dev`` and ``eval_datasets``; the scores go to the learning_rates
         file (for epochs >= 1)."""
         self.functions.require("train_step", "task 'eval'")
-        if not self._eval_names():
+        if not self.options.eval_names:
             raise ConfigError("task 'eval' needs datasets to evaluate: set 'dev' and/or 'eval_datasets'")
         try:
             self._init_model_for_task("eval")
             self.learning_rate_control = learning_rate_control_from_config(self.config)
-            self._init_data_loaders(self._eval_names())
-            for name in self._eval_names():
+            self._init_data_loaders(self.options.eval_names)
+            for name in self.options.eval_names:
                 scores = self.evaluate_dataset(name, self.data_loaders[name])
                 if self.epoch >= 1:
                     self._record_scores(scores)
@@ -198,7 +231,7 @@ class Engine:
         """Task forward: ``forward_step`` over the ``forward`` dataset, between ``forward_init_hook`` and
         ``forward_finish_hook``. ``run_ctx.epoch`` and ``global_step`` are the checkpoint's."""
         forward_step = self.functions.require("forward_step", "task 'forward'")
-        if self.config.typed_value("forward") is None:
+        if "forward" not in self.options.datasets:
             raise ConfigError("task 'forward' needs the config key 'forward': the dataset to run forward_step over")
         try:
             self._init_model_for_task("forward")
@@ -380,7 +413,7 @@ class Engine:
         self.functions.require("get_model", "task 'train'")
         self.functions.require("train_step", "task 'train'")
         self._require_model_prefix("task 'train'")
-        if self.config.typed_value("train") is None:
+        if "train" not in self.options.datasets:
             raise ConfigError("task 'train' needs the config key 'train': the training dataset")
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         start = train_start_point(self.config, self.load_checkpoint)
@@ -394,7 +427,7 @@ class Engine:
         if start.optimizer_file is not None:
             self.updater.load_state_dict(self.load_checkpoint(start.optimizer_file), source=start.optimizer_file)
         self._init_data_loaders(["train"], mode="train")
-        self._init_data_loaders(self._eval_names(), mode="eval")
+        self._init_data_loaders(self.options.eval_names, mode="eval")
         if start.kind == "resume":
             self._evaluate_missing(start)
         return start
@@ -419,7 +452,7 @@ class Engine:
             self._model,
             start.content["model"],
             source=f"checkpoint {start.checkpoint!r}",
-            ignore_missing=self.config.bool("load_ignore_missing_vars"),
+            ignore_missing=self.options.load_ignore_missing_vars,
         )
 
     def _evaluate_missing(self, start: StartPoint) -> None:
@@ -428,7 +461,7 @@ class Engine:
         epoch = start.epoch - 1
         data = self.learning_rate_control.epoch_data.get(epoch)
         scores = data.scores if data is not None else {}
-        missing = [name for name in self._eval_names() if not any(k.startswith(f"{name}_loss_") for k in scores)]
+        missing = [name for name in self.options.eval_names if not any(k.startswith(f"{name}_loss_") for k in scores)]
         if not missing or epoch < 1:
             return
         logger.info(f"epoch={epoch}: evaluating {missing}, which the interrupted run did not finish")
@@ -444,22 +477,9 @@ class Engine:
             self._pipeline_options_cache = DataPipelineOptions.from_config(self.config)
         return self._pipeline_options_cache
 
-    def _eval_names(self) -> list[str]:
-        names = ["dev"] if self.config.typed_value("dev") is not None else []
-        eval_datasets = self.config.typed_value("eval_datasets") or {}
-        if not isinstance(eval_datasets, dict):
-            raise ConfigError(f"config key 'eval_datasets': expected a dict {{name: dataset}}, got {eval_datasets!r}")
-        for name in eval_datasets:
-            if name in ("train", "forward", *names):
-                raise ConfigError(f"config key 'eval_datasets': the name {name!r} is taken; choose another one")
-            names.append(name)
-        return names
-
     def _init_data_loaders(self, names: Iterable[str], *, mode: str = "eval") -> dict[str, BatchLoader]:
-        eval_datasets = self.config.typed_value("eval_datasets") or {}
         for name in names:
-            definition = eval_datasets[name] if name in eval_datasets else self.config.typed_value(name)
-            dataset = init_dataset(definition, default_kwargs={"name": name})
+            dataset = init_dataset(self.options.datasets[name], default_kwargs={"name": name})
             self.datasets[name] = dataset
             self.data_loaders[name] = self.build_data_loader(name, dataset, mode=mode)
         return self.data_loaders

@@ -54,7 +54,6 @@ declare_options(
             "'ignore_params_prefixes', 'var_name_mapping', 'checkpoint_key'}}: load (parts of) other checkpoints; "
             "applied in the order of the names.",
         ),
-        "load_ignore_missing_vars": (False, "Parameters missing in a loaded checkpoint keep their initialization."),
         "allow_missing_optimizer_checkpoint": (
             False,
             "When training continues from a checkpoint without .opt.pt, start with a fresh optimizer state.",

@@ -79,6 +79,29 @@ def test_resume_equals_uninterrupted_bit_for_bit(make_config, tmp_path):
     assert (tmp_path / "resumed" / "learning_rates").read_text() == full_text
 
 
+def test_resume_with_gradient_accumulation_across_epochs_equals_uninterrupted(make_config, tmp_path):
+    def config(name: str, num_epochs: int):
+        return make_config(
+            model=str(tmp_path / name / "epoch"),
+            learning_rate_file=str(tmp_path / name / "learning_rates"),
+            num_epochs=num_epochs,
+            accum_grad_multiple_step=3,  # 4 steps per epoch: gradients are pending at the end of epoch 1
+        )
+
+    Engine(config("full", 2)).train()
+    Engine(config("resumed", 1)).train()
+    assert _load(str(tmp_path / "resumed" / "epoch.001.opt.pt"))["pending_grads"].keys() == {
+        "hidden.weight",
+        "hidden.bias",
+        "out.weight",
+        "out.bias",
+    }
+    Engine(config("resumed", 2)).train()
+    _assert_same_state(
+        _load(str(tmp_path / "full" / "epoch.002.pt")), _load(str(tmp_path / "resumed" / "epoch.002.pt"))
+    )
+
+
 class _CrashInEval(Engine):
     def evaluate_dataset(self, name, data_loader):
         if self.epoch == 2:

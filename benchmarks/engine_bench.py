@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""The engine against a hand-written PyTorch training loop: epoch time of a small BLSTM frame classifier.
+
+    python benchmarks/engine_bench.py make /tmp/engine_bench --num-seqs 300
+    python benchmarks/engine_bench.py compare /tmp/engine_bench --epochs 1 --reps 3
+
+``make`` writes ``train.hdf`` (with :class:`~returnn.datasets.hdf.SimpleHDFWriter`): 40-dim float32 features,
+sequence lengths log-normal around 400 frames clipped to 100..1500, sparse int32 labels (100 classes) in
+segments of 2 to 12 frames.
+
+``compare`` trains the same model (2-layer BLSTM, 64 units per direction, and a Linear layer; run padded, the
+loss masked), with the same batches (greedy in corpus order, batch_size 20000 padded frames, max_seqs 128) and
+the same optimizer (Adam, learning rate 1e-3) in three ways, each in its own process, alternating:
+
+- ``loop``: a hand-written loop: h5py reads, batching and padding into numpy arrays, forward, backward, step;
+- ``loop+loader``: the same loop fed by the project's data loader (``HDFDataset`` + ``build_data_loader``);
+- ``engine``: ``Engine(config).train()`` with ``HDFDataset``, at log_verbosity 5 (one log line per step),
+  saving a checkpoint and the learning_rates file every epoch.
+
+It prints the epoch time (the time inside the epochs; start-up apart) as wall-clock and as CPU time of the
+process, their ratios to ``loop`` per round, and the largest weight difference to ``loop`` at the end (0: the same
+computation). On a shared machine the CPU-time ratio is the steadier one; ``--threads 1`` steadies both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FEATURE_DIM = 40
+NUM_CLASSES = 100
+BATCH_SIZE = 20000
+MAX_SEQS = 128
+IMPLS = ("loop", "loop+loader", "engine")
+
+
+def make(directory: str, num_seqs: int, seed: int) -> None:
+    sys.path.insert(0, REPO_ROOT)
+    from returnn.datasets.hdf import SimpleHDFWriter
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "train.hdf")
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(np.log(400), 0.5, num_seqs), 100, 1500).astype(int)
+    with SimpleHDFWriter(path, dim=FEATURE_DIM, extra_type={"classes": (NUM_CLASSES, 1, "int32")}) as writer:
+        for index, length in enumerate(lengths):
+            segments = rng.integers(2, 13, length // 2 + 1)
+            labels = np.repeat(rng.integers(0, NUM_CLASSES, len(segments)), segments)[:length].astype(np.int32)
+            features = rng.standard_normal((1, length, FEATURE_DIM), dtype=np.float32)
+            writer.insert_batch(features, [length], [f"corpus/seq-{index}"], extra={"classes": [labels]})
+    print(f"wrote {path}: {num_seqs} sequences, {int(lengths.sum())} frames")
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+def get_model(*, epoch: int, step: int, **kwargs):
+    import torch
+
+    class BLSTMFrameClassifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(FEATURE_DIM, 64, num_layers=2, bidirectional=True, batch_first=True)
+            self.out = torch.nn.Linear(128, NUM_CLASSES)
+
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            return self.out(self.lstm(features)[0])
+
+    return BLSTMFrameClassifier()
+
+
+def _loss(model, features, labels, lengths):
+    """Frame-wise cross entropy, summed over the real frames; and their count."""
+    import torch
+
+    logits = model(features)
+    mask = torch.arange(features.shape[1])[None, :] < lengths[:, None]
+    loss = torch.nn.functional.cross_entropy(logits[mask], labels[mask].long(), reduction="sum")
+    return loss, mask.sum()
+
+
+def train_step(*, model, data, run_ctx, **kwargs) -> None:
+    loss, frames = _loss(model, data["data"], data["classes"], data["data:size1"])
+    run_ctx.mark_as_loss(loss, "ce", inv_norm_factor=frames)
+
+
+# ------------------------------------------------------------------------------------------------ one run
+
+
+def _hand_written_batches(path: str):
+    import h5py
+    import torch
+
+    with h5py.File(path, "r") as f:
+        lengths = f["seqLengths"][:, 0].astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        inputs, classes = f["inputs"], f["targets/data/classes"]
+        batch: list[int] = []
+        longest = 0
+        for index, length in enumerate([*lengths.tolist(), None]):
+            grown = max(longest, length or 0)
+            if batch and (length is None or len(batch) + 1 > MAX_SEQS or grown * (len(batch) + 1) > BATCH_SIZE):
+                features = np.zeros((len(batch), longest, FEATURE_DIM), dtype=np.float32)
+                labels = np.zeros((len(batch), longest), dtype=np.int32)
+                for row, seq in enumerate(batch):
+                    start, end = int(offsets[seq]), int(offsets[seq + 1])
+                    features[row, : end - start] = inputs[start:end]
+                    labels[row, : end - start] = classes[start:end]
+                yield torch.from_numpy(features), torch.from_numpy(labels), torch.from_numpy(lengths[batch])
+                batch, grown = [], length or 0
+            batch.append(index)
+            longest = grown
+
+
+def _run_loop(impl: str, path: str, epochs: int) -> tuple[float, float, object]:
+    import torch
+
+    from returnn.torch.random_state import derive_seed, seed_all
+
+    seed_all(derive_seed(42, 1, 0))  # the engine's seed for building the model of epoch 1
+    model = get_model(epoch=1, step=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = None
+    if impl == "loop+loader":
+        from returnn.datasets.hdf import HDFDataset
+        from returnn.torch.data import DataPipelineOptions, build_data_loader
+
+        options = DataPipelineOptions.parse(batch_size=BATCH_SIZE, max_seqs=MAX_SEQS, num_workers_per_gpu=0)
+        loader = build_data_loader(HDFDataset(files=[path]), options, mode="train", device="cpu")
+    epoch_seconds = epoch_cpu_seconds = 0.0
+    for epoch in range(1, epochs + 1):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        batches = (
+            _hand_written_batches(path)
+            if loader is None
+            else ((d["data"], d["classes"], d["data:size1"]) for d in loader.iter_epoch(epoch))
+        )
+        model.train()
+        for features, labels, lengths in batches:
+            loss, frames = _loss(model, features, labels, lengths)
+            (loss / frames).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        epoch_seconds += time.perf_counter() - start
+        epoch_cpu_seconds += time.process_time() - cpu_start
+    return epoch_seconds, epoch_cpu_seconds, model.state_dict()
+
+
+def _run_engine(path: str, epochs: int, workdir: str) -> tuple[float, float, object]:
+    from returnn.config import Config
+    from returnn.log import log
+    from returnn.torch.engine import Engine
+
+    class TimedEngine(Engine):
+        epoch_seconds = epoch_cpu_seconds = 0.0
+
+        def train_epoch(self, epoch: int) -> None:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            super().train_epoch(epoch)
+            TimedEngine.epoch_seconds += time.perf_counter() - start
+            TimedEngine.epoch_cpu_seconds += time.process_time() - cpu_start
+
+    config = Config(
+        dict(
+            get_model=get_model,
+            train_step=train_step,
+            train={"class": "HDFDataset", "files": [path]},
+            batch_size=BATCH_SIZE,
+            max_seqs=MAX_SEQS,
+            num_workers_per_gpu=0,
+            optimizer={"class": "adam"},
+            learning_rate=1e-3,
+            num_epochs=epochs,
+            device="cpu",
+            model=os.path.join(workdir, "epoch"),
+            learning_rate_file=os.path.join(workdir, "learning_rates"),
+            log=[os.path.join(workdir, "log.txt")],
+            log_verbosity=5,
+        )
+    )
+    log.init_by_config(config)
+    engine = TimedEngine(config)
+    engine.train()
+    log.close()
+    return TimedEngine.epoch_seconds, TimedEngine.epoch_cpu_seconds, engine.model.state_dict()
+
+
+def run(impl: str, path: str, epochs: int, threads: int, weights_out: str) -> None:
+    """One measured run (in its own process); prints a JSON line."""
+    sys.path.insert(0, REPO_ROOT)
+    start = time.perf_counter()
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as workdir:
+        if impl == "engine":
+            epoch_seconds, cpu_seconds, weights = _run_engine(path, epochs, workdir)
+        else:
+            epoch_seconds, cpu_seconds, weights = _run_loop(impl, path, epochs)
+    torch.save(weights, weights_out)
+    total = time.perf_counter() - start
+    print(json.dumps({"epochs_s": epoch_seconds, "epochs_cpu_s": cpu_seconds, "total_s": total}))
+
+
+# ------------------------------------------------------------------------------------------------ harness
+
+
+def _max_weight_difference(path_a: str, path_b: str) -> float:
+    import torch
+
+    a, b = torch.load(path_a, weights_only=True), torch.load(path_b, weights_only=True)
+    return max(float((a[key] - b[key]).abs().max()) for key in a)
+
+
+def compare(directory: str, epochs: int, reps: int, threads: int) -> None:
+    path = os.path.join(directory, "train.hdf")
+    results: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(reps):
+            for impl in IMPLS:
+                weights = os.path.join(tmp, f"{impl}.pt")
+                args = [sys.executable, __file__, "_run", impl, path, str(epochs), str(threads), weights]
+                output = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
+                result = json.loads(output.strip().splitlines()[-1])
+                if impl != "loop":
+                    result["max_abs_dw"] = _max_weight_difference(weights, os.path.join(tmp, "loop.pt"))
+                results[impl].append(result)
+                print(f"round {rep} {impl}: {json.dumps(result)}", file=sys.stderr)
+    loop = results["loop"]
+    print(f"\n{epochs} epoch(s), {reps} rounds (medians; ratios per round against the loop of the same round)\n")
+    print("| impl | epochs s | ratio (per round) | epochs CPU s | CPU ratio (per round) | other s | max abs dw |")
+    print("|---|---|---|---|---|---|---|")
+    for impl, runs in results.items():
+        ratios = [r["epochs_s"] / ref["epochs_s"] for r, ref in zip(runs, loop)]
+        cpu_ratios = [r["epochs_cpu_s"] / ref["epochs_cpu_s"] for r, ref in zip(runs, loop)]
+        rest = statistics.median(r["total_s"] - r["epochs_s"] for r in runs)
+        dw = max((r.get("max_abs_dw", 0.0) for r in runs), default=0.0)
+        print(
+            f"| {impl} | {statistics.median(r['epochs_s'] for r in runs):.2f} | {statistics.median(ratios):.3f} "
+            f"({' '.join(f'{r:.3f}' for r in ratios)}) | {statistics.median(r['epochs_cpu_s'] for r in runs):.2f} "
+            f"| {statistics.median(cpu_ratios):.3f} ({' '.join(f'{r:.3f}' for r in cpu_ratios)}) | {rest:.2f} "
+            f"| {dw:.1g} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    make_parser = commands.add_parser("make")
+    make_parser.add_argument("directory")
+    make_parser.add_argument("--num-seqs", type=int, default=300)
+    make_parser.add_argument("--seed", type=int, default=1)
+    compare_parser = commands.add_parser("compare")
+    compare_parser.add_argument("directory")
+    compare_parser.add_argument("--epochs", type=int, default=1)
+    compare_parser.add_argument("--reps", type=int, default=3)
+    compare_parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    run_parser = commands.add_parser("_run")  # internal: one measured run
+    for name in ("impl", "path", "epochs", "threads", "weights_out"):
+        run_parser.add_argument(name)
+    args = parser.parse_args()
+    if args.command == "make":
+        make(args.directory, args.num_seqs, args.seed)
+    elif args.command == "compare":
+        compare(args.directory, args.epochs, args.reps, args.threads)
+    else:
+        run(args.impl, args.path, int(args.epochs), int(args.threads), args.weights_out)
+
+
+if __name__ == "__main__":
+    main()
