@@ -10,6 +10,7 @@ import pytest
 
 from returnn.datasets import init_dataset
 from returnn.datasets.hdf import HDFDataset, SimpleHDFWriter
+from returnn.datasets.map import MapDatasetBase
 from returnn.datasets.meta import MetaDataset
 from returnn.errors import DatasetError
 
@@ -371,3 +372,41 @@ def test_seq_lens_file_lacks_a_tag(features_hdf, align_hdf, tmp_path):
     dataset = meta(features_hdf, align_hdf, seq_ordering="sorted", seq_lens_file=str(tmp_path / "lens.json"))
     with pytest.raises(DatasetError, match=r"seq_lens_file '.*lens.json' has no entry \{data_key: length\} for 'rec1'"):
         dataset.init_seq_order(epoch=1)
+
+
+class _Speakers(MapDatasetBase):
+    """A speaker id per sequence, tags rec0..rec9; remembers what was loaded."""
+
+    def __init__(self):
+        super().__init__(data_types={"speaker": {"dim": 3, "sparse": True, "shape": ()}})
+        self.loaded = []
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, seq_idx):
+        self.loaded.append(seq_idx)
+        return {"speaker": np.array(seq_idx % 3, dtype=np.int32)}
+
+    def get_seq_tag(self, seq_idx):
+        return f"rec{seq_idx}"
+
+
+def test_loads_only_the_requested_sequences(features_hdf):
+    speakers = _Speakers()
+    dataset = init_dataset(
+        {
+            "class": "MetaDataset",
+            "datasets": {
+                "feat": {"class": "HDFDataset", "files": [features_hdf], "seq_ordering": "reverse"},
+                "spk": {"class": "MapDatasetWrapper", "map_dataset": speakers},
+            },
+            "data_map": {"data": ("feat", "data"), "speaker": ("spk", "speaker")},
+            "seq_order_control_dataset": "feat",
+        }
+    )
+    dataset.init_seq_order(epoch=1)
+    assert speakers.loaded == []
+    dataset.load_seqs(2, 4)
+    assert speakers.loaded == [7, 6] and dataset.get_data(3, "speaker") == 0 and dataset.get_tag(3) == "rec6"
+    assert dataset.num_outputs["speaker"] == (3, 0) and dataset.get_data_shape("speaker") == []
