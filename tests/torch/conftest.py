@@ -55,14 +55,17 @@ def _no_run_ctx_left():
 
 @pytest.fixture
 def make_config(tmp_path) -> Callable[..., Config]:
-    """A training config in ``tmp_path``; keyword arguments override its keys (None removes a key)."""
+    """A training config in ``tmp_path``; keyword arguments override its keys (None removes a key).
 
-    def make(**overrides: Any) -> Config:
+    ``run_dir="x"`` puts the checkpoints (``x/epoch.NNN.pt``) and the learning_rates file into ``tmp_path / "x"``.
+    """
+
+    def make(run_dir: str | None = None, **overrides: Any) -> Config:
         items: dict[str, Any] = dict(
             get_model=get_model,
             train_step=train_step,
-            model=os.path.join(tmp_path, "models", "epoch"),
-            learning_rate_file=os.path.join(tmp_path, "learning_rates"),
+            model=os.path.join(tmp_path, run_dir, "epoch") if run_dir else os.path.join(tmp_path, "models", "epoch"),
+            learning_rate_file=os.path.join(tmp_path, run_dir or "", "learning_rates"),
             num_epochs=2,
             train=dict(TRAIN_DATA),
             dev=dict(DEV_DATA),

@@ -59,11 +59,7 @@ def test_train_writes_checkpoints_and_learning_rates_file(make_config, tmp_path)
 
 def test_resume_equals_uninterrupted_bit_for_bit(make_config, tmp_path):
     def config(name: str, num_epochs: int):
-        return make_config(
-            model=str(tmp_path / name / "epoch"),
-            learning_rate_file=str(tmp_path / name / "learning_rates"),
-            num_epochs=num_epochs,
-        )
+        return make_config(run_dir=name, num_epochs=num_epochs)
 
     Engine(config("full", 3)).train()
     Engine(config("resumed", 1)).train()
@@ -81,12 +77,8 @@ def test_resume_equals_uninterrupted_bit_for_bit(make_config, tmp_path):
 
 def test_resume_with_gradient_accumulation_across_epochs_equals_uninterrupted(make_config, tmp_path):
     def config(name: str, num_epochs: int):
-        return make_config(
-            model=str(tmp_path / name / "epoch"),
-            learning_rate_file=str(tmp_path / name / "learning_rates"),
-            num_epochs=num_epochs,
-            accum_grad_multiple_step=3,  # 4 steps per epoch: gradients are pending at the end of epoch 1
-        )
+        # 4 steps per epoch: gradients are pending at the end of epoch 1
+        return make_config(run_dir=name, num_epochs=num_epochs, accum_grad_multiple_step=3)
 
     Engine(config("full", 2)).train()
     Engine(config("resumed", 1)).train()
@@ -112,10 +104,7 @@ class _CrashInEval(Engine):
 def test_resume_after_crash_in_evaluation_evaluates_the_missing_dataset(make_config, tmp_path):
     def config(name: str):
         return make_config(
-            model=str(tmp_path / name / "epoch"),
-            learning_rate_file=str(tmp_path / name / "learning_rates"),
-            num_epochs=3,
-            dev={**make_config().typed_value("dev"), "seq_ordering": "random"},
+            run_dir=name, num_epochs=3, dev={**make_config().typed_value("dev"), "seq_ordering": "random"}
         )
 
     Engine(config("full")).train()
