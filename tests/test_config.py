@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from returnn import config as config_module
 from returnn.config import (
     Config,
     declare_options,
@@ -18,6 +19,15 @@ from returnn.config import (
     set_global_config,
 )
 from returnn.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _forget_test_options():
+    """Options that tests declare must not leak into the reference of the real ones."""
+    yield
+    for name in list(config_module._declared_options):
+        if name.startswith("test_"):
+            del config_module._declared_options[name]
 
 
 def write(path, text: str) -> str:
