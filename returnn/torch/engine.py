@@ -104,6 +104,11 @@ class EngineOptions:
 
     @classmethod
     def from_config(cls, config: Config) -> EngineOptions:
+        if distributed.world_size() > 1:
+            raise ConfigError(
+                f"started as {distributed.world_size()} processes (torchrun), but distributed training is not "
+                "supported yet; start a single process"
+            )
         num_epochs = config.int("num_epochs")
         save_interval = config.int("save_interval")
         for key, value in (("num_epochs", num_epochs), ("save_interval", save_interval)):
@@ -135,7 +140,8 @@ def _dataset_definitions(config: Config) -> tuple[dict[str, Any], tuple[str, ...
             "write eval_datasets = {'eval': ...} instead"
         )
     definitions = {name: config.typed_value(name) for name in ("train", "dev", "forward")}
-    definitions = {name: value for name, value in definitions.items() if value is not None}
+    # an empty dict (``dev = {}``, as older configs write it) means no dataset
+    definitions = {name: value for name, value in definitions.items() if value is not None and value != {}}
     eval_names = ["dev"] if "dev" in definitions else []
     eval_datasets = config.typed_value("eval_datasets") or {}
     if not isinstance(eval_datasets, dict):

@@ -192,3 +192,9 @@ def test_start_epoch_without_checkpoint(make_config, tmp_path):
     with pytest.raises(CheckpointError, match=r"continue after epoch 2 .* no checkpoint '.*epoch.002.pt'"):
         Engine(make_config(start_epoch=3)).train()
     assert not os.path.exists(tmp_path / "models")
+
+
+def test_several_processes_are_refused(make_config, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"started as 2 processes \(torchrun\), but distributed training is not"):
+        Engine(make_config())

@@ -258,7 +258,7 @@ def test_cleanup_old_models_task(make_config, tmp_path):
 
 def test_without_dev_and_with_eval_datasets(make_config, tmp_path):
     extra = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 2, "seq_len": 3}
-    Engine(make_config(dev=None, eval_datasets={"extra": extra}, num_epochs=1)).train()
+    Engine(make_config(dev={}, eval_datasets={"extra": extra}, num_epochs=1)).train()  # dev = {}: no dev
     assert sorted(load_learning_rate_file(str(tmp_path / "learning_rates"))[1].error) == [
         "extra_loss_ce",
         "train_loss_ce",
