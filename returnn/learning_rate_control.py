@@ -584,7 +584,7 @@ def learning_rate_control_from_config(config: Config) -> LearningRateControl:
             f"config key 'learning_rate_control_error_measure': expected a score key or a list of them, "
             f"got {error_measure!r}"
         )
-    filename = config.value("learning_rate_file")
+    filename = config.typed_value("learning_rate_file")
     kwargs: dict[str, Any] = dict(
         default_learning_rate=config.float("learning_rate"),
         min_learning_rate=config.float("min_learning_rate"),
@@ -595,7 +595,7 @@ def learning_rate_control_from_config(config: Config) -> LearningRateControl:
         relative_error_div_by_old=config.bool("newbob_relative_error_div_by_old"),
         learning_rate_decay=_learning_rate_change(config, "learning_rate_decay", "newbob_learning_rate_decay"),
         learning_rate_growth=_learning_rate_change(config, "learning_rate_growth", "newbob_learning_rate_growth"),
-        filename=os.fspath(filename) if filename else None,
+        filename=os.fspath(filename) if filename else None,  # a str or an os.PathLike
     )
     if cls is NewbobRelative:
         kwargs["relative_error_threshold"] = config.float("newbob_relative_error_threshold")

@@ -44,6 +44,7 @@ from returnn.torch.model_loading import (
     StartPoint,
     apply_preload_from_files,
     checkpoint_for_task,
+    path_option,
     train_start_point,
 )
 from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
@@ -114,12 +115,12 @@ class EngineOptions:
         for key, value in (("num_epochs", num_epochs), ("save_interval", save_interval)):
             if value is None or value < 1:
                 raise ConfigError(f"config key {key!r}: expected an int >= 1, got {value!r}")
-        model_prefix = config.value("model")
+        model_prefix = path_option(config, "model")
         datasets, eval_names = _dataset_definitions(config)
         return cls(
             device=resolve_device(config.value("device")),
             amp_dtype=amp_dtype_from_config(config),
-            model_prefix=str(model_prefix) if model_prefix else None,
+            model_prefix=model_prefix,
             num_epochs=num_epochs,
             save_interval=save_interval,
             random_seed=config.int("random_seed"),
@@ -271,7 +272,7 @@ class Engine:
         self.functions.require("get_model", "task 'initialize_model'")
         self._require_model_prefix("initialize_model")
         self._model = self.build_model(epoch=1, step=0)
-        source = self.config.value("import_model_train_epoch1") or self.config.value("load")
+        source = path_option(self.config, "import_model_train_epoch1") or path_option(self.config, "load")
         if source:
             path = checkpoints.resolve_checkpoint_path(source, config_key="import_model_train_epoch1/load")
             self._load_model_params(StartPoint(epoch=1, step=0, checkpoint=path, content=self.load_checkpoint(path)))

@@ -30,7 +30,14 @@ from returnn.torch import checkpoints
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StartPoint", "train_start_point", "checkpoint_for_task", "PreloadSpec", "apply_preload_from_files"]
+__all__ = [
+    "path_option",
+    "StartPoint",
+    "train_start_point",
+    "checkpoint_for_task",
+    "PreloadSpec",
+    "apply_preload_from_files",
+]
 
 LoadFunction = Callable[[str], dict[str, Any]]
 
@@ -61,6 +68,16 @@ declare_options(
         "allow_random_model_init": (False, "eval/forward without any checkpoint use a randomly initialized model."),
     },
 )
+
+
+def path_option(config: Config, key: str) -> str | None:
+    """A file path option: a string or an ``os.PathLike`` (pipelines may put path objects into configs)."""
+    value = config.typed_value(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise ConfigError(f"config key {key!r}: expected a file path, got {type(value).__name__} {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +125,7 @@ def train_start_point(config: Config, load: LoadFunction) -> StartPoint:
 
     :param load: loads a checkpoint file (the engine's load_checkpoint hook)
     """
-    prefix = config.value("model")
+    prefix = path_option(config, "model")
     start_epoch = _start_epoch_option(config)
     load_epoch = config.int("load_epoch")
     existing = checkpoints.existing_epochs(prefix) if prefix else []
@@ -121,17 +138,17 @@ def train_start_point(config: Config, load: LoadFunction) -> StartPoint:
         wanted = existing[-1]
     if wanted is not None and prefix and wanted in existing:
         return _resume_point(config, prefix, wanted, load)
-    if wanted is not None and (start_epoch is not None or load_epoch is not None) and not config.value("load"):
+    if wanted is not None and (start_epoch is not None or load_epoch is not None) and not path_option(config, "load"):
         raise CheckpointError(
             f"training should continue after epoch {wanted} (start_epoch/load_epoch), but there is no checkpoint "
             f"{checkpoints.checkpoint_filename(prefix or '<model>', wanted)!r}"
             + (f"; existing epochs: {existing}" if existing else "")
         )
-    import_path = config.value("import_model_train_epoch1")
+    import_path = path_option(config, "import_model_train_epoch1")
     if import_path and start_epoch in (None, 1):
         path = checkpoints.resolve_checkpoint_path(import_path, config_key="import_model_train_epoch1")
         return StartPoint(epoch=1, step=0, checkpoint=path, content=load(path), kind="import")
-    load_path = config.value("load")
+    load_path = path_option(config, "load")
     if load_path:
         path = checkpoints.resolve_checkpoint_path(load_path, config_key="load")
         content = load(path)
@@ -174,8 +191,8 @@ def checkpoint_for_task(config: Config, task: str, load: LoadFunction) -> StartP
     :param task: for messages
     :param load: loads a checkpoint file (the engine's load_checkpoint hook)
     """
-    prefix = config.value("model")
-    load_path = config.value("load")
+    prefix = path_option(config, "model")
+    load_path = path_option(config, "load")
     load_epoch = config.int("load_epoch")
     path = None
     if load_path:

@@ -172,5 +172,9 @@ def test_checkpoint_for_task(tmp_path, caplog):
     assert checkpoint_for_task(Config({"model": prefix, "load_epoch": 1}), "eval", _load).step == 10
     load = checkpoint_for_task(Config({"model": prefix, "load": prefix + ".001"}), "eval", _load)
     assert load.checkpoint == prefix + ".001.pt"
+    path_object = checkpoint_for_task(Config({"load": tmp_path / "epoch.002.pt"}), "eval", _load)  # os.PathLike
+    assert path_object.checkpoint == prefix + ".002.pt"
+    with pytest.raises(ConfigError, match=r"config key 'load': expected a file path, got int 3"):
+        checkpoint_for_task(Config({"load": 3}), "eval", _load)
     random_init = checkpoint_for_task(Config({"allow_random_model_init": True}), "forward", _load)
     assert (random_init.kind, random_init.epoch, random_init.content) == ("random", 0, None)
