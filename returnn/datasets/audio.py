@@ -31,6 +31,7 @@ from returnn.datasets.cached2 import CachedDataset2
 from returnn.datasets.util.epoch_wise_filter import EpochWiseFilter
 from returnn.datasets.util.feature_extraction import ExtractAudioFeatures, read_audio
 from returnn.datasets.util.files import read_file_bytes
+from returnn.datasets.util.seq_lists import read_tag_list
 from returnn.datasets.util.vocabulary import Vocabulary
 from returnn.errors import ConfigError, DatasetError
 
@@ -64,7 +65,7 @@ class _Source:
 
     def read_txt(self) -> bytes:
         if self.txt_path is not None:
-            return read_file_bytes(self.txt_path)
+            return read_file_bytes(self.txt_path, "corpus txt file")
         member = f"{self.name}.txt"
         zip_file = self.zip_file()
         try:
@@ -188,7 +189,7 @@ class OggZipDataset(CachedDataset2):
 
     def _load_entries(self) -> _Entries:
         if self._entries is None:
-            allowed = _read_segment_file(self.segment_file) if self.segment_file else None
+            allowed = set(read_tag_list(self.segment_file, f"{self} segment_file")) if self.segment_file else None
             entries = _Entries()
             for source_idx, source in enumerate(self._sources):
                 for i, info in enumerate(_parse_txt(source)):
@@ -335,8 +336,3 @@ def _parse_txt(source: _Source) -> list[Any]:
     if not isinstance(entries, list):
         raise DatasetError(f"{where}: expected a list of dicts (text, duration, file), got {type(entries).__name__}")
     return entries
-
-
-def _read_segment_file(path: str) -> set[str]:
-    text = read_file_bytes(path, "segment_file").decode("utf-8")
-    return {line.strip() for line in text.splitlines() if line.strip()}

@@ -22,7 +22,6 @@ every process, and the same for all partitions of one full epoch.
 
 from __future__ import annotations
 
-import gzip
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from returnn.datasets.seq_order import SeqOrdering, make_seq_order, parse_seq_ordering
+from returnn.datasets.util.files import read_dict_file
+from returnn.datasets.util.seq_lists import read_tag_list
 from returnn.errors import DatasetError
 
 __all__ = ["Dataset", "DatasetSeq"]
@@ -286,7 +287,7 @@ class Dataset:
             selected = np.sort(chosen).astype(np.int64)
         if self.seq_list_filter_file or self.unique_seq_tags:
             tags = self.get_all_tags()
-            allowed = _read_tag_list(self.seq_list_filter_file) if self.seq_list_filter_file else None
+            allowed = self._read_filter_tags() if self.seq_list_filter_file else None
             seen: set[str] = set()
             keep = []
             for idx in selected.tolist():
@@ -298,10 +299,13 @@ class Dataset:
         self._corpus_selection = (num_seqs, selected)
         return selected
 
+    def _read_filter_tags(self) -> set[str]:
+        return set(read_tag_list(self.seq_list_filter_file, f"{self} seq_list_filter_file"))
+
     def _seq_lens_from_file(self) -> np.ndarray:
         """The length of each corpus sequence from ``seq_order_seq_lens_file`` (read once)."""
         if self._seq_lens_from_file_cache is None:
-            lens_by_tag = _read_seq_lens_file(self.seq_order_seq_lens_file)
+            lens_by_tag = read_dict_file(self.seq_order_seq_lens_file, f"{self} seq_order_seq_lens_file")
             lens = []
             for tag in self.get_all_tags():
                 if tag not in lens_by_tag:
@@ -456,26 +460,6 @@ def _subset_size(subset: int | float, num_seqs: int) -> int:
     if isinstance(subset, float):
         return max(1, int(round(subset * num_seqs))) if num_seqs else 0
     return min(subset, num_seqs)
-
-
-def _open_text(path: str):
-    try:
-        return gzip.open(path, "rt", encoding="utf8") if path.endswith(".gz") else open(path, encoding="utf8")
-    except OSError as exc:
-        raise DatasetError(f"cannot open {path!r}: {exc}") from exc
-
-
-def _read_tag_list(path: str) -> set[str]:
-    with _open_text(path) as file:
-        return {line.strip() for line in file if line.strip()}
-
-
-def _read_seq_lens_file(path: str) -> dict[str, int]:
-    # Imported here: the vocabulary module (and its BPE code) is not needed by datasets without such a file.
-    from returnn.datasets.util.vocabulary import parse_dict_literal
-
-    with _open_text(path) as file:
-        return parse_dict_literal(file.read(), f"seq_order_seq_lens_file {path!r}")
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,8 @@ from returnn.datasets.basic import Dataset, DatasetSeq
 from returnn.datasets.cached2 import CachedDataset2
 from returnn.datasets.registry import init_dataset
 from returnn.datasets.util.epoch_wise_filter import EpochWiseFilter
-from returnn.datasets.util.seq_lists import read_dict_file, read_seq_list_file
+from returnn.datasets.util.files import read_dict_file
+from returnn.datasets.util.seq_lists import read_tag_list
 from returnn.datasets.util.sub_datasets import DescribedByInner
 from returnn.errors import DatasetError
 
@@ -102,9 +103,7 @@ class ConcatSeqsDataset(DescribedByInner, CachedDataset2):
     def _load_corpus(self) -> None:
         if self._parts is not None:
             return
-        lines = read_seq_list_file(self.seq_list_file, f"{self} seq_list_file")
-        if isinstance(lines, dict):
-            raise DatasetError(f"{self}: seq_list_file {self.seq_list_file!r} must list sequences, not hold a dict")
+        lines = read_tag_list(self.seq_list_file, f"{self} seq_list_file")
         parts = [line.split(self.seq_tag_delim) for line in lines]
         lens_by_tag = read_dict_file(self.seq_len_file, f"{self} seq_len_file")
         index_by_tag: dict[str, int] = {}

@@ -18,8 +18,8 @@ import numpy as np
 
 from returnn.datasets.basic import DatasetSeq
 from returnn.datasets.cached2 import CachedDataset2
-from returnn.datasets.util.files import open_text_file
-from returnn.datasets.util.vocabulary import Vocabulary, parse_dict_literal, read_vocab_file
+from returnn.datasets.util.files import open_text_file, read_dict_file, read_text_file
+from returnn.datasets.util.vocabulary import Vocabulary, read_vocab_file
 from returnn.errors import ConfigError, DatasetError
 
 __all__ = ["LmDataset", "TranslationDataset", "TranslationFactorsDataset", "iter_corpus_orths"]
@@ -31,31 +31,33 @@ logger = logging.getLogger(__name__)
 # Files
 
 
-def _is_bliss(path: str) -> bool:
-    with open_text_file(path) as f:
+def _is_bliss(path: str, what: str) -> bool:
+    with open_text_file(path, what) as f:
         head = f.read(256).lstrip()
     return head.startswith(("<?xml", "<corpus"))
 
 
-def iter_corpus_orths(path: str, skip_empty_lines: bool = True) -> Iterator[tuple[int, str]]:
+def iter_corpus_orths(path: str, skip_empty_lines: bool = True, what: str = "corpus_file") -> Iterator[tuple[int, str]]:
     """The sequences of a corpus file: ``(line number or segment number, text)``.
 
     A Bliss XML corpus (``<corpus>`` with ``<recording>``/``<segment>``/``<orth>``, subcorpora nested) gives the
     orthography of each segment, whitespace normalised; any other file gives its lines.
+
+    :param what: names the file in errors
     """
-    if _is_bliss(path):
-        yield from _iter_bliss_orths(path)
+    if _is_bliss(path, what):
+        yield from _iter_bliss_orths(path, what)
         return
-    with open_text_file(path) as f:
+    with open_text_file(path, what) as f:
         for line_no, line in enumerate(f, start=1):
             text = line.strip()
             if text or not skip_empty_lines:
                 yield line_no, text
 
 
-def _iter_bliss_orths(path: str) -> Iterator[tuple[int, str]]:
+def _iter_bliss_orths(path: str, what: str) -> Iterator[tuple[int, str]]:
     num_segments = 0
-    with open_text_file(path) as f:
+    with open_text_file(path, what) as f:
         try:
             for _, element in ElementTree.iterparse(f, events=("end",)):
                 if element.tag == "segment":
@@ -66,19 +68,18 @@ def _iter_bliss_orths(path: str) -> Iterator[tuple[int, str]]:
                 elif element.tag == "recording":
                     element.clear()
         except ElementTree.ParseError as exc:
-            raise DatasetError(f"Bliss corpus {path!r} is not valid XML: {exc}") from exc
+            raise DatasetError(f"{what} {path!r} (a Bliss corpus) is not valid XML: {exc}") from exc
 
 
-def _read_lines(path: str) -> list[str]:
-    with open_text_file(path) as f:
-        return f.read().splitlines()
+def _read_lines(path: str, what: str) -> list[str]:
+    return read_text_file(path, what).splitlines()
 
 
 def _read_symbol_map(path: str) -> dict[str, int]:
     """``orth_symbols_map_file``: lines ``<symbol> <index>``, or a vocab file (dict literal or pickle)."""
     if path.endswith((".pkl", ".pkl.gz")):
         return read_vocab_file(path)
-    lines = _read_lines(path)
+    lines = _read_lines(path, "orth_symbols_map_file")
     if lines and lines[0].lstrip().startswith("{"):
         return read_vocab_file(path)
     symbols = {}
@@ -257,7 +258,7 @@ class LmDataset(_TextDataset):
             vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.create_vocab(**vocab)
             return vocab, list(vocab.labels), dict(vocab.vocab)
         if symbols_file is not None:
-            labels = [line for line in _read_lines(symbols_file) if line]
+            labels = [line for line in _read_lines(symbols_file, "orth_symbols_file") if line]
             return None, labels, {label: idx for idx, label in enumerate(labels)}
         assert map_file is not None
         symbol_map = _read_symbol_map(map_file)
@@ -273,8 +274,7 @@ class LmDataset(_TextDataset):
         return self.symbol_map[symbol]
 
     def _read_replace_map(self, path: str) -> dict[str, list[str]]:
-        with open_text_file(path) as f:
-            mapping = parse_dict_literal(f.read(), f"orth_replace_map_file {path!r}")
+        mapping = read_dict_file(path, f"{self} orth_replace_map_file")
         return {str(key): self._symbolize(str(value)) for key, value in mapping.items()}
 
     # ---------------------------------------------------------------- parsing
@@ -348,7 +348,7 @@ class LmDataset(_TextDataset):
         counts = {"replaced": 0, "skipped": 0}
         data: list[np.ndarray] = []
         for path in self._corpus_files():
-            for line_no, orth in iter_corpus_orths(path, self.skip_empty_lines):
+            for line_no, orth in iter_corpus_orths(path, self.skip_empty_lines, f"{self} corpus_file"):
                 ids = self._orth_to_ids(orth, f"{path!r}, sequence {line_no}", counts)
                 if ids is not None:
                     data.append(ids)
@@ -456,12 +456,16 @@ class TranslationDataset(_TextDataset):
         if self.seq_list_file is None:
             return None
         try:
-            return [int(line) for line in _read_lines(self.seq_list_file) if line.strip()]
+            return [int(line) for line in _read_lines(self.seq_list_file, f"{self} seq_list_file") if line.strip()]
         except ValueError as exc:
-            raise DatasetError(f"seq_list_file {self.seq_list_file!r}: expected line numbers: {exc}") from None
+            raise DatasetError(
+                f"{self}: seq_list_file {self.seq_list_file!r}: expected line numbers (0-based), one per line: {exc}"
+            ) from None
 
     def _load(self) -> tuple[dict[str, list[np.ndarray]], list[str]]:
-        lines = {side: _read_lines(self._file(f"{side}.{self.file_postfix}")) for side in self.sides}
+        lines = {
+            side: _read_lines(self._file(f"{side}.{self.file_postfix}"), f"{self} {side} file") for side in self.sides
+        }
         num_lines = len(lines["source"])
         for side, side_lines in lines.items():
             if len(side_lines) != num_lines:
@@ -474,7 +478,10 @@ class TranslationDataset(_TextDataset):
         chunks: dict[str, list[np.ndarray]] = {key: [] for side in self.sides for key in self.streams[side]}
         for line_no in line_numbers:
             if not 0 <= line_no < num_lines:
-                raise DatasetError(f"seq_list_file {self.seq_list_file!r}: line {line_no} is not in the corpus")
+                raise DatasetError(
+                    f"{self}: seq_list_file {self.seq_list_file!r} names line {line_no}, but the corpus has lines "
+                    f"0..{num_lines - 1}"
+                )
             for side in self.sides:
                 for key, ids in self._line_to_ids(side, lines[side][line_no], line_no).items():
                     chunks[key].append(ids)

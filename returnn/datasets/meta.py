@@ -22,7 +22,8 @@ from returnn.datasets.combined import CombinedDataset, ConcatDataset
 from returnn.datasets.concat_seqs import ConcatSeqsDataset
 from returnn.datasets.generating import convert_data_dims
 from returnn.datasets.registry import init_dataset
-from returnn.datasets.util.seq_lists import read_dict_file, read_seq_list_file
+from returnn.datasets.util.files import read_dict_file
+from returnn.datasets.util.seq_lists import read_seq_list_file, read_tag_list
 from returnn.datasets.util.sub_datasets import (
     ORDERING_OPTIONS,
     corpus_seq_len_fn,
@@ -225,10 +226,7 @@ class MetaDataset(Dataset):
                 raise DatasetError(f"{what}: has no file for datasets {missing}; give one per dataset")
             seq_lists = {}
             for key in self.datasets:
-                tags = read_seq_list_file(self.seq_list_file[key], f"{what}[{key!r}]")
-                if isinstance(tags, dict):
-                    raise DatasetError(f"{what}[{key!r}]: expected a plain list of tags, got a dict")
-                seq_lists[key] = tags
+                seq_lists[key] = read_tag_list(self.seq_list_file[key], f"{what}[{key!r}]")
         else:
             tags = read_seq_list_file(self.seq_list_file, what)
             if isinstance(tags, dict):

@@ -197,5 +197,7 @@ def test_seq_list_filter_file(tmp_path, static_dataset, epoch_order):
 
 def test_seq_list_filter_file_missing(tmp_path, static_dataset):
     dataset = static_dataset(seq_list_filter_file=str(tmp_path / "nope.txt"))
-    with pytest.raises(DatasetError, match=r"cannot open '.*nope.txt'"):
+    with pytest.raises(
+        DatasetError, match=r"cannot read dataset 'StaticDataset' \(StaticDataset\) seq_list_filter_file '.*nope.txt'"
+    ):
         dataset.init_seq_order(epoch=1)

@@ -143,7 +143,7 @@ def test_bad_options(tmp_path, symbols_file, char_corpus):
             delayed_seq_data_start_symbol="<s>",
         )  # fmt: skip
     missing = LmDataset(corpus_file=str(tmp_path / "nope.txt"), orth_symbols_file=symbols_file)
-    with pytest.raises(DatasetError, match=r"cannot open '.*nope.txt'"):
+    with pytest.raises(DatasetError, match=r"cannot open dataset 'LmDataset' \(LmDataset\) corpus_file '.*nope.txt'"):
         missing.get_total_num_seqs()
     bad_map = tmp_path / "map.txt"
     bad_map.write_text("a 0\nb\n", encoding="utf-8")

@@ -207,7 +207,8 @@ def test_bad_options():
         ),
         (
             {"map_seq": _wrong_dim, "map_outputs": {"data": {"dim": 3}}},
-            r"result for 'seq-\d', key 'data': got shape \[\d, 2\], declared \[None, 3\] \(None: any size\) \(map_outputs\)",
+            r"result for 'seq-\d', key 'data': got shape \[\d, 2\], declared \[None, 3\] \(None: any size\) "
+            r"\(map_outputs\)",
         ),
         ({"map_seq_stream": _list_stream}, r"map_seq_stream must return an iterator, got list"),
         (

@@ -1,31 +1,23 @@
-"""Sequence-list and length files, as RETURNN's combining datasets read them.
+"""Sequence-list files, as the datasets' options (``seq_list_file``, ``seq_list_filter_file``, ``segment_file``) name
+them.
 
 A sequence list file is one of (each optionally gzipped, recognised by content):
 
 - plain text, one sequence tag per line;
-- a Python/JSON dict literal ``{dataset_key: [tag, ...], ...}`` (a tag list per sub-dataset);
+- a Python/JSON dict literal ``{dataset_key: [tag, ...], ...}`` (a tag list per sub-dataset, MetaDataset only);
 - a pickle (``.pkl``) of such a dict or of a plain list. Only plain data is unpickled.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
 from typing import Any
 
-from returnn.datasets.util.files import read_file_bytes
+from returnn.datasets.util.files import parse_dict_literal, read_file_bytes, unpickle_plain
 from returnn.errors import DatasetError
 
-__all__ = ["read_seq_list_file", "read_dict_file"]
+__all__ = ["read_seq_list_file", "read_tag_list"]
 
 _PICKLE_PROTOCOL_2_OR_LATER = b"\x80"
-
-
-class _PlainDataUnpickler(pickle.Unpickler):
-    """Refuses every global: a sequence list is only lists, dicts and strings."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}; expected only lists, dicts and strings")
 
 
 def read_seq_list_file(path: str, what: str) -> list[str] | dict[str, list[str]]:
@@ -36,14 +28,11 @@ def read_seq_list_file(path: str, what: str) -> list[str] | dict[str, list[str]]
     raw = read_file_bytes(path, what)
     where = f"{what} {path!r}"
     if path.removesuffix(".gz").endswith(".pkl") or raw.startswith(_PICKLE_PROTOCOL_2_OR_LATER):
-        try:
-            value = _PlainDataUnpickler(io.BytesIO(raw)).load()
-        except Exception as exc:
-            raise DatasetError(f"{where}: cannot unpickle a list or dict of sequence tags: {exc}") from None
+        value = unpickle_plain(raw, where, "a list or dict of sequence tags")
     else:
         text = _decode(raw, where)
         if text.lstrip().startswith("{"):
-            return _check_tag_dict(read_dict_literal(text, where), where)
+            return _check_tag_dict(parse_dict_literal(text, where), where)
         return [line.strip() for line in text.splitlines() if line.strip()]
     if isinstance(value, dict):
         return _check_tag_dict(value, where)
@@ -54,17 +43,14 @@ def read_seq_list_file(path: str, what: str) -> list[str] | dict[str, list[str]]
     )
 
 
-def read_dict_file(path: str, what: str) -> dict[Any, Any]:
-    """A file holding one Python/JSON dict literal (optionally gzipped), e.g. sequence lengths by tag."""
-    where = f"{what} {path!r}"
-    return read_dict_literal(_decode(read_file_bytes(path, what), where), where)
-
-
-def read_dict_literal(text: str, where: str) -> dict[Any, Any]:
-    # Imported here: the vocabulary module (BPE and all) is not needed by datasets without such files.
-    from returnn.datasets.util.vocabulary import parse_dict_literal
-
-    return parse_dict_literal(text, where)
+def read_tag_list(path: str, what: str) -> list[str]:
+    """The tags of a sequence list file that must be one plain list (text lines or a pickled list)."""
+    tags = read_seq_list_file(path, what)
+    if isinstance(tags, dict):
+        raise DatasetError(
+            f"{what} {path!r}: expected a plain list of sequence tags (one per line), got a dict by dataset key"
+        )
+    return tags
 
 
 def _decode(raw: bytes, where: str) -> str:

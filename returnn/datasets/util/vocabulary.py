@@ -12,18 +12,15 @@ is the label of that index. Indices must cover ``0 .. N-1``.
 
 from __future__ import annotations
 
-import ast
 import inspect
-import io
 import os
-import pickle
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from returnn.datasets.util.bpe import SamplingBytePairEncoder, StandardBytePairEncoder
-from returnn.datasets.util.files import read_file_bytes
+from returnn.datasets.util.files import parse_dict_literal, read_file_bytes, unpickle_plain
 from returnn.errors import ConfigError, DatasetError
 
 __all__ = [
@@ -447,7 +444,7 @@ def read_vocab_file(filename: str) -> dict[str, int]:
     """Read a vocab file (see module docs) into ``{label: index}``."""
     raw = read_file_bytes(filename, "vocab file")
     if filename.endswith((".pkl", ".pkl.gz")) or raw[:1] == b"\x80":
-        return _unpickle_plain(raw, filename)
+        return _unpickle_vocab(raw, filename)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -457,29 +454,8 @@ def read_vocab_file(filename: str) -> dict[str, int]:
     return {label: idx for idx, label in enumerate(text.splitlines())}
 
 
-def parse_dict_literal(text: str, where: str) -> dict[Any, Any]:
-    """A Python (or JSON) dict literal, parsed safely; ``where`` names the source in errors."""
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError) as exc:
-        raise DatasetError(f"{where}: not a valid Python dict literal: {exc}") from None
-    if not isinstance(value, dict):
-        raise DatasetError(f"{where}: expected a dict, got {type(value).__name__}")
-    return value
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Unpickles only plain data (dicts, strings, numbers): a vocab file never needs to create other objects."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: vocab pickles hold only a plain dict")
-
-
-def _unpickle_plain(raw: bytes, filename: str) -> dict[str, int]:
-    try:
-        vocab = _PlainUnpickler(io.BytesIO(raw)).load()
-    except Exception as exc:
-        raise DatasetError(f"vocab file {filename!r}: cannot unpickle a plain {{label: index}} dict: {exc}") from None
+def _unpickle_vocab(raw: bytes, filename: str) -> dict[str, int]:
+    vocab = unpickle_plain(raw, f"vocab file {filename!r}", "a plain {label: index} dict")
     if not isinstance(vocab, dict):
         raise DatasetError(
             f"vocab file {filename!r}: expected a pickled dict {{label: index}}, got {type(vocab).__name__}"
