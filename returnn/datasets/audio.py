@@ -28,7 +28,7 @@ import numpy as np
 
 from returnn.datasets.basic import DatasetSeq
 from returnn.datasets.cached2 import CachedDataset2
-from returnn.datasets.util.epoch_wise_filter import EpochWiseFilter
+from returnn.datasets.util.epoch_wise_filter import EpochWiseFilter, EpochWiseFiltered
 from returnn.datasets.util.feature_extraction import ExtractAudioFeatures, read_audio
 from returnn.datasets.util.files import read_file_bytes
 from returnn.datasets.util.seq_lists import read_tag_list
@@ -125,7 +125,7 @@ class _Entries:
     sources: list[int] = field(default_factory=list)
 
 
-class OggZipDataset(CachedDataset2):
+class OggZipDataset(EpochWiseFiltered, CachedDataset2):
     """Speech corpora in RETURNN's zip format (see module docs).
 
     Data keys: ``data`` (audio features ``[T, D]`` float32, if ``audio`` is given), ``classes`` (label indices, if
@@ -172,9 +172,7 @@ class OggZipDataset(CachedDataset2):
             self.targets = targets
         else:
             self.targets = Vocabulary.create_vocab(**targets)
-        if isinstance(epoch_wise_filter, dict):
-            epoch_wise_filter = EpochWiseFilter(epoch_wise_filter)
-        self.epoch_wise_filter = epoch_wise_filter
+        self.epoch_wise_filter = EpochWiseFilter.from_option(epoch_wise_filter, f"{self} epoch_wise_filter")
         self.num_outputs = {"orth": (256, 1), "raw": (0, 0)}
         self.labels = {"orth": [chr(i) for i in range(256)]}
         if self.feature_extractor is not None:
@@ -240,14 +238,6 @@ class OggZipDataset(CachedDataset2):
     def _get_seq_len_for_ordering(self) -> Callable[[int], int]:
         durations = self._load_entries().durations
         return lambda corpus_idx: int(durations[corpus_idx] * 100)
-
-    def _get_epoch_seq_order(
-        self, epoch: int | None, seq_list: Sequence[str] | None, seq_order: Sequence[int] | None
-    ) -> list[int] | None:
-        order = super()._get_epoch_seq_order(epoch, seq_list, seq_order)
-        if self.epoch_wise_filter is not None and seq_list is None and seq_order is None:
-            order = self.epoch_wise_filter.filter(epoch, order, self._get_seq_len_for_ordering())
-        return order
 
     # ---------------------------------------------------------------- sequences
 

@@ -11,7 +11,8 @@ How the order of an epoch is made (:meth:`Dataset.get_seq_order_for_epoch`):
 2. per (full) epoch, ``random_subset`` draws a fresh random subset;
 3. ``seq_ordering`` orders it (see :mod:`returnn.datasets.seq_order`);
 4. ``partition_epoch`` P splits that order into P contiguous parts, and epoch e visits part (e - 1) % P, so P
-   consecutive epochs see every sequence once; ``repeat_epoch`` R visits the order R times instead;
+   consecutive epochs see every sequence once; ``repeat_epoch`` R visits the order R times instead; datasets with
+   ``epoch_wise_filter`` filter the result;
 5. with :meth:`Dataset.set_sharding` (DataLoader workers, distributed ranks), shard i of n keeps
    ``order[i::n]``, so every sequence lands in exactly one shard.
 
@@ -207,10 +208,21 @@ class Dataset:
             return [int(idx) for idx in seq_order]
         if seq_list is not None:
             return self._corpus_indices_for_tags(seq_list)
-        return self.get_seq_order_for_epoch(epoch, self.get_total_num_seqs(), self._get_seq_len_for_ordering())
+        get_seq_len = self.get_corpus_seq_len_fn() if self._ordering.needs_seq_lens else None
+        return self.get_seq_order_for_epoch(epoch, self.get_total_num_seqs(), get_seq_len)
+
+    def get_corpus_seq_len_fn(self) -> Callable[[int], int] | None:
+        """The length of a sequence by its corpus index, known without loading its data; None if not known.
+
+        The length-based orderings sort with it, here and in datasets that combine this one. It comes from
+        ``seq_order_seq_lens_file`` if given, else from the dataset itself (:meth:`_get_seq_len_for_ordering`).
+        """
+        if self.seq_order_seq_lens_file:
+            return self._seq_lens_from_file().item
+        return self._get_seq_len_for_ordering()
 
     def _get_seq_len_for_ordering(self) -> Callable[[int], int] | None:
-        """Sequence length by corpus index, for the length-based orderings; None if not known up front."""
+        """For subclasses: sequence length by corpus index (HDF lengths, durations ...); None if not known up front."""
         return None
 
     def _corpus_indices_for_tags(self, seq_list: Sequence[str]) -> list[int]:
@@ -218,7 +230,8 @@ class Dataset:
         unknown = [tag for tag in seq_list if tag not in index_by_tag]
         if unknown:
             raise DatasetError(
-                f"{self}: {len(unknown)} requested sequence tag(s) not in the corpus, e.g. {unknown[:3]}"
+                f"{self}: {len(unknown)} of the {len(seq_list)} sequence tags given to init_seq_order (seq_list) are "
+                f"not in the corpus, e.g. {unknown[:3]}; use tags as get_all_tags() lists them"
             )
         return [index_by_tag[tag] for tag in seq_list]
 
@@ -255,18 +268,38 @@ class Dataset:
             rng = np.random.default_rng([self._get_random_seed_for_epoch(epoch), 1])
             chosen = rng.choice(len(corpus), _subset_size(self.random_subset, len(corpus)), replace=False)
             corpus = corpus[np.sort(chosen)]
-        if get_seq_len is None and self.seq_order_seq_lens_file and self._ordering.needs_seq_lens:
-            get_seq_len = self._seq_lens_from_file().__getitem__
         seq_lens = None
-        if get_seq_len is not None and self._ordering.needs_seq_lens:
+        if self._ordering.needs_seq_lens:
+            if get_seq_len is None and self.seq_order_seq_lens_file:
+                get_seq_len = self._seq_lens_from_file().item
+            if get_seq_len is None:
+                raise DatasetError(
+                    f"{self}: seq_ordering {self.seq_ordering!r} sorts by sequence length, but this dataset cannot "
+                    "tell the lengths before loading the data; give seq_order_seq_lens_file or use an ordering that "
+                    "does not sort (default, random)"
+                )
             seq_lens = np.fromiter((get_seq_len(idx) for idx in corpus.tolist()), dtype=np.int64, count=len(corpus))
         seed = self._get_random_seed_for_epoch(epoch, self._ordering.num_epochs_fixed)
         order = corpus[make_seq_order(self._ordering, len(corpus), seed=seed, seq_lens=seq_lens)]
+        return self._split_epoch_order(epoch, order)
+
+    def _split_epoch_order(self, epoch: int | None, order: np.ndarray) -> list[int]:
+        """From the ordered full epoch to this process's part: partition_epoch or repeat_epoch,
+        :meth:`_filter_epoch_order`, then the shard."""
         if epoch is not None and self.partition_epoch > 1:
             order = np.array_split(order, self.partition_epoch)[(epoch - 1) % self.partition_epoch]
         if epoch is not None and self.repeat_epoch > 1:
             order = np.tile(order, self.repeat_epoch)
-        return order[self._shard_index :: self._num_shards].tolist()
+        return self._shard_order(self._filter_epoch_order(epoch, order))
+
+    def _filter_epoch_order(self, epoch: int | None, order: np.ndarray) -> np.ndarray:
+        """For subclasses: drop sequences from the epoch's order (e.g. ``epoch_wise_filter``). It runs before the
+        order is sharded, so that the kept sequences do not depend on the number of shards."""
+        return order
+
+    def _shard_order(self, order: Sequence[int] | np.ndarray) -> list[int]:
+        """This process's part of an epoch's order (see :meth:`set_sharding`)."""
+        return np.asarray(order, dtype=np.int64)[self._shard_index :: self._num_shards].tolist()
 
     def _get_random_seed_for_epoch(self, epoch: int | None, num_epochs_fixed: int = 1) -> int:
         """The epoch's seed: see the module docstring."""
@@ -306,14 +339,14 @@ class Dataset:
         """The length of each corpus sequence from ``seq_order_seq_lens_file`` (read once)."""
         if self._seq_lens_from_file_cache is None:
             lens_by_tag = read_dict_file(self.seq_order_seq_lens_file, f"{self} seq_order_seq_lens_file")
-            lens = []
-            for tag in self.get_all_tags():
-                if tag not in lens_by_tag:
-                    raise DatasetError(
-                        f"seq_order_seq_lens_file {self.seq_order_seq_lens_file!r} has no entry for {tag!r}"
-                    )
-                lens.append(lens_by_tag[tag])
-            self._seq_lens_from_file_cache = np.array(lens, dtype=np.int64)
+            tags = self.get_all_tags()
+            missing = [tag for tag in tags if tag not in lens_by_tag]
+            if missing:
+                raise DatasetError(
+                    f"{self}: seq_order_seq_lens_file {self.seq_order_seq_lens_file!r} has no entry for {len(missing)} "
+                    f"of the {len(tags)} sequences, e.g. {missing[:3]}; write the file for this corpus"
+                )
+            self._seq_lens_from_file_cache = np.array([lens_by_tag[tag] for tag in tags], dtype=np.int64)
         return self._seq_lens_from_file_cache
 
     def finish_epoch(self) -> None:

@@ -30,7 +30,6 @@ from returnn.datasets.registry import init_dataset
 from returnn.datasets.util.sub_datasets import (
     DataSpec,
     DescribedBySpecs,
-    corpus_seq_len_fn,
     data_spec_of,
     epoch_corpus_indices,
     reject_options,
@@ -146,7 +145,7 @@ class _SequenceMix(DescribedBySpecs, Dataset):
         """Positions into ``joined``: ordering, partition, repeat and shard of this epoch."""
         get_len = None
         if self._ordering.needs_seq_lens:
-            len_fns = [corpus_seq_len_fn(dataset) for dataset in self._datasets]
+            len_fns = [dataset.get_corpus_seq_len_fn() for dataset in self._datasets]
             unknown = [name for name, fn in zip(self._dataset_names, len_fns) if fn is None]
             if unknown:
                 raise DatasetError(
@@ -374,8 +373,4 @@ class CombinedDataset(_SequenceMix):
         order = np.empty(len(joined), dtype=np.int64)
         for idx in range(len(self._datasets)):
             order[slots == idx] = np.flatnonzero(joined[:, 0] == idx)
-        if epoch is not None and self.partition_epoch > 1:
-            order = np.array_split(order, self.partition_epoch)[(epoch - 1) % self.partition_epoch]
-        if epoch is not None and self.repeat_epoch > 1:
-            order = np.tile(order, self.repeat_epoch)
-        return order[self._shard_index :: self._num_shards].tolist()
+        return self._split_epoch_order(epoch, order)

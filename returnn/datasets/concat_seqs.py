@@ -10,7 +10,7 @@ import numpy as np
 from returnn.datasets.basic import Dataset, DatasetSeq
 from returnn.datasets.cached2 import CachedDataset2
 from returnn.datasets.registry import init_dataset
-from returnn.datasets.util.epoch_wise_filter import EpochWiseFilter
+from returnn.datasets.util.epoch_wise_filter import EpochWiseFilter, EpochWiseFiltered
 from returnn.datasets.util.files import read_dict_file
 from returnn.datasets.util.seq_lists import read_tag_list
 from returnn.datasets.util.sub_datasets import DescribedByInner
@@ -19,7 +19,7 @@ from returnn.errors import DatasetError
 __all__ = ["ConcatSeqsDataset"]
 
 
-class ConcatSeqsDataset(DescribedByInner, CachedDataset2):
+class ConcatSeqsDataset(EpochWiseFiltered, DescribedByInner, CachedDataset2):
     """Each sequence is several sequences of an inner dataset, concatenated along time (every data key).
 
     ``seq_list_file`` has one line per sequence: the inner tags joined by ``seq_tag_delim``, e.g.
@@ -71,9 +71,7 @@ class ConcatSeqsDataset(DescribedByInner, CachedDataset2):
         self.repeat_in_between_last_frame_up_to_multiple_of = dict(repeat_in_between_last_frame_up_to_multiple_of or {})
         self.pad_narrow_data_to_multiple_of_target_len = dict(pad_narrow_data_to_multiple_of_target_len or {})
         self._check_option_keys()
-        self.epoch_wise_filter = (
-            EpochWiseFilter(epoch_wise_filter) if isinstance(epoch_wise_filter, dict) else epoch_wise_filter
-        )
+        self.epoch_wise_filter = EpochWiseFilter.from_option(epoch_wise_filter, f"{self} epoch_wise_filter")
         self._parts: list[list[str]] | None = None  # the inner tags of each sequence, read on first use
         self._lens: np.ndarray | None = None
         self._inner_index: np.ndarray | None = None  # the inner corpus index of every part, flat
@@ -154,14 +152,6 @@ class ConcatSeqsDataset(DescribedByInner, CachedDataset2):
         flat = np.concatenate(inner_order).tolist() if inner_order else []
         self.inner.init_seq_order(epoch=epoch, seq_order=flat)
         return changed
-
-    def _get_epoch_seq_order(
-        self, epoch: int | None, seq_list: Sequence[str] | None, seq_order: Sequence[int] | None
-    ) -> list[int]:
-        order = super()._get_epoch_seq_order(epoch, seq_list, seq_order)
-        if self.epoch_wise_filter is not None and seq_list is None and seq_order is None:
-            order = self.epoch_wise_filter.filter(epoch, order, self._get_seq_len_for_ordering())
-        return order
 
     def finish_epoch(self) -> None:
         super().finish_epoch()

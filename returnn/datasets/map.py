@@ -117,8 +117,7 @@ class MapDatasetWrapper(DescribedBySpecs, CachedDataset2):
         self, epoch: int | None, seq_list: Sequence[str] | None, seq_order: Sequence[int] | None
     ) -> list[int]:
         if seq_list is None and seq_order is None and _overrides(self.map_dataset, "get_seq_order"):
-            order = [int(idx) for idx in self.map_dataset.get_seq_order(epoch=epoch)]
-            return order[self._shard_index :: self._num_shards]
+            return self._shard_order(list(self.map_dataset.get_seq_order(epoch=epoch)))
         return super()._get_epoch_seq_order(epoch, seq_list, seq_order)
 
     def have_get_corpus_seq(self) -> bool:

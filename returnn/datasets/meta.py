@@ -26,7 +26,6 @@ from returnn.datasets.util.files import read_dict_file
 from returnn.datasets.util.seq_lists import read_seq_list_file, read_tag_list
 from returnn.datasets.util.sub_datasets import (
     ORDERING_OPTIONS,
-    corpus_seq_len_fn,
     data_spec_of,
     epoch_corpus_indices,
     reject_options,
@@ -122,6 +121,7 @@ class MetaDataset(Dataset):
         self._describe(data_dims, data_dtypes)
         self._corpus: _MetaCorpus | None = None
         self._seq_lens_by_tag: dict[str, dict[str, int]] | None = None
+        self._sort_lens: np.ndarray | None = None  # from seq_lens_file, by corpus index
 
     # --- set-up ------------------------------------------------------------------------------------------
 
@@ -300,13 +300,14 @@ class MetaDataset(Dataset):
         if corpus.control_to_meta is not None:
             order = corpus.control_to_meta[order]
             order = order[order >= 0]
-        return order[self._shard_index :: self._num_shards].tolist()
+        return self._shard_order(order)
 
     def _get_seq_len_for_ordering(self) -> Callable[[int], int] | None:
         if self.seq_lens_file:
-            lens = np.array([self._sort_len(tag) for tag in self._get_corpus().tags], dtype=np.int64)
-            return lens.item
-        get_len = corpus_seq_len_fn(self.datasets[self.default_dataset_key])
+            if self._sort_lens is None:
+                self._sort_lens = np.array([self._sort_len(tag) for tag in self._get_corpus().tags], dtype=np.int64)
+            return self._sort_lens.item
+        get_len = self.datasets[self.default_dataset_key].get_corpus_seq_len_fn()
         if get_len is None:
             return None
         sub_indices = self._get_corpus().sub_indices[self.default_dataset_key]

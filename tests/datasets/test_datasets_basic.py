@@ -118,7 +118,10 @@ def test_seq_list_and_seq_order_are_used_as_given(static_dataset):
 
 
 def test_seq_list_with_unknown_tags(static_dataset):
-    with pytest.raises(DatasetError, match=r"2 requested sequence tag\(s\) not in the corpus, e.g. \['x', 'y'\]"):
+    with pytest.raises(
+        DatasetError,
+        match=r"2 of the 3 sequence tags given to init_seq_order \(seq_list\) are not in the corpus, e.g. \['x', 'y'\]",
+    ):
         static_dataset().init_seq_order(epoch=1, seq_list=["seq-1", "x", "y"])
 
 
@@ -164,7 +167,10 @@ def test_unique_seq_tags():
 
 def test_sorting_needs_lengths():
     dataset = Corpus(["a", "b"], seq_ordering="laplace:2")
-    with pytest.raises(DatasetError, match=r"'laplace' sorts by sequence length.*seq_order_seq_lens_file"):
+    with pytest.raises(
+        DatasetError,
+        match=r"dataset 'Corpus' \(Corpus\): seq_ordering 'laplace:2' sorts by sequence length.*seq_order_seq_lens_f",
+    ):
         dataset.init_seq_order(epoch=1)
 
 
@@ -175,11 +181,26 @@ def test_seq_order_seq_lens_file(tmp_path):
     dataset.init_seq_order(epoch=1)
     assert dataset.get_current_seq_order() == [1, 2, 0]
     missing = Corpus(["a", "x"], seq_ordering="sorted", seq_order_seq_lens_file=str(lens_file))
-    with pytest.raises(DatasetError, match=r"seq_order_seq_lens_file '.*lens.py' has no entry for 'x'"):
+    with pytest.raises(
+        DatasetError, match=r"seq_order_seq_lens_file '.*lens.py' has no entry for 1 of the 2 sequences, e.g. \['x'\]"
+    ):
         missing.init_seq_order(epoch=1)
     lens_file.write_text("[1, 2]")
     with pytest.raises(DatasetError, match=r"seq_order_seq_lens_file '.*lens.py': expected a dict, got list"):
         Corpus(["a"], seq_ordering="sorted", seq_order_seq_lens_file=str(lens_file)).init_seq_order(epoch=1)
+
+
+def test_corpus_seq_len_fn_prefers_seq_order_seq_lens_file(tmp_path, static_dataset, epoch_order):
+    own = static_dataset(seq_lens=[3, 1, 2], seq_ordering="sorted")
+    assert [own.get_corpus_seq_len_fn()(idx) for idx in range(3)] == [3, 1, 2]
+    assert epoch_order(own, 1) == [1, 2, 0]
+    (tmp_path / "lens.py").write_text("{'seq-0': 1, 'seq-1': 2, 'seq-2': 3}")
+    from_file = static_dataset(
+        seq_lens=[3, 1, 2], seq_ordering="sorted", seq_order_seq_lens_file=str(tmp_path / "lens.py")
+    )
+    assert [from_file.get_corpus_seq_len_fn()(idx) for idx in range(3)] == [1, 2, 3]
+    assert epoch_order(from_file, 1) == [0, 1, 2]
+    assert Corpus(["a"]).get_corpus_seq_len_fn() is None
 
 
 def test_get_seq_order_for_epoch_is_public():

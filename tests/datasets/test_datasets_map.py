@@ -135,7 +135,10 @@ class _NoLengths(Utterances):
 
 def test_wrapper_sorting_without_get_seq_len():
     dataset = MapDatasetWrapper(map_dataset=_NoLengths(), seq_ordering="laplace:2")
-    with pytest.raises(DatasetError, match=r"'laplace' sorts by sequence length, but this dataset does not know"):
+    with pytest.raises(
+        DatasetError,
+        match=r"'laplace:2' sorts by sequence length, but this dataset cannot tell the lengths before loading",
+    ):
         dataset.init_seq_order(epoch=1)
     assert len(tags(MapDatasetWrapper(map_dataset=_NoLengths(), seq_ordering="random"), 1)) == 6
 

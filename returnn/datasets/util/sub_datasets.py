@@ -6,7 +6,6 @@
 - mixins for the data description: :class:`DescribedByInner` (that of one inner dataset) and
   :class:`DescribedBySpecs` (a DataSpec per key);
 - :func:`epoch_corpus_indices`: the current epoch's corpus indices, range-checked;
-- :func:`corpus_seq_len_fn`: a dataset's sequence lengths by corpus index, where known without loading data;
 - :func:`reject_options`: wrappers that leave ordering to their sub-datasets refuse the base ordering options;
 - :func:`check_accepts_kwargs`: user callables must take ``**kwargs`` so that new arguments can be passed later.
 """
@@ -14,7 +13,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,7 +29,6 @@ __all__ = [
     "data_spec_of",
     "parse_data_spec",
     "spec_mismatch",
-    "corpus_seq_len_fn",
     "reject_options",
     "check_accepts_kwargs",
     "ORDERING_OPTIONS",
@@ -190,18 +188,6 @@ def epoch_corpus_indices(dataset: Dataset, total: int) -> np.ndarray:
     if order.size and (order.min() < 0 or order.max() >= total):
         raise DatasetError(f"{dataset}: seq_order holds indices outside 0..{total - 1}")
     return order
-
-
-def corpus_seq_len_fn(dataset: Dataset) -> Callable[[int], int] | None:
-    """The length of a sequence by its corpus index in ``dataset``, for sorting; None if not known up front.
-
-    From the dataset itself (e.g. HDF lengths, generated data), else from its ``seq_order_seq_lens_file``.
-    """
-    get_len = dataset._get_seq_len_for_ordering()
-    if get_len is None and dataset.seq_order_seq_lens_file:
-        lens = dataset._seq_lens_from_file()
-        get_len = lens.item
-    return get_len
 
 
 # The base-class options that decide which sequences an epoch visits, with their neutral values.
