@@ -202,6 +202,8 @@ def run(impl: str, path: str, epochs: int, threads: int, weights_out: str) -> No
 
     if threads:
         torch.set_num_threads(threads)
+    import torch._dynamo  # torch imports it at the first optimizer step; here it stays out of the epochs
+
     with tempfile.TemporaryDirectory() as workdir:
         if impl == "engine":
             epoch_seconds, cpu_seconds, weights = _run_engine(path, epochs, workdir)
