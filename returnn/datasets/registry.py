@@ -2,6 +2,11 @@
 
 The registry fills itself on the first lookup: it imports the dataset modules of this package and registers
 every :class:`Dataset` subclass they hold by its class name (the first one of a name wins).
+
+A dataset module that fails to import (a missing optional package, a bug) breaks only the lookups of the classes it
+defines: those raise a :class:`DatasetError` that names the module and the original exception, while every other
+class works. Which classes a broken module defines is read from its source text, so this works for syntax errors
+too.
 """
 
 from __future__ import annotations
@@ -9,55 +14,121 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import importlib.util
 import inspect
-from collections.abc import Callable
-from typing import Any
+import logging
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from returnn.datasets.basic import Dataset
 from returnn.errors import DatasetError
 
 __all__ = ["init_dataset", "get_dataset_class", "register_dataset_class", "check_dataset_options"]
 
-_DATASET_MODULES = (
-    "basic",
-    "cached2",
-    "generating",
-    "hdf",
-    "meta",
-    "map",
-    "postprocessing",
-    "variable",
-    "lm",
-    "audio",
-    "numpy_dump",
+logger = logging.getLogger(__name__)
+
+DATASET_MODULES = tuple(
+    f"returnn.datasets.{name}"
+    for name in (
+        "basic",
+        "cached2",
+        "generating",
+        "hdf",
+        "meta",
+        "combined",
+        "concat_seqs",
+        "map",
+        "postprocessing",
+        "variable",
+        "lm",
+        "audio",
+        "numpy_dump",
+    )
 )
+
+_CLASS_DEFINITION = re.compile(r"^class\s+([A-Za-z]\w*)", re.MULTILINE)
+
+
+class _BrokenModule(NamedTuple):
+    """A dataset module that failed to import, and the public classes its source defines."""
+
+    module: str
+    error: BaseException
+    class_names: frozenset[str]
+
+    def describe(self) -> str:
+        return f"{self.module} ({type(self.error).__name__}: {self.error})"
 
 
 class _Registry:
-    """Dataset classes by name; filled from the dataset modules on the first lookup."""
+    """Dataset classes by name; filled from the dataset modules on the first lookup.
 
-    def __init__(self) -> None:
+    :param modules: the full names of the modules to import.
+    """
+
+    def __init__(self, modules: Sequence[str] = DATASET_MODULES) -> None:
+        self.modules = tuple(modules)
         self.classes: dict[str, type[Dataset]] = {}
+        self.broken: list[_BrokenModule] = []
         self.loaded = False
 
     def load(self) -> None:
-        for module_name in _DATASET_MODULES:
-            full_name = f"returnn.datasets.{module_name}"
+        for module_name in self.modules:
             try:
-                module = importlib.import_module(full_name)
-            except ModuleNotFoundError as exc:
-                if exc.name == full_name:  # a module of this package that does not exist (yet)
-                    continue
-                raise
+                module = importlib.import_module(module_name)
+            except Exception as exc:  # any error while importing: only this module's classes become unavailable
+                self._record_broken(module_name, exc)
+                continue
             for obj in vars(module).values():
                 if isinstance(obj, type) and issubclass(obj, Dataset) and not obj.__name__.startswith("_"):
                     self.classes.setdefault(obj.__name__, obj)
         self.loaded = True
 
+    def _record_broken(self, module_name: str, exc: Exception) -> None:
+        broken = _BrokenModule(module_name, exc, _classes_defined_in(module_name))
+        self.broken.append(broken)
+        logger.warning(
+            f"dataset module {broken.describe()} failed to import; its classes "
+            f"{sorted(broken.class_names) or '(unknown)'} are unavailable, all others work"
+        )
+
     def names(self) -> list[str]:
         if not self.loaded:
             self.load()
         return sorted(self.classes)
+
+    def lookup(self, name: str) -> type[Dataset]:
+        known = self.names()
+        if name in self.classes:
+            return self.classes[name]
+        for broken in self.broken:
+            if name in broken.class_names:
+                raise DatasetError(
+                    f"dataset class {name!r} is defined in module {broken.describe()}, which failed to import; "
+                    "fix the error in that module (or install the package it needs)"
+                ) from broken.error
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        failed = (
+            f" (Dataset modules that failed to import: {'; '.join(b.describe() for b in self.broken)}.)"
+            if self.broken
+            else ""
+        )
+        raise DatasetError(f"unknown dataset class {name!r}.{hint} Known classes: {', '.join(known)}{failed}")
+
+
+def _classes_defined_in(module_name: str) -> frozenset[str]:
+    """The public top-level class names in a module's source, read without importing it (empty if unreadable)."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+        if spec is None or spec.origin is None:
+            return frozenset()
+        with open(spec.origin, encoding="utf-8") as f:
+            source = f.read()
+    except (ImportError, OSError, ValueError, UnicodeDecodeError):
+        return frozenset()
+    return frozenset(name for name in _CLASS_DEFINITION.findall(source))
 
 
 _registry = _Registry()
@@ -71,13 +142,9 @@ def register_dataset_class(cls: type[Dataset]) -> None:
 
 
 def get_dataset_class(name: str) -> type[Dataset]:
-    """The dataset class of this name; a DatasetError with suggestions if there is none."""
-    known = _registry.names()
-    if name in known:
-        return _registry.classes[name]
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise DatasetError(f"unknown dataset class {name!r}.{hint} Known classes: {', '.join(known)}")
+    """The dataset class of this name; a DatasetError with suggestions if there is none, or with the import error
+    if the module that defines it failed to import."""
+    return _registry.lookup(name)
 
 
 def _init_params(cls: type) -> tuple[set[str], list[str], bool]:

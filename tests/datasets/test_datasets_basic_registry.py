@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import sys
+
 import pytest
 
 from returnn.datasets import Dataset, get_dataset_class, init_dataset, register_dataset_class
@@ -113,3 +116,70 @@ def test_every_registered_class_is_a_dataset():
     for name in registry._registry.names():
         assert issubclass(get_dataset_class(name), Dataset)
         assert get_dataset_class(name).__name__ == name
+
+
+# --- dataset modules that fail to import -------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry_with_broken_modules(tmp_path, monkeypatch):
+    """The registry over the real dataset modules plus a package with one good and two broken dataset modules."""
+    from returnn.datasets import registry
+
+    package = tmp_path / "halfdone_datasets"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "good.py").write_text(
+        "from returnn.datasets.generating import StaticDataset\n\nclass GoodDataset(StaticDataset):\n    pass\n"
+    )
+    (package / "half_written.py").write_text(
+        "from returnn.datasets.basic import Dataset\n\nclass HalfWrittenDataset(Dataset):\n    def __init__(self,\n"
+    )
+    (package / "needs_package.py").write_text(
+        "import not_an_installed_package\n\nclass NeedsPackageDataset:\n    pass\n\nclass _Helper:\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules = [f"halfdone_datasets.{name}" for name in ("half_written", "good", "needs_package")]
+    monkeypatch.setattr(registry, "_registry", registry._Registry([*registry.DATASET_MODULES, *modules]))
+    yield
+    for name in ["halfdone_datasets", *modules]:
+        sys.modules.pop(name, None)
+
+
+def test_broken_dataset_module_fails_only_its_own_classes(registry_with_broken_modules, caplog):
+    assert type(init_dataset(DUMMY)) is DummyDataset
+    assert get_dataset_class("GoodDataset").__name__ == "GoodDataset"
+    with pytest.raises(DatasetError) as info:
+        init_dataset({"class": "HalfWrittenDataset"})
+    assert re.match(
+        r"dataset class 'HalfWrittenDataset' is defined in module halfdone_datasets.half_written \(SyntaxError: .*\), "
+        r"which failed to import; fix the error in that module \(or install the package it needs\)$",
+        str(info.value),
+    )
+    assert isinstance(info.value.__cause__, SyntaxError)
+    with pytest.raises(
+        DatasetError,
+        match=r"'NeedsPackageDataset' is defined in module halfdone_datasets.needs_package \(ModuleNotFoundError: "
+        r"No module named 'not_an_installed_package'\), which failed to import",
+    ):
+        get_dataset_class("NeedsPackageDataset")
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert warnings[1].startswith(
+        "dataset module halfdone_datasets.needs_package (ModuleNotFoundError: No module named "
+        "'not_an_installed_package') failed to import; its classes ['NeedsPackageDataset'] are unavailable"
+    )
+
+
+def test_unknown_class_names_the_modules_that_failed(registry_with_broken_modules):
+    with pytest.raises(DatasetError) as info:
+        get_dataset_class("Xyzzy")
+    message = str(info.value)
+    assert message.startswith("unknown dataset class 'Xyzzy'. Known classes: CachedDataset2, CombinedDataset, ")
+    assert "GoodDataset, HDFDataset" in message
+    assert re.search(
+        r"\(Dataset modules that failed to import: halfdone_datasets.half_written \(SyntaxError: .*half_written.py, "
+        r"line 4\)\); halfdone_datasets.needs_package \(ModuleNotFoundError: No module named "
+        r"'not_an_installed_package'\).\)$",
+        message,
+    )
