@@ -71,6 +71,11 @@ class ConcatSeqsDataset(EpochWiseFiltered, DescribedByInner, CachedDataset2):
         self.repeat_in_between_last_frame_up_to_multiple_of = dict(repeat_in_between_last_frame_up_to_multiple_of or {})
         self.pad_narrow_data_to_multiple_of_target_len = dict(pad_narrow_data_to_multiple_of_target_len or {})
         self._check_option_keys()
+        self._in_between_keys = (
+            set(self.remove_in_between_postfix)
+            | set(self.repeat_in_between_last_frame_up_to_multiple_of)
+            | set(self.pad_narrow_data_to_multiple_of_target_len)
+        )
         self.epoch_wise_filter = EpochWiseFilter.from_option(epoch_wise_filter, f"{self} epoch_wise_filter")
         self._parts: list[list[str]] | None = None  # the inner tags of each sequence, read on first use
         self._lens: np.ndarray | None = None
@@ -116,7 +121,8 @@ class ConcatSeqsDataset(EpochWiseFiltered, DescribedByInner, CachedDataset2):
             if missing:
                 raise DatasetError(
                     f"{self}: seq_list_file {self.seq_list_file!r} names {len(missing)} tag(s) that {what} does not "
-                    f"have, e.g. {missing[:3]}"
+                    f"have, e.g. {missing[:3]}; remove them from the list, or fix the list's seq_tag_delim "
+                    f"({self.seq_tag_delim!r})"
                 )
         self._lens = np.array([sum(lens_by_tag[tag] for tag in seq_parts) for seq_parts in parts], dtype=np.int64)
         self._inner_index = np.array([index_by_tag[tag] for tag in flat], dtype=np.int64)
@@ -166,32 +172,41 @@ class ConcatSeqsDataset(EpochWiseFiltered, DescribedByInner, CachedDataset2):
         features = {}
         for key in self.inner.get_data_keys():
             pieces = [self.inner.get_data(pos, key) for pos in range(start, end)]
-            for part_idx in range(len(pieces) - 1):
-                pieces[part_idx] = self._in_between(key, pieces[part_idx], start + part_idx, tag)
+            if key in self._in_between_keys:
+                for part_idx in range(len(pieces) - 1):
+                    pieces[part_idx] = self._in_between(key, pieces[part_idx], start + part_idx, tag)
             features[key] = np.concatenate(pieces, axis=0)
         return DatasetSeq(seq_idx, features, seq_tag=tag)
 
     def _in_between(self, key: str, data: np.ndarray, inner_pos: int, tag: str) -> np.ndarray:
         """Apply the ``*in_between*`` options to one part that is not the last."""
-        where = f"{self}: sequence {tag!r}, part {self.inner.get_tag(inner_pos)!r}, key {key!r}"
         if key in self.remove_in_between_postfix:
             postfix = self.remove_in_between_postfix[key]
             if data.ndim != 1 or not len(data) or data[-1] != postfix:
-                raise DatasetError(f"{where}: remove_in_between_postfix expects it to end in {postfix!r}, got {data!r}")
+                raise DatasetError(
+                    f"{self._part_where(tag, inner_pos, key)}: remove_in_between_postfix expects it to end in "
+                    f"{postfix!r}, got {data!r}"
+                )
             data = data[:-1]
         if key in self.repeat_in_between_last_frame_up_to_multiple_of:
             multiple = self.repeat_in_between_last_frame_up_to_multiple_of[key]
-            data = _resize_repeating_last(data, len(data) + (-len(data)) % multiple, where)
+            data = self._resize_repeating_last(data, len(data) + (-len(data)) % multiple, tag, inner_pos, key)
         if key in self.pad_narrow_data_to_multiple_of_target_len:
             target_key, multiple = self.pad_narrow_data_to_multiple_of_target_len[key]
-            data = _resize_repeating_last(data, len(self.inner.get_data(inner_pos, target_key)) * multiple, where)
+            target_len = len(self.inner.get_data(inner_pos, target_key))
+            data = self._resize_repeating_last(data, target_len * multiple, tag, inner_pos, key)
         return data
 
+    def _resize_repeating_last(self, data: np.ndarray, length: int, tag: str, inner_pos: int, key: str) -> np.ndarray:
+        """``data`` cut to ``length`` frames, or padded by repeating its last frame."""
+        if length <= len(data):
+            return data[:length]
+        if not len(data):
+            raise DatasetError(
+                f"{self._part_where(tag, inner_pos, key)}: cannot pad an empty part by repeating its last frame"
+            )
+        return np.concatenate([data, np.repeat(data[-1:], length - len(data), axis=0)], axis=0)
 
-def _resize_repeating_last(data: np.ndarray, length: int, where: str) -> np.ndarray:
-    """``data`` cut to ``length`` frames, or padded by repeating its last frame."""
-    if length <= len(data):
-        return data[:length]
-    if not len(data):
-        raise DatasetError(f"{where}: cannot pad an empty part by repeating its last frame")
-    return np.concatenate([data, np.repeat(data[-1:], length - len(data), axis=0)], axis=0)
+    def _part_where(self, tag: str, inner_pos: int, key: str) -> str:
+        """Names a part in errors (built only when one is raised)."""
+        return f"{self}: sequence {tag!r}, part {self.inner.get_tag(inner_pos)!r}, key {key!r}"

@@ -453,9 +453,14 @@ class TaskNumberBaseConvertDataset(GeneratingDataset):
             input_dim=input_base, output_dim={"data": (input_base, 1), "classes": (output_base, 1)}, **kwargs
         )
         if not (2 <= input_base <= len(_DIGITS) and 2 <= output_base <= len(_DIGITS)):
-            raise DatasetError(f"{self}: input_base and output_base must be in 2..{len(_DIGITS)}")
+            raise DatasetError(
+                f"{self}: input_base={input_base} and output_base={output_base} must both be in 2..{len(_DIGITS)}"
+            )
         if not 0 < min_input_seq_len <= max_input_seq_len:
-            raise DatasetError(f"{self}: need 0 < min_input_seq_len <= max_input_seq_len")
+            raise DatasetError(
+                f"{self}: need 0 < min_input_seq_len <= max_input_seq_len, got {min_input_seq_len} and "
+                f"{max_input_seq_len}"
+            )
         self.input_base = input_base
         self.output_base = output_base
         self.min_input_seq_len = min_input_seq_len

@@ -270,7 +270,10 @@ class LmDataset(_TextDataset):
 
     def _symbol_id_or_error(self, symbol: str, option: str) -> int:
         if symbol not in self.symbol_map:
-            raise DatasetError(f"{self}: {option}={symbol!r} is not one of the labels")
+            raise DatasetError(
+                f"{self}: {option}={symbol!r} is not one of the {len(self.labels_list)} labels; add it to the labels "
+                f"or set {option} to one of them"
+            )
         return self.symbol_map[symbol]
 
     def _read_replace_map(self, path: str) -> dict[str, list[str]]:

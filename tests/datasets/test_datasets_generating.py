@@ -209,8 +209,10 @@ def test_number_base_convert(read_epoch):
         number = int("".join(map(str, data["data"])), 8)
         assert int("".join(map(str, data["classes"])), 3) == number
         assert data["classes"][0] != 0 or number == 0
-    with pytest.raises(DatasetError, match=r"need 0 < min_input_seq_len <= max_input_seq_len"):
+    with pytest.raises(DatasetError, match=r"need 0 < min_input_seq_len <= max_input_seq_len, got 3 and 2$"):
         TaskNumberBaseConvertDataset(min_input_seq_len=3, max_input_seq_len=2)
+    with pytest.raises(DatasetError, match=r"input_base=1 and output_base=2 must both be in 2\.\.36$"):
+        TaskNumberBaseConvertDataset(input_base=1)
 
 
 def test_copy_task(read_epoch):

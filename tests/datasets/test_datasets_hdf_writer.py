@@ -154,6 +154,8 @@ def test_simple_writer_bad_batches(tmp_path):
     with pytest.raises(DatasetError, match=r"sequence 'b': has data keys \['late'\] that earlier sequences did not"):
         writer.insert_batch(np.zeros((1, 4, 3)), [4], ["b"], extra={"late": np.zeros((1, 2))})
     writer.close()
+    with pytest.raises(DatasetError, match=r"out.hdf': cannot add sequences, the writer was closed; .*extend_existing"):
+        writer.insert_batch(np.zeros((1, 4, 3)), [4], ["c"])
 
 
 def test_simple_writer_aborted_by_exception_leaves_nothing(tmp_path):

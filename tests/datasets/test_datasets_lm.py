@@ -137,7 +137,10 @@ def test_ordering_partition_sharding_and_pickle(tmp_path, symbols_file):
 def test_bad_options(tmp_path, symbols_file, char_corpus):
     with pytest.raises(ConfigError, match=r"give exactly one of orth_symbols_file, .*\(got none\)"):
         LmDataset(corpus_file=char_corpus)
-    with pytest.raises(DatasetError, match=r"delayed_seq_data_start_symbol='<s>' is not one of the labels"):
+    with pytest.raises(
+        DatasetError,
+        match=r"delayed_seq_data_start_symbol='<s>' is not one of the 9 labels; add it to the labels or set",
+    ):
         LmDataset(
             corpus_file=char_corpus, orth_symbols_file=symbols_file, add_delayed_seq_data=True,
             delayed_seq_data_start_symbol="<s>",

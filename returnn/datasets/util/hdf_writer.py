@@ -221,7 +221,12 @@ class _HDFAppender:
 
     def append(self, tags: Sequence[str], seqs: Sequence[dict[str, np.ndarray]]) -> None:
         """Append sequences: ``seqs[i][key]`` is sequence i's data for key, with time as first axis."""
-        assert self.file is not None and len(tags) == len(seqs)
+        if self.file is None:
+            raise DatasetError(
+                f"HDF file {self.filename!r}: cannot add sequences, the writer was closed; to add more, open the file "
+                "again with SimpleHDFWriter(..., extend_existing_file=True)"
+            )
+        assert len(tags) == len(seqs)
         if not seqs:
             return
         if self._target_keys is None:
