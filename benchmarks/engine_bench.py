@@ -121,7 +121,7 @@ def _hand_written_batches(path: str):
             longest = grown
 
 
-def _run_loop(impl: str, path: str, epochs: int) -> tuple[float, float, object]:
+def _run_loop(impl: str, path: str, epochs: int) -> tuple[dict, object]:
     import torch
 
     from returnn.torch.random_state import derive_seed, seed_all
@@ -152,22 +152,56 @@ def _run_loop(impl: str, path: str, epochs: int) -> tuple[float, float, object]:
             optimizer.zero_grad(set_to_none=True)
         epoch_seconds += time.perf_counter() - start
         epoch_cpu_seconds += time.process_time() - cpu_start
-    return epoch_seconds, epoch_cpu_seconds, model.state_dict()
+    return {"epochs_s": epoch_seconds, "epochs_cpu_s": epoch_cpu_seconds}, model.state_dict()
 
 
-def _run_engine(path: str, epochs: int, workdir: str) -> tuple[float, float, object]:
+def _run_engine(path: str, epochs: int, workdir: str) -> tuple[dict, object]:
     from returnn.config import Config
     from returnn.log import log
     from returnn.torch.engine import Engine
 
     class TimedEngine(Engine):
-        epoch_seconds = epoch_cpu_seconds = 0.0
+        """Times the epochs, and within them the CPU time of the steps (step function, backward, update) and of
+        fetching batches: the rest is the engine's own work."""
+
+        epoch_seconds = epoch_cpu_seconds = step_cpu_seconds = data_cpu_seconds = 0.0
 
         def train_epoch(self, epoch: int) -> None:
             start, cpu_start = time.perf_counter(), time.process_time()
             super().train_epoch(epoch)
             TimedEngine.epoch_seconds += time.perf_counter() - start
             TimedEngine.epoch_cpu_seconds += time.process_time() - cpu_start
+
+        def run_train_step(self, data, run_ctx):
+            cpu_start = time.process_time()
+            try:
+                return super().run_train_step(data, run_ctx)
+            finally:
+                TimedEngine.step_cpu_seconds += time.process_time() - cpu_start
+
+        def optimizer_step(self, step_values):
+            cpu_start = time.process_time()
+            try:
+                return super().optimizer_step(step_values)
+            finally:
+                TimedEngine.step_cpu_seconds += time.process_time() - cpu_start
+
+        def build_data_loader(self, name, dataset, *, mode):
+            loader = super().build_data_loader(name, dataset, mode=mode)
+            iter_epoch = loader.iter_epoch
+
+            def timed_iter_epoch(epoch):
+                batches = iter_epoch(epoch)
+                while True:
+                    cpu_start = time.process_time()
+                    batch = next(batches, None)
+                    TimedEngine.data_cpu_seconds += time.process_time() - cpu_start
+                    if batch is None:
+                        return
+                    yield batch
+
+            loader.iter_epoch = timed_iter_epoch
+            return loader
 
     config = Config(
         dict(
@@ -191,7 +225,10 @@ def _run_engine(path: str, epochs: int, workdir: str) -> tuple[float, float, obj
     engine = TimedEngine(config)
     engine.train()
     log.close()
-    return TimedEngine.epoch_seconds, TimedEngine.epoch_cpu_seconds, engine.model.state_dict()
+    own = TimedEngine.epoch_cpu_seconds - TimedEngine.step_cpu_seconds - TimedEngine.data_cpu_seconds
+    result = {"epochs_s": TimedEngine.epoch_seconds, "epochs_cpu_s": TimedEngine.epoch_cpu_seconds}
+    result.update(engine_own_cpu_s=own, data_cpu_s=TimedEngine.data_cpu_seconds)
+    return result, engine.model.state_dict()
 
 
 def run(impl: str, path: str, epochs: int, threads: int, weights_out: str) -> None:
@@ -206,12 +243,12 @@ def run(impl: str, path: str, epochs: int, threads: int, weights_out: str) -> No
 
     with tempfile.TemporaryDirectory() as workdir:
         if impl == "engine":
-            epoch_seconds, cpu_seconds, weights = _run_engine(path, epochs, workdir)
+            result, weights = _run_engine(path, epochs, workdir)
         else:
-            epoch_seconds, cpu_seconds, weights = _run_loop(impl, path, epochs)
+            result, weights = _run_loop(impl, path, epochs)
     torch.save(weights, weights_out)
-    total = time.perf_counter() - start
-    print(json.dumps({"epochs_s": epoch_seconds, "epochs_cpu_s": cpu_seconds, "total_s": total}))
+    result["total_s"] = time.perf_counter() - start
+    print(json.dumps(result))
 
 
 # ------------------------------------------------------------------------------------------------ harness
@@ -239,6 +276,13 @@ def compare(directory: str, epochs: int, reps: int, threads: int) -> None:
                 results[impl].append(result)
                 print(f"round {rep} {impl}: {json.dumps(result)}", file=sys.stderr)
     loop = results["loop"]
+    engine_runs = results["engine"]
+    own = [r["engine_own_cpu_s"] / r["epochs_cpu_s"] for r in engine_runs]
+    print(
+        f"engine's own work (epoch CPU time outside steps and batch fetching): median "
+        f"{statistics.median(r['engine_own_cpu_s'] for r in engine_runs) * 1000:.0f} ms per run, "
+        f"{statistics.median(own) * 100:.2f} % of the epochs' CPU time"
+    )
     print(f"\n{epochs} epoch(s), {reps} rounds (medians; ratios per round against the loop of the same round)\n")
     print("| impl | epochs s | ratio (per round) | epochs CPU s | CPU ratio (per round) | other s | max abs dw |")
     print("|---|---|---|---|---|---|---|")
