@@ -266,8 +266,7 @@ class OggZipDataset(EpochWiseFiltered, CachedDataset2):
     def _seed_for(self, corpus_idx: int) -> None:
         """Seed the randomness of this sequence (perturbation, sampled vocabularies) from the epoch and the sequence,
         so that it does not depend on how the epoch is spread over DataLoader workers."""
-        seed = self._get_random_seed_for_epoch(self.epoch)
-        state = int(np.random.SeedSequence([seed % 2**32, corpus_idx]).generate_state(1)[0])
+        state = self._seq_random_seed(corpus_idx)
         if self.feature_extractor is not None:
             self.feature_extractor.set_random_seed(state)
         if self.targets is not None:

@@ -309,6 +309,13 @@ class Dataset:
         full_epoch = math.ceil(full_epoch / num_epochs_fixed)
         return full_epoch + self.random_seed_offset
 
+    def _seq_random_seed(self, corpus_idx: int) -> int:
+        """The seed of one sequence's random choices (generated data, augmentation) in the current epoch: from the
+        epoch's seed and the corpus index, so the same in every process, however the epoch is sharded."""
+        epoch_seed = self._get_random_seed_for_epoch(self.epoch)
+        # SeedSequence mixes the two, so that neighbouring sequences get unrelated random numbers.
+        return int(np.random.SeedSequence([epoch_seed % 2**32, corpus_idx]).generate_state(1)[0])
+
     def _get_corpus_selection(self, num_seqs: int) -> np.ndarray:
         """The corpus indices left after the fixed selections (computed once per corpus size)."""
         if self._corpus_selection is not None and self._corpus_selection[0] == num_seqs:

@@ -88,7 +88,21 @@ class GeneratingDataset(CachedDataset2):
         if "data" not in self.num_outputs and input_dim is not None:
             self.num_outputs["data"] = (input_dim, 2)
         self._total_num_seqs = num_seqs
-        self.random = np.random.RandomState(1)
+        self._random: np.random.RandomState | None = None
+        self._random_corpus_idx: int | None = None  # ``random`` is seeded for this sequence
+
+    @property
+    def random(self) -> np.random.RandomState:
+        """The random state of the sequence being generated. Made on first use: seeding a RandomState costs about as
+        much as generating a small sequence, and many datasets (StaticDataset, DummyDataset) draw nothing."""
+        if self._random is None:
+            corpus_idx = self._random_corpus_idx
+            self._random = np.random.RandomState(1 if corpus_idx is None else self._seq_random_seed(corpus_idx))
+        return self._random
+
+    @random.setter
+    def random(self, value: np.random.RandomState) -> None:
+        self._random = value
 
     def generate_seq(self, seq_idx: int) -> DatasetSeq:
         """Make the sequence of corpus index ``seq_idx`` with ``self.random``."""
@@ -121,9 +135,7 @@ class GeneratingDataset(CachedDataset2):
         return seq_len
 
     def _generate(self, corpus_idx: int) -> DatasetSeq:
-        seed = self._get_random_seed_for_epoch(self.epoch)
-        state = np.random.SeedSequence([seed % 2**32, corpus_idx]).generate_state(1)[0]
-        self.random = np.random.RandomState(int(state))
+        self._random_corpus_idx, self._random = corpus_idx, None
         seq = self.generate_seq(corpus_idx)
         for key, value in seq.features.items():
             # Hand out what get_data_dtype declares (numpy's defaults would give float64 / int64).

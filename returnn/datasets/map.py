@@ -126,7 +126,7 @@ class MapDatasetWrapper(DescribedBySpecs, CachedDataset2):
     def get_corpus_seq(self, corpus_idx: int) -> DatasetSeq:
         tag = self.map_dataset.get_seq_tag(corpus_idx)
         item = self.map_dataset[corpus_idx]
-        if not isinstance(item, dict) or sorted(item) != sorted(self._specs):
+        if not isinstance(item, dict) or item.keys() != self._specs.keys():
             found = sorted(item) if isinstance(item, dict) else type(item).__name__
             raise DatasetError(
                 f"{self}: {type(self.map_dataset).__name__}[{corpus_idx}] ({tag!r}) returned {found}; expected a dict "

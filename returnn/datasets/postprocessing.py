@@ -162,7 +162,7 @@ class PostprocessingDataset(DescribedBySpecs, CachedDataset2):
     def get_current_seq_order(self) -> list[int]:
         if self.map_seq_stream is not None:
             raise self._stream_error("the epoch's order of corpus indices")
-        return list(self.inner.get_current_seq_order())
+        return self.inner.get_current_seq_order()
 
     # --- epochs ------------------------------------------------------------------------------------------
 
@@ -244,7 +244,7 @@ class PostprocessingDataset(DescribedBySpecs, CachedDataset2):
         tag = f"seq-{seq_idx}" if tag is None else tag
         if not isinstance(tag, str):
             raise DatasetError(f"{self}: {source} gave seq_tag {tag!r}; it must be a str")
-        if sorted(item) != sorted(self._specs):
+        if item.keys() != self._specs.keys():
             raise DatasetError(
                 f"{self}: {source} gave keys {sorted(item)} for {tag!r}, but the dataset has {sorted(self._specs)}; "
                 "declare added keys in map_outputs ({key: {'dim': ...}}) and dropped ones as {key: None}"

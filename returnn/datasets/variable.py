@@ -132,7 +132,7 @@ class VariableDataset(DescribedByInner, Dataset):
         return self.inner.is_less_than_num_seqs(n)
 
     def get_current_seq_order(self) -> list[int]:
-        return list(self.inner.get_current_seq_order())
+        return self.inner.get_current_seq_order()
 
     def have_corpus_seq_idx(self) -> bool:
         return self.inner.have_corpus_seq_idx()

@@ -139,9 +139,10 @@ class ExtractAudioFeatures:
         self.preemphasis = preemphasis
         self.join_frames = join_frames
         if isinstance(random_state, np.random.RandomState):
-            self.random = random_state
+            self._random = random_state
         else:
-            self.random = np.random.RandomState(0 if random_state is None else random_state)
+            self._random = np.random.RandomState(0 if random_state is None else random_state)
+        self._pending_seed: int | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any], where: str) -> ExtractAudioFeatures:
@@ -155,8 +156,17 @@ class ExtractAudioFeatures:
             raise ConfigError(f"{where}: {exc}; valid options: {', '.join(valid)}") from None
 
     def set_random_seed(self, seed: int) -> None:
-        """Seed the randomness given to ``pre_process``."""
-        self.random.seed(seed % 2**32)
+        """Seed the randomness given to ``pre_process`` (applied on its next use: datasets call this for every
+        sequence, and seeding costs more than many sequences' features)."""
+        self._pending_seed = seed % 2**32
+
+    @property
+    def random(self) -> np.random.RandomState:
+        """The random state handed to ``pre_process``."""
+        if self._pending_seed is not None:
+            self._random.seed(self._pending_seed)
+            self._pending_seed = None
+        return self._random
 
     def get_feature_dimension(self) -> int:
         return self.num_feature_filters * (1 + self.with_delta) * (self.join_frames or 1)
