@@ -7,7 +7,9 @@ argument calls :func:`get_run_ctx` to get the current one (e.g. to read the epoc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,7 +19,7 @@ from returnn.errors import StepFunctionError
 if TYPE_CHECKING:
     from returnn.torch.engine import Engine
 
-__all__ = ["Loss", "RunCtx", "get_run_ctx", "set_run_ctx", "STAGES"]
+__all__ = ["Loss", "RunCtx", "get_run_ctx", "set_run_ctx", "using_run_ctx", "STAGES"]
 
 STAGES = ("load", "train_step", "forward_step")
 
@@ -148,6 +150,16 @@ def set_run_ctx(run_ctx: RunCtx | None) -> None:
     """Make ``run_ctx`` the current one (the engine does this at the start of each pass)."""
     global _current
     _current = run_ctx
+
+
+@contextlib.contextmanager
+def using_run_ctx(run_ctx: RunCtx) -> Iterator[RunCtx]:
+    """Make ``run_ctx`` the current one for a pass; afterwards (also on errors) there is none."""
+    set_run_ctx(run_ctx)
+    try:
+        yield run_ctx
+    finally:
+        set_run_ctx(None)
 
 
 def get_run_ctx() -> RunCtx:

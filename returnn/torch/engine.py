@@ -35,7 +35,7 @@ from returnn.errors import CheckpointError, ConfigError, DatasetError, StepFunct
 from returnn.learning_rate_control import LearningRateControl, learning_rate_control_from_config
 from returnn.log import V4
 from returnn.torch import checkpoints, distributed
-from returnn.torch.context import RunCtx, set_run_ctx
+from returnn.torch.context import RunCtx, using_run_ctx
 from returnn.torch.data.loader import BatchLoader, build_data_loader
 from returnn.torch.data.options import DataPipelineOptions
 from returnn.torch.device import amp_dtype_from_config, autocast, resolve_device
@@ -246,10 +246,9 @@ class Engine:
             run_ctx = RunCtx(
                 stage="forward_step", device=self.device, engine=self, epoch=self.epoch, global_step=self.global_step
             )
-            set_run_ctx(run_ctx)
             self._model.eval()
             num_batches = 0
-            with torch.no_grad():
+            with using_run_ctx(run_ctx), torch.no_grad():
                 if self.functions.forward_init_hook is not None:
                     self.functions.forward_init_hook(run_ctx)
                 for data in loader.iter_epoch(None):
@@ -262,7 +261,6 @@ class Engine:
             _check_not_empty(num_batches, "forward", None)
             logger.info(f"forward: batches={num_batches} epoch={self.epoch}")
         finally:
-            set_run_ctx(None)
             self._close_data_loaders()
 
     def initialize_model(self) -> None:
@@ -298,11 +296,8 @@ class Engine:
         """
         get_model = self.functions.require("get_model", "building the model")
         seed_all(derive_seed(self.options.random_seed, epoch, step))
-        set_run_ctx(RunCtx(stage="load", device=self.device, engine=self, epoch=epoch, global_step=step))
-        try:
+        with using_run_ctx(RunCtx(stage="load", device=self.device, engine=self, epoch=epoch, global_step=step)):
             model = get_model(epoch=epoch, step=step)
-        finally:
-            set_run_ctx(None)
         if not isinstance(model, torch.nn.Module):
             raise StepFunctionError(f"get_model must return a torch.nn.Module, got {type(model).__name__}")
         num_params = sum(p.numel() for p in model.parameters())
@@ -362,15 +357,13 @@ class Engine:
         run_ctx = RunCtx(
             stage="train_step", device=self.device, engine=self, epoch=self.epoch, global_step=self.global_step
         )
-        set_run_ctx(run_ctx)
         totals = LossTotals()
-        with torch.no_grad():
+        with using_run_ctx(run_ctx), torch.no_grad():
             for data in data_loader.iter_epoch(self.epoch):
                 run_ctx.init_step(self.global_step)
                 with autocast(self.device, self.options.amp_dtype):
                     self.functions.train_step(model=self._model, data=self._to_device(data), run_ctx=run_ctx)
                 totals.add(run_ctx.losses, loss_values(run_ctx.losses).tolist())
-        set_run_ctx(None)
         _check_not_empty(totals.num_steps, name, self.epoch)
         scores = totals.scores(f"{name}_loss_")
         logger.log(
@@ -511,18 +504,17 @@ class Engine:
         run_ctx = RunCtx(
             stage="train_step", device=self.device, engine=self, epoch=self.epoch, global_step=self.global_step
         )
-        set_run_ctx(run_ctx)
         totals = LossTotals()
         progress = Progress(self.epoch, _expected_num_seqs(self.datasets["train"], data_loader))
-        for data in data_loader.iter_epoch(self.epoch):
-            run_ctx.init_step(self.global_step)
-            values = self.optimizer_step(self.run_train_step(self._to_device(data), run_ctx))
-            step_losses = totals.add(run_ctx.losses, values)
-            if self.options.stop_on_nonfinite_train_score:
-                self._check_finite(step_losses, values)
-            self.global_step += 1
-            progress.step(self.global_step, step_losses, data)
-        set_run_ctx(None)
+        with using_run_ctx(run_ctx):
+            for data in data_loader.iter_epoch(self.epoch):
+                run_ctx.init_step(self.global_step)
+                values = self.optimizer_step(self.run_train_step(self._to_device(data), run_ctx))
+                step_losses = totals.add(run_ctx.losses, values)
+                if self.options.stop_on_nonfinite_train_score:
+                    self._check_finite(step_losses, values)
+                self.global_step += 1
+                progress.step(self.global_step, step_losses, data)
         _check_not_empty(totals.num_steps, "train", self.epoch)
         logger.log(V4, f"epoch={self.epoch} part=train steps={totals.num_steps} seqs={progress.num_seqs}")
         return totals.scores("train_loss_")
