@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from returnn.datasets.basic import DatasetSeq
+from returnn.datasets.basic import STRING_DTYPE, DatasetSeq
 from returnn.datasets.cached2 import CachedDataset2
 from returnn.datasets.util.epoch_wise_filter import EpochWiseFilter, EpochWiseFiltered
 from returnn.datasets.util.feature_extraction import ExtractAudioFeatures, read_audio
@@ -287,11 +287,6 @@ class OggZipDataset(EpochWiseFiltered, CachedDataset2):
         audio, sample_rate = read_audio(data, f"{member!r} in {source.describe()} (sequence {tag!r})")
         return self.feature_extractor.get_audio_features(audio, sample_rate)
 
-    def _collect_single_seq(self, seq_idx: int) -> DatasetSeq | None:
-        seq = self.get_corpus_seq(self.get_corpus_seq_idx(seq_idx))
-        seq.seq_idx = seq_idx
-        return seq
-
     # ---------------------------------------------------------------- data description
 
     def get_data_keys(self) -> list[str]:
@@ -299,7 +294,7 @@ class OggZipDataset(EpochWiseFiltered, CachedDataset2):
         return keys + (["classes"] if self.targets is not None else []) + ["orth", "raw"]
 
     def get_data_dtype(self, key: str) -> str:
-        return {"data": "float32", "classes": "int32", "orth": "uint8", "raw": "string"}[key]
+        return {"data": "float32", "classes": "int32", "orth": "uint8", "raw": STRING_DTYPE}[key]
 
     def is_data_sparse(self, key: str) -> bool:
         return key == "classes"

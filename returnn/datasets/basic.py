@@ -31,10 +31,12 @@ import numpy as np
 
 from returnn.datasets.seq_order import SeqOrdering, make_seq_order, parse_seq_ordering
 from returnn.datasets.util.files import read_dict_file
-from returnn.datasets.util.seq_lists import read_tag_list
+from returnn.datasets.util.seq_lists import index_by_tag, read_tag_list
 from returnn.errors import DatasetError
 
-__all__ = ["Dataset", "DatasetSeq"]
+__all__ = ["Dataset", "DatasetSeq", "STRING_DTYPE"]
+
+STRING_DTYPE = "string"  # what get_data_dtype gives for variable-length text data (numpy object arrays of str)
 
 
 class DatasetSeq:
@@ -226,14 +228,14 @@ class Dataset:
         return None
 
     def _corpus_indices_for_tags(self, seq_list: Sequence[str]) -> list[int]:
-        index_by_tag = {tag: idx for idx, tag in enumerate(self.get_all_tags())}
-        unknown = [tag for tag in seq_list if tag not in index_by_tag]
+        corpus_index = index_by_tag(self.get_all_tags())
+        unknown = [tag for tag in seq_list if tag not in corpus_index]
         if unknown:
             raise DatasetError(
                 f"{self}: {len(unknown)} of the {len(seq_list)} sequence tags given to init_seq_order (seq_list) are "
                 f"not in the corpus, e.g. {unknown[:3]}; use tags as get_all_tags() lists them"
             )
-        return [index_by_tag[tag] for tag in seq_list]
+        return [corpus_index[tag] for tag in seq_list]
 
     def set_sharding(self, shard_index: int, num_shards: int) -> None:
         """From the next :meth:`init_seq_order` on, visit only ``order[shard_index::num_shards]`` of each epoch.

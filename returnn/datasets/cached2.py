@@ -19,9 +19,10 @@ class CachedDataset2(Dataset):
 
     A subclass implements:
 
-    - ``_collect_single_seq(seq_idx) -> DatasetSeq | None``: the sequence at position ``seq_idx`` of the current
-      epoch. ``self.get_corpus_seq_idx(seq_idx)`` gives its corpus index when the order is known. A stream of
-      unknown length returns None past its end.
+    - the sequences: ``get_corpus_seq(corpus_idx)`` with ``have_get_corpus_seq()`` returning True, for random
+      access by corpus index; or ``_collect_single_seq(seq_idx) -> DatasetSeq | None``, the sequence at position
+      ``seq_idx`` of the current epoch (``self.get_corpus_seq_idx(seq_idx)`` gives its corpus index when the order
+      is known; a stream of unknown length returns None past its end).
     - the order of an epoch, one of:
 
       - ``get_total_num_seqs()`` (and ``get_all_tags()`` if the tags are not ``seq-<corpus index>``): the base
@@ -51,7 +52,12 @@ class CachedDataset2(Dataset):
         return super().init_seq_order(epoch=epoch, seq_list=seq_list, seq_order=seq_order)
 
     def _collect_single_seq(self, seq_idx: int) -> DatasetSeq | None:
-        raise NotImplementedError(f"{type(self).__name__}._collect_single_seq")
+        """The sequence at position ``seq_idx`` of the epoch (see the class docs); by default by corpus index."""
+        if not self.have_get_corpus_seq():
+            raise NotImplementedError(f"{type(self).__name__}: implement get_corpus_seq or _collect_single_seq")
+        seq = self.get_corpus_seq(self.get_corpus_seq_idx(seq_idx))
+        seq.seq_idx = seq_idx
+        return seq
 
     @property
     def num_seqs(self) -> int:

@@ -25,12 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from returnn.datasets.basic import Dataset
+from returnn.datasets.basic import STRING_DTYPE, Dataset
 from returnn.datasets.registry import init_dataset
 from returnn.datasets.util.sub_datasets import (
     DataSpec,
     DescribedBySpecs,
     data_spec_of,
+    describe_key,
     epoch_corpus_indices,
     reject_options,
 )
@@ -76,10 +77,7 @@ class _SequenceMix(DescribedBySpecs, Dataset):
                     )
                 if key not in self._specs:
                     self._specs[key], providers[key] = spec, name
-                    self.num_outputs[key] = dataset.num_outputs.get(sub_key) or spec.num_outputs_entry
-                    if sub_key in dataset.labels:
-                        self.labels[key] = dataset.labels[sub_key]
-        self.num_inputs = self.num_outputs["data"][0] if "data" in self.num_outputs else 0
+                    describe_key(self, key, spec, dataset, sub_key)
         for key, dtype in (data_dtypes or {}).items():
             if key not in self._specs or self._specs[key].dtype != dtype:
                 found = self._specs[key].dtype if key in self._specs else "no such key"
@@ -183,7 +181,7 @@ class _SequenceMix(DescribedBySpecs, Dataset):
             return self._datasets[dataset_idx].get_data(local_idx, sub_key)
         spec = self._spec(key)
         # A key of another sub-dataset: empty, so that a batch mixing the sub-datasets still collates.
-        return np.zeros([0, *spec.frame_shape], dtype=object if spec.dtype == "string" else spec.dtype)
+        return np.zeros([0, *spec.frame_shape], dtype=object if spec.dtype == STRING_DTYPE else spec.dtype)
 
     def get_tag(self, seq_idx: int) -> str:
         dataset_idx, local_idx = self._locate(seq_idx)

@@ -12,7 +12,7 @@ from returnn.datasets.cached2 import CachedDataset2
 from returnn.datasets.registry import init_dataset
 from returnn.datasets.util.epoch_wise_filter import EpochWiseFilter, EpochWiseFiltered
 from returnn.datasets.util.files import read_dict_file
-from returnn.datasets.util.seq_lists import read_tag_list
+from returnn.datasets.util.seq_lists import index_by_tag, read_tag_list
 from returnn.datasets.util.sub_datasets import DescribedByInner
 from returnn.errors import DatasetError
 
@@ -109,13 +109,11 @@ class ConcatSeqsDataset(EpochWiseFiltered, DescribedByInner, CachedDataset2):
         lines = read_tag_list(self.seq_list_file, f"{self} seq_list_file")
         parts = [line.split(self.seq_tag_delim) for line in lines]
         lens_by_tag = read_dict_file(self.seq_len_file, f"{self} seq_len_file")
-        index_by_tag: dict[str, int] = {}
-        for idx, tag in enumerate(self.inner.get_all_tags()):
-            index_by_tag.setdefault(tag, idx)
+        inner_index = index_by_tag(self.inner.get_all_tags())
         flat = [tag for seq_parts in parts for tag in seq_parts]
         for what, known in (
             ("seq_len_file " + repr(self.seq_len_file), lens_by_tag),
-            ("the inner dataset", index_by_tag),
+            ("the inner dataset", inner_index),
         ):
             missing = [tag for tag in flat if tag not in known]
             if missing:
@@ -125,7 +123,7 @@ class ConcatSeqsDataset(EpochWiseFiltered, DescribedByInner, CachedDataset2):
                     f"({self.seq_tag_delim!r})"
                 )
         self._lens = np.array([sum(lens_by_tag[tag] for tag in seq_parts) for seq_parts in parts], dtype=np.int64)
-        self._inner_index = np.array([index_by_tag[tag] for tag in flat], dtype=np.int64)
+        self._inner_index = np.array([inner_index[tag] for tag in flat], dtype=np.int64)
         self._part_starts = np.concatenate([[0], np.cumsum([len(seq_parts) for seq_parts in parts])]).astype(np.int64)
         self._parts = parts
 

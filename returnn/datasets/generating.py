@@ -143,11 +143,6 @@ class GeneratingDataset(CachedDataset2):
         seq.seq_tag = f"seq-{corpus_idx}"
         return seq
 
-    def _collect_single_seq(self, seq_idx: int) -> DatasetSeq | None:
-        seq = self._generate(self.get_corpus_seq_idx(seq_idx))
-        seq.seq_idx = seq_idx
-        return seq
-
     def have_get_corpus_seq(self) -> bool:
         return True
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from returnn.datasets.basic import Dataset, DatasetSeq
+from returnn.datasets.basic import STRING_DTYPE, Dataset, DatasetSeq
 from returnn.datasets.util.hdf_writer import HDFDatasetWriter, SimpleHDFWriter
 from returnn.errors import DatasetError
 from returnn.log import V4
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["HDFDataset", "SimpleHDFWriter", "HDFDatasetWriter"]
 
 logger = logging.getLogger(__name__)
-
-STRING_DTYPE = "string"  # get_data_dtype of variable-length string data
 
 
 class _KeyInfo(NamedTuple):

@@ -156,11 +156,6 @@ class _TextDataset(CachedDataset2):
         features = {key: packed[corpus_idx] for key, packed in self._ensure_loaded().items()}
         return DatasetSeq(corpus_idx, features, seq_tag=self.get_all_tags()[corpus_idx])
 
-    def _collect_single_seq(self, seq_idx: int) -> DatasetSeq | None:
-        seq = self.get_corpus_seq(self.get_corpus_seq_idx(seq_idx))
-        seq.seq_idx = seq_idx
-        return seq
-
     def get_data_dtype(self, key: str) -> str:
         return "int32"
 

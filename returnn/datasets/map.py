@@ -32,7 +32,7 @@ import numpy as np
 
 from returnn.datasets.basic import DatasetSeq
 from returnn.datasets.cached2 import CachedDataset2
-from returnn.datasets.util.sub_datasets import DataSpec, DescribedBySpecs, parse_data_spec, spec_mismatch
+from returnn.datasets.util.sub_datasets import DataSpec, DescribedBySpecs, describe_key, parse_data_spec, spec_mismatch
 from returnn.errors import DatasetError
 
 __all__ = ["MapDatasetBase", "MapDatasetWrapper", "FromListDataset"]
@@ -98,8 +98,8 @@ class MapDatasetWrapper(DescribedBySpecs, CachedDataset2):
         self._specs: dict[str, DataSpec] = {
             key: parse_data_spec(key, opts, where) for key, opts in map_dataset.data_types.items()
         }
-        self.num_outputs = {key: spec.num_outputs_entry for key, spec in self._specs.items()}
-        self.num_inputs = self.num_outputs["data"][0] if "data" in self.num_outputs else 0
+        for key, spec in self._specs.items():
+            describe_key(self, key, spec)
 
     def get_total_num_seqs(self) -> int:
         return len(self.map_dataset)
@@ -138,11 +138,6 @@ class MapDatasetWrapper(DescribedBySpecs, CachedDataset2):
             if problem:
                 raise DatasetError(f"{self}: sequence {tag!r}, key {key!r}: got {problem} (data_types)")
         return DatasetSeq(corpus_idx, features, seq_tag=tag)
-
-    def _collect_single_seq(self, seq_idx: int) -> DatasetSeq:
-        seq = self.get_corpus_seq(self.get_corpus_seq_idx(seq_idx))
-        seq.seq_idx = seq_idx
-        return seq
 
     def get_tag(self, seq_idx: int) -> str:
         return self.map_dataset.get_seq_tag(self.get_corpus_seq_idx(seq_idx))

@@ -23,10 +23,11 @@ from returnn.datasets.concat_seqs import ConcatSeqsDataset
 from returnn.datasets.generating import convert_data_dims
 from returnn.datasets.registry import init_dataset
 from returnn.datasets.util.files import read_dict_file
-from returnn.datasets.util.seq_lists import read_seq_list_file, read_tag_list
+from returnn.datasets.util.seq_lists import index_by_tag, read_seq_list_file, read_tag_list
 from returnn.datasets.util.sub_datasets import (
     ORDERING_OPTIONS,
     data_spec_of,
+    describe_key,
     epoch_corpus_indices,
     reject_options,
 )
@@ -168,10 +169,7 @@ class MetaDataset(Dataset):
     def _describe(self, data_dims: dict[str, Any] | None, data_dtypes: dict[str, str] | None) -> None:
         for key, (dataset_key, sub_key) in self.data_map.items():
             dataset = self.datasets[dataset_key]
-            self.num_outputs[key] = dataset.num_outputs.get(sub_key) or data_spec_of(dataset, sub_key).num_outputs_entry
-            if sub_key in dataset.labels:
-                self.labels[key] = dataset.labels[sub_key]
-        self.num_inputs = self.num_outputs["data"][0] if "data" in self.num_outputs else 0
+            describe_key(self, key, data_spec_of(dataset, sub_key), dataset, sub_key)
         expected = {key: dim for key, (dim, _) in convert_data_dims(data_dims, owner=self).items()}
         for what, given, actual in (
             ("data_dims", expected, {key: self.get_data_dim(key) for key in self.data_map}),
@@ -243,10 +241,8 @@ class MetaDataset(Dataset):
 
     def _find_tags(self, key: str, tags: Sequence[str], seq_list_file: Any) -> np.ndarray:
         """The corpus index of each tag in dataset ``key``; a DatasetError naming the missing tags."""
-        index_by_tag: dict[str, int] = {}
-        for idx, tag in enumerate(self.datasets[key].get_all_tags()):
-            index_by_tag.setdefault(tag, idx)
-        indices = np.fromiter((index_by_tag.get(tag, -1) for tag in tags), dtype=np.int64, count=len(tags))
+        corpus_index = index_by_tag(self.datasets[key].get_all_tags())
+        indices = np.fromiter((corpus_index.get(tag, -1) for tag in tags), dtype=np.int64, count=len(tags))
         if (indices >= 0).all():
             return indices
         missing = [tag for tag, idx in zip(tags, indices.tolist()) if idx < 0]

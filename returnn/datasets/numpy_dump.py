@@ -94,8 +94,3 @@ class NumpyDumpDataset(CachedDataset2):
         if self.targets_kind is not None:
             features["classes"] = self._load(number, self.targets_kind)
         return DatasetSeq(corpus_idx, features, seq_tag=f"seq-{corpus_idx}")
-
-    def _collect_single_seq(self, seq_idx: int) -> DatasetSeq | None:
-        seq = self.get_corpus_seq(self.get_corpus_seq_idx(seq_idx))
-        seq.seq_idx = seq_idx
-        return seq

@@ -22,6 +22,7 @@ from returnn.datasets.util.sub_datasets import (
     DescribedBySpecs,
     check_accepts_kwargs,
     data_spec_of,
+    describe_key,
     parse_data_spec,
     reject_options,
     spec_mismatch,
@@ -131,11 +132,8 @@ class PostprocessingDataset(DescribedBySpecs, CachedDataset2):
         kept = [key for key in inner_keys if key not in map_outputs]
         self._specs = {key: data_spec_of(self.inner, key) for key in kept} | self._declared
         for key, spec in self._specs.items():
-            inner_entry = self.inner.num_outputs.get(key) if key in kept else None
-            self.num_outputs[key] = inner_entry or spec.num_outputs_entry
-            if key in kept and key in self.inner.labels:
-                self.labels[key] = self.inner.labels[key]
-        self.num_inputs = self.num_outputs["data"][0] if "data" in self.num_outputs else 0
+            source = (self.inner, key) if key in kept else (None, None)  # kept keys keep the inner labels
+            describe_key(self, key, spec, *source)
 
     # --- corpus and sharding: the wrapped dataset's -------------------------------------------------------
 

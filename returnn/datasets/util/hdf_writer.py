@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from returnn.datasets.basic import STRING_DTYPE
 from returnn.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -317,7 +318,7 @@ class _HDFAppender:
 
 
 def _is_string_dtype(dtype: Any) -> bool:
-    if isinstance(dtype, str) and dtype in ("string", "str", "object"):
+    if isinstance(dtype, str) and dtype in (STRING_DTYPE, "str", "object"):
         return True
     return np.dtype(dtype).kind in ("O", "U")
 
@@ -545,7 +546,7 @@ class HDFDatasetWriter:
                 key,
                 dim=dim,
                 ndim=1 + len(shape),
-                dtype="string" if _is_string_dtype(dtype) else dtype,
+                dtype=STRING_DTYPE if _is_string_dtype(dtype) else dtype,
                 feature_shape=shape,
                 labels=key_labels,
             )

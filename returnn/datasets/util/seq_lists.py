@@ -10,12 +10,13 @@ A sequence list file is one of (each optionally gzipped, recognised by content):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from returnn.datasets.util.files import parse_dict_literal, read_file_bytes, unpickle_plain
 from returnn.errors import DatasetError
 
-__all__ = ["read_seq_list_file", "read_tag_list"]
+__all__ = ["read_seq_list_file", "read_tag_list", "index_by_tag"]
 
 _PICKLE_PROTOCOL_2_OR_LATER = b"\x80"
 
@@ -51,6 +52,14 @@ def read_tag_list(path: str, what: str) -> list[str]:
             f"{what} {path!r}: expected a plain list of sequence tags (one per line), got a dict by dataset key"
         )
     return tags
+
+
+def index_by_tag(tags: Sequence[str]) -> dict[str, int]:
+    """The position of each tag in ``tags``; a tag that occurs more than once maps to its first position."""
+    index: dict[str, int] = {}
+    for idx, tag in enumerate(tags):
+        index.setdefault(tag, idx)
+    return index
 
 
 def _decode(raw: bytes, where: str) -> str:

@@ -2,7 +2,7 @@
 
 - :class:`DataSpec`: what one data key holds (dimension, per-sequence shape, dtype, sparse), parsed from RETURNN's
   ``extern_data``-style dicts (``data_types``, ``map_outputs``) or read off a dataset; :func:`spec_mismatch`
-  compares an array with it;
+  compares an array with it; :func:`describe_key` sets a dataset's RETURNN-style description of a key from it;
 - mixins for the data description: :class:`DescribedByInner` (that of one inner dataset) and
   :class:`DescribedBySpecs` (a DataSpec per key);
 - :func:`epoch_corpus_indices`: the current epoch's corpus indices, range-checked;
@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from returnn.datasets.basic import Dataset
+from returnn.datasets.basic import STRING_DTYPE, Dataset
 from returnn.errors import DatasetError
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "DescribedBySpecs",
     "epoch_corpus_indices",
     "data_spec_of",
+    "describe_key",
     "parse_data_spec",
     "spec_mismatch",
     "reject_options",
@@ -34,7 +35,6 @@ __all__ = [
     "ORDERING_OPTIONS",
 ]
 
-STRING_DTYPE = "string"  # the dtype name datasets give for variable-length string data
 _SPEC_OPTIONS = ("dim", "shape", "sparse", "dtype", "available_for_inference")
 
 
@@ -73,6 +73,19 @@ def data_spec_of(dataset: Dataset, key: str) -> DataSpec:
         dtype=dataset.get_data_dtype(key),
         sparse=sparse,
     )
+
+
+def describe_key(
+    dataset: Dataset, key: str, spec: DataSpec, source: Dataset | None = None, source_key: str | None = None
+) -> None:
+    """Set ``dataset.num_outputs[key]`` (and ``labels``, and ``num_inputs`` for ``"data"``) for a key described by
+    ``spec``; where the key comes unchanged from ``source``'s ``source_key``, take that dataset's entry and labels."""
+    entry = source.num_outputs.get(source_key) if source is not None else None
+    dataset.num_outputs[key] = entry or spec.num_outputs_entry
+    if source is not None and source_key in source.labels:
+        dataset.labels[key] = source.labels[source_key]
+    if key == "data":
+        dataset.num_inputs = dataset.num_outputs[key][0]
 
 
 def parse_data_spec(key: str, opts: Any, where: str) -> DataSpec:
