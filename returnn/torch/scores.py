@@ -24,10 +24,10 @@ def loss_values(losses: dict[str, Loss]) -> torch.Tensor:
         raise StepFunctionError(
             "train_step marked no loss: call run_ctx.mark_as_loss(loss, name, inv_norm_factor=...) at least once"
         )
+    device = next(iter(losses.values())).loss.device  # report-only losses may live elsewhere (e.g. on the CPU)
     parts = []
     for loss in losses.values():
-        device = loss.loss.device
-        parts.append(loss.loss.detach().float().reshape(1))
+        parts.append(loss.loss.detach().float().reshape(1).to(device))
         norm = loss.inv_norm_factor
         if isinstance(norm, torch.Tensor):
             parts.append(norm.detach().float().reshape(1).to(device))

@@ -127,3 +127,15 @@ def test_autocast_on_cpu():
         assert torch.nn.functional.linear(torch.ones(1, 2), torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast("cpu", None):
         assert torch.nn.functional.linear(torch.ones(1, 2), torch.ones(2, 2)).dtype == torch.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_loss_values_gather_losses_from_several_devices():
+    run_ctx = RunCtx(stage="train_step", device="cuda", engine=None, epoch=1, global_step=0)
+    run_ctx.mark_as_loss(torch.tensor(6.0, device="cuda"), "ce", inv_norm_factor=torch.tensor(3, device="cuda"))
+    run_ctx.mark_as_loss(torch.tensor(2.0), "errors", scale=0.0, inv_norm_factor=torch.tensor(4))  # on the CPU
+    values = loss_values(run_ctx.losses)
+    assert values.device.type == "cuda"
+    assert values.tolist() == [6.0, 3.0, 2.0, 4.0]
+    assert run_ctx.total_loss().item() == 2.0
