@@ -33,16 +33,20 @@ def epoch_order(dataset: Dataset, epoch: int | None) -> list[int]:
     return list(dataset.get_current_seq_order())
 
 
-def read_epoch(dataset: Dataset, epoch: int | None) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """Iterate one epoch the way the pipeline does: (tag, data by key) per sequence."""
+def read_epoch(
+    dataset: Dataset, epoch: int | None, keys: Sequence[str] | None = None
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Iterate one epoch the way the pipeline does: (tag, data by key) per sequence.
+
+    :param keys: the data keys to read; all by default.
+    """
     dataset.init_seq_order(epoch=epoch)
+    keys = dataset.get_data_keys() if keys is None else keys
     seqs = []
     seq_idx = 0
     while dataset.is_less_than_num_seqs(seq_idx):
         dataset.load_seqs(seq_idx, seq_idx + 1)
-        seqs.append(
-            (dataset.get_tag(seq_idx), {key: dataset.get_data(seq_idx, key) for key in dataset.get_data_keys()})
-        )
+        seqs.append((dataset.get_tag(seq_idx), {key: dataset.get_data(seq_idx, key) for key in keys}))
         seq_idx += 1
     return seqs
 
@@ -58,7 +62,7 @@ def _epoch_order() -> Callable[[Dataset, int | None], list[int]]:
 
 
 @pytest.fixture(name="read_epoch")
-def _read_epoch() -> Callable[[Dataset, int | None], list[tuple[str, dict[str, np.ndarray]]]]:
+def _read_epoch() -> Callable[..., list[tuple[str, dict[str, np.ndarray]]]]:
     return read_epoch
 
 

@@ -59,21 +59,20 @@ def char_targets(tmp_path):
     return {"class": "CharacterTargets", "vocab_file": str(vocab)}
 
 
-def epoch_seqs(dataset, keys, epoch=1) -> list[tuple]:
-    dataset.init_seq_order(epoch=epoch)
-    result = []
-    seq_idx = 0
-    while dataset.is_less_than_num_seqs(seq_idx):
-        dataset.load_seqs(seq_idx, seq_idx + 1)
-        result.append((dataset.get_tag(seq_idx), *[dataset.get_data(seq_idx, key) for key in keys]))
-        seq_idx += 1
-    return result
+@pytest.fixture
+def epoch_seqs(read_epoch):
+    """``epoch_seqs(dataset, keys, epoch=1)``: per sequence (tag, data of each key)."""
+
+    def epoch_seqs(dataset, keys, epoch=1) -> list[tuple]:
+        return [(tag, *[data[key] for key in keys]) for tag, data in read_epoch(dataset, epoch, keys)]
+
+    return epoch_seqs
 
 
 # ------------------------------------------------------------------------------------------------ text only
 
 
-def test_text_only_without_any_audio_package(tmp_path, char_targets, monkeypatch):
+def test_text_only_without_any_audio_package(tmp_path, char_targets, monkeypatch, epoch_seqs):
     monkeypatch.setitem(sys.modules, "soundfile", None)  # importing soundfile would now fail
     dataset = OggZipDataset(path=make_zip(tmp_path), audio=None, targets=char_targets)
     assert dataset.name == "corpus"
@@ -91,7 +90,7 @@ def test_text_only_without_any_audio_package(tmp_path, char_targets, monkeypatch
     assert dataset.serialize_data("orth", orth) == "äb"
 
 
-def test_entries_without_file_and_targets_post_process(tmp_path, char_targets):
+def test_entries_without_file_and_targets_post_process(tmp_path, char_targets, epoch_seqs):
     entries = [{"text": "AB", "duration": 1.0, "seq_name": "s1"}]
     dataset = OggZipDataset(path=make_zip(tmp_path, entries), audio=None, targets=char_targets,
                             targets_post_process=str.lower)  # fmt: skip
@@ -100,7 +99,7 @@ def test_entries_without_file_and_targets_post_process(tmp_path, char_targets):
     ]
 
 
-def test_orderings_segment_file_subset_and_separate_txt(tmp_path):
+def test_orderings_segment_file_subset_and_separate_txt(tmp_path, epoch_seqs):
     zip_path = make_zip(tmp_path, txt="[]")  # the separate txt below replaces this empty list
     with gzip.open(tmp_path / "corpus.txt.gz", "wt", encoding="utf-8") as f:
         f.write(repr(ENTRIES))
@@ -117,7 +116,7 @@ def test_orderings_segment_file_subset_and_separate_txt(tmp_path):
     assert len(epoch_seqs(subset, [])) == 2
 
 
-def test_epoch_wise_filter_keeps_short_sequences_in_early_epochs(tmp_path):
+def test_epoch_wise_filter_keeps_short_sequences_in_early_epochs(tmp_path, epoch_seqs):
     entries = [{"text": "x", "duration": d, "seq_name": f"s{i}"} for i, d in enumerate([3.0, 1.0, 10.0, 2.0])]
     dataset = OggZipDataset(
         path=make_zip(tmp_path, entries), audio=None, targets=None, epoch_wise_filter={(1, 2): {"max_mean_len": 200}}
@@ -141,7 +140,7 @@ def test_epoch_wise_filter_keeps_short_sequences_in_early_epochs(tmp_path):
 # ------------------------------------------------------------------------------------------------ audio
 
 
-def test_raw_audio_from_wav_flac_ogg(tmp_path, char_targets):
+def test_raw_audio_from_wav_flac_ogg(tmp_path, char_targets, epoch_seqs):
     audio = make_audio()
     dataset = OggZipDataset(
         path=make_zip(tmp_path, audio=audio), audio={"features": "raw", "peak_normalization": False},
@@ -158,7 +157,7 @@ def test_raw_audio_from_wav_flac_ogg(tmp_path, char_targets):
         )
 
 
-def test_mfcc_features_and_no_name_prefix(tmp_path):
+def test_mfcc_features_and_no_name_prefix(tmp_path, epoch_seqs):
     entries = ENTRIES[:1]
     path = make_zip(tmp_path, entries, audio=make_audio(entries), prefix=False)
     dataset = OggZipDataset(path=path, audio={"num_feature_filters": 13}, targets=None,
@@ -173,7 +172,7 @@ def add_noise(*, audio, sample_rate, random_state):
     return audio + random_state.uniform(-0.1, 0.1, audio.shape).astype(np.float32)
 
 
-def test_perturbation_is_seeded_per_sequence_and_survives_pickling_and_sharding(tmp_path):
+def test_perturbation_is_seeded_per_sequence_and_survives_pickling_and_sharding(tmp_path, epoch_seqs):
     path = make_zip(tmp_path, audio=make_audio())
     opts = {"path": path, "audio": {"features": "raw", "pre_process": add_noise}, "targets": None}
     dataset = OggZipDataset(**opts)
@@ -229,7 +228,7 @@ def test_unreadable_and_missing_audio_name_the_zip_and_the_file(tmp_path):
         missing.get_data(0, "data")
 
 
-def test_label_missing_from_the_targets(tmp_path):
+def test_label_missing_from_the_targets(tmp_path, epoch_seqs):
     vocab = tmp_path / "words.txt"
     vocab.write_text(repr({"<unk>": 0, "ab": 1, "ba": 2, "a": 3}), encoding="utf-8")
     strict = OggZipDataset(

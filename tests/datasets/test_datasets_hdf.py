@@ -87,19 +87,17 @@ def write_targets(path, targets: dict[str, list[np.ndarray]], *, tags=TAGS, inpu
         f.require_group("targets/labels")
 
 
-def read_all(dataset: HDFDataset, epoch: int | None = 1) -> list[tuple[str, dict[str, np.ndarray]]]:
-    dataset.init_seq_order(epoch=epoch)
-    return [
-        (dataset.get_tag(i), {key: dataset.get_data(i, key) for key in dataset.get_data_keys()})
-        for i in range(dataset.num_seqs)
-    ]
+@pytest.fixture
+def read_all(read_epoch):
+    """``read_all(dataset, epoch=1)``: the epoch as (tag, data by key)."""
+    return lambda dataset, epoch=1: read_epoch(dataset, epoch)
 
 
 # --------------------------------------------------------------------------------------------------
 # Layouts written by RETURNN
 
 
-def test_hdf_dump_layout_frame_synced(tmp_path):
+def test_hdf_dump_layout_frame_synced(tmp_path, read_all):
     expected = write_hdf_dump_layout(tmp_path / "a.hdf")
     dataset = HDFDataset(files=[str(tmp_path / "a.hdf")])
     assert dataset.get_data_keys() == ["data", "classes"]
@@ -118,7 +116,7 @@ def test_hdf_dump_layout_frame_synced(tmp_path):
     assert dataset.get_seq_length(0) == {"data": 4, "classes": 4}
 
 
-def test_not_frame_synced_with_scalar_size_attribute(tmp_path):
+def test_not_frame_synced_with_scalar_size_attribute(tmp_path, read_all):
     expected = write_hdf_dump_layout(tmp_path / "a.hdf", classes_lens=[1, 5, 2], size_attr="scalar")
     dataset = HDFDataset(files=[str(tmp_path / "a.hdf")])
     assert dataset.num_outputs["classes"] == (5, 1)
@@ -131,7 +129,7 @@ def test_not_frame_synced_with_scalar_size_attribute(tmp_path):
     ]
 
 
-def test_simple_writer_layout_without_targets(tmp_path):
+def test_simple_writer_layout_without_targets(tmp_path, read_all):
     expected = write_simple_writer_layout(tmp_path / "a.hdf")
     dataset = HDFDataset(files=[str(tmp_path / "a.hdf")])
     assert dataset.get_data_keys() == ["data"]
@@ -144,7 +142,7 @@ def test_simple_writer_layout_without_targets(tmp_path):
         np.testing.assert_array_equal(data["data"], exp)
 
 
-def test_sparse_inputs_take_dim_from_input_patt_size(tmp_path):
+def test_sparse_inputs_take_dim_from_input_patt_size(tmp_path, read_all):
     path = tmp_path / "a.hdf"
     with h5py.File(path, "w") as f:
         f.create_dataset("seqTags", data=_fixed_strings(["x", "y"]))
@@ -159,7 +157,7 @@ def test_sparse_inputs_take_dim_from_input_patt_size(tmp_path):
     assert [data["data"].tolist() for _, data in read_all(dataset)] == [[7, 8], [9]]
 
 
-def test_dense_targets_and_float_frame_values(tmp_path):
+def test_dense_targets_and_float_frame_values(tmp_path, read_all):
     feats = _features(LENS, 4, "float64")
     scores = [np.linspace(0, 1, n, dtype="float32") for n in LENS]
     write_targets(tmp_path / "a.hdf", {"feats": feats, "score": scores})
@@ -175,7 +173,7 @@ def test_dense_targets_and_float_frame_values(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "int32", "uint32", "int64", "float16", "float64"])
-def test_every_dtype_is_kept(tmp_path, dtype):
+def test_every_dtype_is_kept(tmp_path, dtype, read_all):
     values = [np.array([1, 2, 3], dtype=dtype), np.array([250], dtype=dtype)]
     write_targets(tmp_path / "a.hdf", {"classes": values}, tags=["s0", "s1"])
     dataset = HDFDataset(files=[str(tmp_path / "a.hdf")])
@@ -186,7 +184,7 @@ def test_every_dtype_is_kept(tmp_path, dtype):
     assert [r.tolist() for r in read] == [[1, 2, 3], [250]]
 
 
-def test_variable_length_string_targets(tmp_path):
+def test_variable_length_string_targets(tmp_path, read_all):
     orth = [np.array(["hello world"], dtype=object), np.array(["grüße"], dtype=object)]
     write_targets(tmp_path / "a.hdf", {"orth": orth}, tags=["s0", "s1"])
     dataset = HDFDataset(files=[str(tmp_path / "a.hdf")])
@@ -194,7 +192,7 @@ def test_variable_length_string_targets(tmp_path):
     assert [data["orth"].tolist() for _, data in read_all(dataset)] == [["hello world"], ["grüße"]]
 
 
-def test_one_dimensional_seq_lengths_of_old_files(tmp_path):
+def test_one_dimensional_seq_lengths_of_old_files(tmp_path, read_all):
     inputs = _features(LENS, 2)
     classes = [np.full(n, i, dtype="int32") for i, n in enumerate(LENS)]
     write_targets(tmp_path / "a.hdf", {"classes": classes}, inputs=inputs, lengths_1d=True)
@@ -237,7 +235,7 @@ def test_placeholder_labels_are_not_labels(tmp_path):
 # Several files
 
 
-def test_several_files_are_one_corpus(tmp_path):
+def test_several_files_are_one_corpus(tmp_path, read_all):
     first = write_hdf_dump_layout(tmp_path / "a.hdf")
     second = write_hdf_dump_layout(tmp_path / "b.hdf", lens=[1, 6], tags=["other/1", "other/2"])
     dataset = HDFDataset(files=[str(tmp_path / "a.hdf"), str(tmp_path / "b.hdf")])
@@ -251,7 +249,7 @@ def test_several_files_are_one_corpus(tmp_path):
     assert [sorted_dataset.get_tag(i) for i in range(5)] == ["other/1", TAGS[1], TAGS[2], TAGS[0], "other/2"]
 
 
-def test_later_file_may_have_more_keys_but_not_fewer(tmp_path):
+def test_later_file_may_have_more_keys_but_not_fewer(tmp_path, read_all):
     write_hdf_dump_layout(tmp_path / "a.hdf")
     write_targets(tmp_path / "b.hdf", {"classes": [np.array([1], "int32")], "extra": [np.ones(1)]}, tags=["b"])
     write_targets(tmp_path / "c.hdf", {"extra": [np.ones(1)]}, tags=["c"])
@@ -392,7 +390,7 @@ def test_each_read_is_one_slice_of_one_sequence(tmp_path, monkeypatch):
     ]
 
 
-def test_partition_epoch_covers_every_sequence_once(tmp_path):
+def test_partition_epoch_covers_every_sequence_once(tmp_path, read_all):
     lens = list(range(1, 12))
     write_simple_writer_layout(tmp_path / "a.hdf", lens=lens, tags=[f"s{i}" for i in range(11)])
     dataset = HDFDataset(files=[str(tmp_path / "a.hdf")], partition_epoch=3, seq_ordering="random")
@@ -410,7 +408,7 @@ def test_seq_list_selects_by_tag(tmp_path):
     assert dataset.get_data(0, "data").shape == (3, 3)
 
 
-def test_shards_split_the_epoch(tmp_path):
+def test_shards_split_the_epoch(tmp_path, read_all):
     write_simple_writer_layout(tmp_path / "a.hdf", lens=[1, 2, 3, 4, 5], tags=[f"s{i}" for i in range(5)])
     shards = []
     for index in range(2):
@@ -421,7 +419,7 @@ def test_shards_split_the_epoch(tmp_path):
     assert len(shards[0]) == 3 and len(shards[1]) == 2
 
 
-def test_pickle_round_trip_keeps_epoch_and_shard(tmp_path):
+def test_pickle_round_trip_keeps_epoch_and_shard(tmp_path, read_all):
     write_hdf_dump_layout(tmp_path / "a.hdf")
     dataset = HDFDataset(files=[str(tmp_path / "a.hdf")], seq_ordering="random")
     dataset.set_sharding(1, 2)
@@ -465,7 +463,7 @@ def test_read_in_spawned_and_forked_processes(tmp_path):
     assert queue.get() == expected
 
 
-def test_use_cache_manager_without_cf_reads_in_place(tmp_path, monkeypatch):
+def test_use_cache_manager_without_cf_reads_in_place(tmp_path, monkeypatch, read_all):
     monkeypatch.setenv("PATH", str(tmp_path))  # no cf executable
     write_hdf_dump_layout(tmp_path / "a.hdf")
     dataset = init_dataset({"class": "HDFDataset", "files": [str(tmp_path / "a.hdf")], "use_cache_manager": True})

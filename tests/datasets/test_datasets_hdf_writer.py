@@ -14,14 +14,15 @@ from returnn.datasets.hdf import HDFDataset, HDFDatasetWriter, SimpleHDFWriter
 from returnn.errors import DatasetError
 
 
-def read_all(path) -> tuple[HDFDataset, list[tuple[str, dict[str, np.ndarray]]]]:
-    dataset = HDFDataset(files=[str(path)])
-    dataset.init_seq_order(epoch=1)
-    seqs = [
-        (dataset.get_tag(i), {key: dataset.get_data(i, key) for key in dataset.get_data_keys()})
-        for i in range(dataset.num_seqs)
-    ]
-    return dataset, seqs
+@pytest.fixture
+def read_all(read_epoch):
+    """``read_all(path)``: the HDFDataset of a file, and its first epoch as (tag, data by key)."""
+
+    def read_all(path) -> tuple[HDFDataset, list[tuple[str, dict[str, np.ndarray]]]]:
+        dataset = HDFDataset(files=[str(path)])
+        return dataset, read_epoch(dataset, 1)
+
+    return read_all
 
 
 def padded_batch(lens: list[int], dim: int, offset: float = 0.0) -> np.ndarray:
@@ -35,7 +36,7 @@ def padded_batch(lens: list[int], dim: int, offset: float = 0.0) -> np.ndarray:
 # SimpleHDFWriter
 
 
-def test_simple_writer_dense_round_trip_and_layout(tmp_path):
+def test_simple_writer_dense_round_trip_and_layout(tmp_path, read_all):
     path = tmp_path / "out.hdf"
     batch1, batch2 = padded_batch([11, 7, 5], 13), padded_batch([10, 13, 3, 2], 13, offset=10)
     with SimpleHDFWriter(str(path), dim=13) as writer:
@@ -64,7 +65,7 @@ def test_simple_writer_dense_round_trip_and_layout(tmp_path):
     assert os.listdir(tmp_path) == ["out.hdf"]  # the temporary file is gone
 
 
-def test_simple_writer_sparse_inputs_with_labels(tmp_path):
+def test_simple_writer_sparse_inputs_with_labels(tmp_path, read_all):
     path = tmp_path / "align.hdf"
     writer = SimpleHDFWriter(str(path), dim=4, ndim=1, labels=["sil", "a", "b", "c"])
     writer.insert_batch(np.array([[1, 2, 3], [3, 0, 0]], dtype="int32"), seq_len=[3, 1], seq_tag=["x", "y"])
@@ -75,7 +76,7 @@ def test_simple_writer_sparse_inputs_with_labels(tmp_path):
     assert [data["data"].tolist() for _, data in seqs] == [[1, 2, 3], [3]]
 
 
-def test_simple_writer_two_dynamic_axes_store_sizes(tmp_path):
+def test_simple_writer_two_dynamic_axes_store_sizes(tmp_path, read_all):
     path = tmp_path / "att.hdf"
     dec, enc = [3, 2], [4, 5]
     weights = np.random.default_rng(0).random((2, 3, 5)).astype("float32")
@@ -89,7 +90,7 @@ def test_simple_writer_two_dynamic_axes_store_sizes(tmp_path):
     np.testing.assert_array_equal(seqs[1][1]["data"].reshape(2, 5), weights[1, :2, :5])
 
 
-def test_simple_writer_extra_data_with_declared_types_and_labels(tmp_path):
+def test_simple_writer_extra_data_with_declared_types_and_labels(tmp_path, read_all):
     path = tmp_path / "out.hdf"
     writer = SimpleHDFWriter(
         str(path),
@@ -113,7 +114,7 @@ def test_simple_writer_extra_data_with_declared_types_and_labels(tmp_path):
         assert f["seqLengths"][...].tolist() == [[2, 3, 1], [1, 3, 1]]
 
 
-def test_simple_writer_extends_existing_file(tmp_path):
+def test_simple_writer_extends_existing_file(tmp_path, read_all):
     path = tmp_path / "out.hdf"
     with SimpleHDFWriter(str(path), dim=3) as writer:
         writer.insert_batch(padded_batch([2, 4], 3), [2, 4], ["a", "b"], extra={"classes": np.ones((2, 1), "int32")})
@@ -177,7 +178,7 @@ def dump(dataset, path, **kwargs) -> int:
     return count
 
 
-def test_dataset_writer_dummy_dataset_round_trip(tmp_path):
+def test_dataset_writer_dummy_dataset_round_trip(tmp_path, read_all):
     source = init_dataset({"class": "DummyDataset", "input_dim": 13, "output_dim": 7, "num_seqs": 23, "seq_len": 17})
     assert dump(source, tmp_path / "d.hdf") == 23
     dataset, seqs = read_all(tmp_path / "d.hdf")
@@ -196,7 +197,7 @@ def test_dataset_writer_dummy_dataset_round_trip(tmp_path):
         assert f["seqLengths"].shape == (23, 2)
 
 
-def test_dataset_writer_not_frame_synced_with_labels(tmp_path):
+def test_dataset_writer_not_frame_synced_with_labels(tmp_path, read_all):
     source = init_dataset({"class": "TaskNumberBaseConvertDataset", "num_seqs": 9})
     dump(source, tmp_path / "d.hdf")
     dataset, seqs = read_all(tmp_path / "d.hdf")
@@ -216,7 +217,7 @@ def test_dataset_writer_not_frame_synced_with_labels(tmp_path):
         (np.array([[1, 2, 3], [2, 3, 4]], "float32"), np.array([[-1, 5], [-2, 4], [-3, 2]], "float64")),
     ],
 )
-def test_dataset_writer_keeps_dtypes_dims_and_shapes(tmp_path, data, classes):
+def test_dataset_writer_keeps_dtypes_dims_and_shapes(tmp_path, data, classes, read_all):
     source = StaticDataset([{"data": data, "classes": classes}])
     dump(source, tmp_path / "d.hdf")
     dataset, seqs = read_all(tmp_path / "d.hdf")
@@ -229,7 +230,7 @@ def test_dataset_writer_keeps_dtypes_dims_and_shapes(tmp_path, data, classes):
         np.testing.assert_array_equal(seqs[0][1][key], value)
 
 
-def test_dataset_writer_strings_and_keys_without_data(tmp_path):
+def test_dataset_writer_strings_and_keys_without_data(tmp_path, read_all):
     source = StaticDataset(
         [{"orth": np.array(["grüße"]), "classes": np.array([1, 2], "int32")}, {"orth": np.array(["x"]), "classes": []}]
     )
@@ -241,14 +242,14 @@ def test_dataset_writer_strings_and_keys_without_data(tmp_path):
     assert [(data["orth"].tolist(), data["classes"].tolist()) for _, data in seqs] == [(["grüße"], [1, 2]), (["x"], [])]
 
 
-def test_dataset_writer_replaces_an_existing_file(tmp_path):
+def test_dataset_writer_replaces_an_existing_file(tmp_path, read_all):
     (tmp_path / "d.hdf").write_bytes(b"")  # pipelines pass a file made with mkstemp
     source = init_dataset({"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 4})
     assert dump(source, tmp_path / "d.hdf") == 4
     assert [tag for tag, _ in read_all(tmp_path / "d.hdf")[1]] == ["seq-0", "seq-1", "seq-2", "seq-3"]
 
 
-def test_dataset_writer_range_is_inclusive_like_returnn(tmp_path):
+def test_dataset_writer_range_is_inclusive_like_returnn(tmp_path, read_all):
     source = init_dataset({"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 10})
     assert dump(source, tmp_path / "d.hdf", start_seq=2, end_seq=4) == 3
     _, seqs = read_all(tmp_path / "d.hdf")

@@ -15,15 +15,14 @@ from returnn.errors import ConfigError, DatasetError
 CHARS = ["[END]", "[UNKNOWN]", "[START]", " ", "a", "b", "c", "ä", "[NOISE]"]
 
 
-def epoch_data(dataset, key: str = "data", epoch: int | None = 1) -> list[tuple[str, list[int]]]:
-    dataset.init_seq_order(epoch=epoch)
-    result = []
-    seq_idx = 0
-    while dataset.is_less_than_num_seqs(seq_idx):
-        dataset.load_seqs(seq_idx, seq_idx + 1)
-        result.append((dataset.get_tag(seq_idx), dataset.get_data(seq_idx, key).tolist()))
-        seq_idx += 1
-    return result
+@pytest.fixture
+def epoch_data(read_epoch):
+    """``epoch_data(dataset, key="data", epoch=1)``: per sequence (tag, label list)."""
+
+    def epoch_data(dataset, key: str = "data", epoch: int | None = 1) -> list[tuple[str, list[int]]]:
+        return [(tag, data[key].tolist()) for tag, data in read_epoch(dataset, epoch, [key])]
+
+    return epoch_data
 
 
 @pytest.fixture
@@ -41,7 +40,7 @@ def char_corpus(tmp_path):
     return str(path)
 
 
-def test_char_corpus_gzip_unicode_and_special_symbols(char_corpus, symbols_file):
+def test_char_corpus_gzip_unicode_and_special_symbols(char_corpus, symbols_file, epoch_data):
     dataset = LmDataset(corpus_file=char_corpus, orth_symbols_file=symbols_file)
     assert dataset._seqs is None  # nothing read before first use
     assert dataset.num_outputs == {"data": (9, 1)}
@@ -56,7 +55,7 @@ def test_char_corpus_gzip_unicode_and_special_symbols(char_corpus, symbols_file)
     assert dataset.get_corpus_seq(1).get_data("data").tolist() == [7, 8, 0]
 
 
-def test_word_based_with_symbol_map_file_replaces_unknown_words(tmp_path):
+def test_word_based_with_symbol_map_file_replaces_unknown_words(tmp_path, epoch_data):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("hello world\nhello there world\n", encoding="utf-8")
     symbol_map = tmp_path / "map.txt"
@@ -69,7 +68,7 @@ def test_word_based_with_symbol_map_file_replaces_unknown_words(tmp_path):
     assert epoch_data(dataset) == [("line-0", [2, 3, 0]), ("line-1", [2, 1, 3, 0])]
 
 
-def test_bliss_corpus_and_several_files(tmp_path, symbols_file, char_corpus):
+def test_bliss_corpus_and_several_files(tmp_path, symbols_file, char_corpus, epoch_data):
     bliss = tmp_path / "corpus.xml.gz"
     with gzip.open(bliss, "wt", encoding="utf-8") as f:
         f.write(
@@ -83,7 +82,7 @@ def test_bliss_corpus_and_several_files(tmp_path, symbols_file, char_corpus):
     assert [seq for _, seq in epoch_data(dataset)] == [[4, 3, 5], [6], [7], [4, 5, 3, 6], [7, 8], [6, 4, 5]]
 
 
-def test_delayed_data_and_replace_map(tmp_path, symbols_file):
+def test_delayed_data_and_replace_map(tmp_path, symbols_file, epoch_data):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("äbx\n", encoding="utf-8")
     replace_map = tmp_path / "replace.json"
@@ -97,7 +96,7 @@ def test_delayed_data_and_replace_map(tmp_path, symbols_file):
     assert epoch_data(dataset, "delayed") == [("line-0", [2, 4, 5, 6, 4])]
 
 
-def test_unknown_symbols_error_skip_or_replace(tmp_path, symbols_file):
+def test_unknown_symbols_error_skip_or_replace(tmp_path, symbols_file, epoch_data):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("ab\naxb\nba\n", encoding="utf-8")
     dataset = LmDataset(corpus_file=str(corpus), orth_symbols_file=symbols_file)
@@ -109,7 +108,7 @@ def test_unknown_symbols_error_skip_or_replace(tmp_path, symbols_file):
     assert epoch_data(replacing)[1] == ("line-1", [4, 1, 5, 0])
 
 
-def test_orth_vocab(tmp_path):
+def test_orth_vocab(tmp_path, epoch_data):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat\nthe dog\n", encoding="utf-8")
     vocab = tmp_path / "vocab.txt"
@@ -120,7 +119,7 @@ def test_orth_vocab(tmp_path):
     assert epoch_data(dataset) == [("line-0", [2, 3, 0]), ("line-1", [2, 1, 0])]
 
 
-def test_ordering_partition_sharding_and_pickle(tmp_path, symbols_file):
+def test_ordering_partition_sharding_and_pickle(tmp_path, symbols_file, epoch_data):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("abc\na\nab\nabcab\n", encoding="utf-8")
     opts = {"class": "LmDataset", "corpus_file": str(corpus), "orth_symbols_file": symbols_file}

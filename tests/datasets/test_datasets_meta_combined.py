@@ -27,15 +27,11 @@ def static(base: int, lens: list[int], **kwargs) -> dict:
     return {"class": "StaticDataset", "data": data, "output_dim": {"classes": (4, 1)}, **kwargs}
 
 
-def ids(dataset, epoch) -> list[int]:
-    """The epoch's sequences, each as the value its data is filled with (100 + i: a[i], 200 + i: b[i])."""
-    dataset.init_seq_order(epoch=epoch)
-    out = []
-    for seq_idx in range(dataset.num_seqs):
-        dataset.load_seqs(seq_idx, seq_idx + 1)
-        data = dataset.get_data(seq_idx, "data")
-        out.append(int(data[0, 0]))
-    return out
+@pytest.fixture
+def ids(read_epoch):
+    """``ids(dataset, epoch)``: the epoch's sequences, each as the value its data is filled with (100 + i: a[i],
+    200 + i: b[i])."""
+    return lambda dataset, epoch: [int(data["data"][0, 0]) for _, data in read_epoch(dataset, epoch, ["data"])]
 
 
 def concat(a_opts=None, b_opts=None, **kwargs) -> ConcatDataset:
@@ -51,7 +47,7 @@ def concat(a_opts=None, b_opts=None, **kwargs) -> ConcatDataset:
 # --- ConcatDataset ------------------------------------------------------------------------------------------
 
 
-def test_concat_goes_through_the_datasets_in_their_own_order():
+def test_concat_goes_through_the_datasets_in_their_own_order(ids):
     dataset = concat(a_opts={"seq_ordering": "reverse"})
     assert ids(dataset, 1) == [104, 103, 102, 101, 100, 200, 201, 202]
     assert dataset.get_data_keys() == ["data", "classes"] and dataset.num_outputs == {"data": (2, 2), "classes": (4, 1)}
@@ -64,13 +60,13 @@ def test_concat_goes_through_the_datasets_in_their_own_order():
     assert dataset.get_total_num_seqs() == 8 and dataset.get_all_tags()[4:6] == ["seq-4", "seq-0"]
 
 
-def test_concat_partition_of_a_sub_dataset_shrinks_its_share():
+def test_concat_partition_of_a_sub_dataset_shrinks_its_share(ids):
     dataset = concat(a_opts={"partition_epoch": 2})
     assert ids(dataset, 1) == [100, 101, 102, 200, 201, 202]
     assert ids(dataset, 2) == [103, 104, 200, 201, 202]
 
 
-def test_concat_own_ordering_mixes_the_datasets():
+def test_concat_own_ordering_mixes_the_datasets(ids):
     dataset = concat(seq_ordering="sorted")
     order = ids(dataset, 1)
     lens = {100 + i: n for i, n in enumerate(A_LENS)} | {200 + i: n for i, n in enumerate(B_LENS)}
@@ -82,7 +78,7 @@ def test_concat_own_ordering_mixes_the_datasets():
 
 
 @pytest.mark.parametrize("ordering", ["default", "random"])
-def test_concat_shards_cover_the_epoch_once(ordering):
+def test_concat_shards_cover_the_epoch_once(ordering, ids):
     full = ids(concat(seq_ordering=ordering), 2)
     shards = []
     for shard_index in range(3):
@@ -93,7 +89,7 @@ def test_concat_shards_cover_the_epoch_once(ordering):
     assert sorted(sum(shards, [])) == sorted(full) and len(full) == 8
 
 
-def test_concat_pickle_round_trip():
+def test_concat_pickle_round_trip(ids):
     dataset = concat(seq_ordering="random", name="train")
     dataset.set_sharding(0, 2)
     expected = ids(dataset, 3)

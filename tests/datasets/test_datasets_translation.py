@@ -20,13 +20,14 @@ def write_vocab(path, vocab: dict) -> None:
         pickle.dump(vocab, f)
 
 
-def epoch_seqs(dataset, keys=("data", "classes"), epoch=1) -> list[tuple]:
-    dataset.init_seq_order(epoch=epoch)
-    result = []
-    for seq_idx in range(dataset.num_seqs):
-        dataset.load_seqs(seq_idx, seq_idx + 1)
-        result.append((dataset.get_tag(seq_idx), *[dataset.get_data(seq_idx, key).tolist() for key in keys]))
-    return result
+@pytest.fixture
+def epoch_seqs(read_epoch):
+    """``epoch_seqs(dataset, keys=("data", "classes"), epoch=1)``: per sequence (tag, label list of each key)."""
+
+    def epoch_seqs(dataset, keys=("data", "classes"), epoch=1) -> list[tuple]:
+        return [(tag, *[data[key].tolist() for key in keys]) for tag, data in read_epoch(dataset, epoch, keys)]
+
+    return epoch_seqs
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def corpus_dir(tmp_path):
     return str(tmp_path)
 
 
-def test_parallel_text_with_postfixes(corpus_dir):
+def test_parallel_text_with_postfixes(corpus_dir, epoch_seqs):
     dataset = TranslationDataset(path=corpus_dir, file_postfix="train", source_postfix=" </S>", target_postfix=" </S>")
     assert dataset.get_data_keys() == ["data", "classes"]
     assert dataset.num_outputs == {"data": (6, 1), "classes": (6, 1)}
@@ -52,7 +53,7 @@ def test_parallel_text_with_postfixes(corpus_dir):
     assert epoch_seqs(clone)[2] == ("line-2", [3, 0], [3, 0])
 
 
-def test_seq_list_file_and_source_only(corpus_dir, tmp_path):
+def test_seq_list_file_and_source_only(corpus_dir, tmp_path, epoch_seqs):
     (tmp_path / "lines.txt").write_text("2\n0\n", encoding="utf-8")
     dataset = init_dataset(
         {"class": "TranslationDataset", "path": corpus_dir, "file_postfix": "train", "source_only": True,
@@ -62,14 +63,14 @@ def test_seq_list_file_and_source_only(corpus_dir, tmp_path):
     assert epoch_seqs(dataset, keys=("data",)) == [("line-2", [3]), ("line-0", [2, 3])]
 
 
-def test_search_without_reference_keeps_classes_empty(corpus_dir, tmp_path):
+def test_search_without_reference_keeps_classes_empty(corpus_dir, tmp_path, epoch_seqs):
     (tmp_path / "target.train").unlink()
     dataset = TranslationDataset(path=corpus_dir, file_postfix="train", search_without_reference=True)
     assert dataset.get_data_keys() == ["data", "classes"]
     assert epoch_seqs(dataset)[1] == ("line-1", [2, 3, 4, 5], [])
 
 
-def test_unknown_words(corpus_dir, tmp_path):
+def test_unknown_words(corpus_dir, tmp_path, epoch_seqs):
     (tmp_path / "target.train").write_text("the house\nthe hut is big\nhouse\n", encoding="utf-8")
     strict = TranslationDataset(path=corpus_dir, file_postfix="train")
     with pytest.raises(
@@ -91,7 +92,7 @@ def test_bad_corpus_files(corpus_dir, tmp_path):
         dataset.get_total_num_seqs()
 
 
-def test_translation_factors(tmp_path):
+def test_translation_factors(tmp_path, epoch_seqs):
     (tmp_path / "source.dev").write_text("das|A|x haus|B|y\n", encoding="utf-8")
     (tmp_path / "target.dev").write_text("the|1 house|2\n", encoding="utf-8")
     write_vocab(tmp_path / "source.vocab.pkl", SOURCE_VOCAB)

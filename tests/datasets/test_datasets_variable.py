@@ -35,16 +35,13 @@ def wider_later(*, epoch, **kwargs):
     return {"class": "DummyDataset", "input_dim": 4, "output_dim": {"classes": (3, 1)}, "num_seqs": 2}
 
 
-def values(dataset, epoch) -> list[int]:
-    dataset.init_seq_order(epoch=epoch)
-    out = []
-    for seq_idx in range(dataset.num_seqs):
-        dataset.load_seqs(seq_idx, seq_idx + 1)
-        out.append(int(dataset.get_data(seq_idx, "data")[0, 0]))
-    return out
+@pytest.fixture
+def values(read_epoch):
+    """``values(dataset, epoch)``: the first value of each sequence's data."""
+    return lambda dataset, epoch: [int(data["data"][0, 0]) for _, data in read_epoch(dataset, epoch, ["data"])]
 
 
-def test_dataset_per_epoch_with_reuse():
+def test_dataset_per_epoch_with_reuse(values):
     CALLS.clear()
     dataset = init_dataset({"class": "VariableDataset", "get_dataset": curriculum})
     assert dataset.get_data_keys() == ["classes", "data"] and dataset.num_outputs == {"classes": (3, 1), "data": (2, 2)}
@@ -64,7 +61,7 @@ def test_dataset_per_epoch_with_reuse():
     assert dataset.get_tag(0) == "seq-0" and dataset.get_seq_length(0) == {"classes": 2, "data": 2}
 
 
-def test_lru_cache_keeps_more_datasets():
+def test_lru_cache_keeps_more_datasets(values):
     dataset = VariableDataset(get_dataset=curriculum, dataset_lru_cache_size=2)
     first = dataset.inner
     values(dataset, 3)
@@ -72,13 +69,13 @@ def test_lru_cache_keeps_more_datasets():
     assert dataset.inner is first
 
 
-def test_epoch_none_uses_the_last_dataset():
+def test_epoch_none_uses_the_last_dataset(values):
     dataset = VariableDataset(get_dataset=curriculum)
     values(dataset, 4)
     assert sorted(values(dataset, None)) == [50, 51, 52, 53, 54]
 
 
-def test_sharding_and_pickling():
+def test_sharding_and_pickling(values):
     full = values(VariableDataset(get_dataset=curriculum), 3)
     shards = []
     for shard_index in range(2):
