@@ -194,7 +194,7 @@ class _HDFFile:
         if not self._fork_hook:
             # A forked child (DataLoader workers with the "fork" context) must not share the parent's HDF5
             # handles; it opens its own on first use.
-            os.register_at_fork(after_in_child=functools.partial(_forget_handle, weakref.ref(self)))
+            os.register_at_fork(after_in_child=functools.partial(_forget_handle_of, weakref.ref(self)))
             self._fork_hook = True
         return self._handle
 
@@ -253,16 +253,20 @@ class _HDFFile:
         tags = self._tags if self._tags is not None else self.tags
         return _decode(tags.item(local_idx))
 
+    def forget_handle(self) -> None:
+        """Drop the h5py handle without closing it (it belongs to the parent process after a fork)."""
+        self._handle, self._readers = None, {}
+
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
-        self._handle, self._readers = None, {}
+        self.forget_handle()
 
 
-def _forget_handle(ref: weakref.ref[_HDFFile]) -> None:
+def _forget_handle_of(ref: weakref.ref[_HDFFile]) -> None:
     hdf_file = ref()
     if hdf_file is not None:
-        hdf_file._handle, hdf_file._readers = None, {}
+        hdf_file.forget_handle()
 
 
 def _dtype_name(dtype: np.dtype) -> str:
@@ -297,7 +301,6 @@ class HDFDataset(Dataset):
         self.use_cache_manager = use_cache_manager
         if cache_byte_size:
             logger.log(V4, f"{self}: cache_byte_size={cache_byte_size} has no effect, HDFDataset reads lazily")
-        self.files: list[str] = []
         self._files: list[_HDFFile] = []
         self._file_starts: list[int] = [0]  # corpus index of each file's first sequence, then the total
         self._keys: dict[str, _KeyInfo] = {}
@@ -325,7 +328,6 @@ class HDFDataset(Dataset):
             self.labels = dict(hdf_file.labels)
         else:
             self._check_same_keys(hdf_file)
-        self.files.append(hdf_file.filename)
         self._files.append(hdf_file)
         self._file_starts.append(self._file_starts[-1] + hdf_file.num_seqs)
         self.num_outputs = {key: (info.dim, info.ndim) for key, info in self._keys.items()}
@@ -352,6 +354,11 @@ class HDFDataset(Dataset):
         if extra:
             logger.warning(f"{self}: ignoring data keys {extra} of {hdf_file.filename!r} (not in {first!r})")
         hdf_file.keys = {key: hdf_file.keys[key] for key in self._keys}
+
+    @property
+    def files(self) -> list[str]:
+        """The HDF files read (after the cache manager), in corpus order."""
+        return [hdf_file.filename for hdf_file in self._files]
 
     # ------------------------------------------------------------------ corpus
 
