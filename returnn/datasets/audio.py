@@ -33,7 +33,7 @@ from returnn.datasets.util.feature_extraction import ExtractAudioFeatures, read_
 from returnn.datasets.util.files import read_file_bytes
 from returnn.datasets.util.seq_lists import read_tag_list
 from returnn.datasets.util.vocabulary import Vocabulary
-from returnn.errors import ConfigError, DatasetError
+from returnn.errors import DatasetError
 
 __all__ = ["OggZipDataset"]
 
@@ -95,7 +95,7 @@ class _Source:
 def _make_sources(path: str | Sequence[str], use_cache_manager: bool) -> list[_Source]:
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths:
-        raise ConfigError("OggZipDataset: 'path' is empty; give the corpus zip file(s)")
+        raise DatasetError("OggZipDataset: 'path' is empty; give the corpus zip file(s)")
     zips: dict[str, str] = {}
     txts: dict[str, str] = {}
     for item in map(os.fspath, paths):
@@ -109,7 +109,7 @@ def _make_sources(path: str | Sequence[str], use_cache_manager: bool) -> list[_S
         elif base.endswith((".txt", ".txt.gz")):
             txts[base[: -len(".txt")] if base.endswith(".txt") else base[: -len(".txt.gz")]] = item
         else:
-            raise ConfigError(f"OggZipDataset: path {item!r} is neither a .zip nor a .txt / .txt.gz file")
+            raise DatasetError(f"OggZipDataset: path {item!r} is neither a .zip nor a .txt / .txt.gz file")
     sources = [_Source(name, zip_path=zip_path, txt_path=txts.pop(name, None)) for name, zip_path in zips.items()]
     return sources + [_Source(name, txt_path=txt_path) for name, txt_path in txts.items()]
 
@@ -161,7 +161,7 @@ class OggZipDataset(EpochWiseFiltered, CachedDataset2):
         self.segment_file = segment_file
         self.zip_audio_files_have_name_as_prefix = zip_audio_files_have_name_as_prefix
         if targets_post_process is not None and not callable(targets_post_process):
-            raise ConfigError(
+            raise DatasetError(
                 f"{self}: targets_post_process must be a function str -> str, got {targets_post_process!r}"
             )
         self.targets_post_process = targets_post_process

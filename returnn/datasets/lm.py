@@ -20,7 +20,7 @@ from returnn.datasets.basic import DatasetSeq
 from returnn.datasets.cached2 import CachedDataset2
 from returnn.datasets.util.files import open_text_file, read_dict_file, read_text_file
 from returnn.datasets.util.vocabulary import Vocabulary, read_vocab_file
-from returnn.errors import ConfigError, DatasetError
+from returnn.errors import DatasetError
 
 __all__ = ["LmDataset", "TranslationDataset", "TranslationFactorsDataset", "iter_corpus_orths"]
 
@@ -211,7 +211,7 @@ class LmDataset(_TextDataset):
     ):
         super().__init__(**kwargs)
         if phone_info is not None:
-            raise ConfigError(f"{self}: 'phone_info' (phone sequences from a lexicon) is not supported")
+            raise DatasetError(f"{self}: 'phone_info' (phone sequences from a lexicon) is not supported")
         self.corpus_file = corpus_file
         self.skip_empty_lines = skip_empty_lines
         self.word_based = word_based
@@ -245,7 +245,7 @@ class LmDataset(_TextDataset):
         options = {"orth_symbols_file": symbols_file, "orth_symbols_map_file": map_file, "orth_vocab": vocab}
         given = [name for name, value in options.items() if value is not None]
         if len(given) != 1:
-            raise ConfigError(
+            raise DatasetError(
                 f"{self}: give exactly one of orth_symbols_file, orth_symbols_map_file, orth_vocab "
                 f"(got {', '.join(given) or 'none'})"
             )
@@ -442,7 +442,9 @@ class TranslationDataset(_TextDataset):
         ids = {}
         for key, label in labels.items():
             if key not in self.vocabs:
-                raise ConfigError(f"{self}: unknown_label for {key!r}, which is not a data key ({sorted(self.vocabs)})")
+                raise DatasetError(
+                    f"{self}: unknown_label for {key!r}, which is not a data key ({sorted(self.vocabs)})"
+                )
             if label is None:
                 continue
             if label not in self.vocabs[key]:

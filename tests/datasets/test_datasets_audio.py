@@ -14,7 +14,7 @@ import pytest
 from returnn.datasets import init_dataset
 from returnn.datasets.audio import OggZipDataset
 from returnn.datasets.util.feature_extraction import ExtractAudioFeatures
-from returnn.errors import ConfigError, DatasetError
+from returnn.errors import DatasetError
 
 SAMPLE_RATE = 8000
 ENTRIES = [
@@ -130,7 +130,7 @@ def test_epoch_wise_filter_keeps_short_sequences_in_early_epochs(tmp_path, epoch
         shards.append([seq[0] for seq in epoch_seqs(dataset, [], epoch=2)])
     assert shards == [["s0", "s3"], ["s1"]]
     with pytest.raises(
-        ConfigError,
+        DatasetError,
         match=r"\(OggZipDataset\) epoch_wise_filter\[\(1, 2\)\]: unknown option\(s\) \['max_len'\]; supported",
     ):
         OggZipDataset(path=make_zip(tmp_path, entries), audio=None, targets=None,
@@ -244,9 +244,9 @@ def test_label_missing_from_the_targets(tmp_path, epoch_seqs):
 
 
 def test_bad_options(tmp_path):
-    with pytest.raises(ConfigError, match=r"path 'corpus.tar' is neither a .zip nor a .txt / .txt.gz file"):
+    with pytest.raises(DatasetError, match=r"path 'corpus.tar' is neither a .zip nor a .txt / .txt.gz file"):
         OggZipDataset(path="corpus.tar", audio=None, targets=None)
-    with pytest.raises(ConfigError, match=r"'audio' options: .*'window'; valid options: window_len"):
+    with pytest.raises(DatasetError, match=r"'audio' options: .*'window'; valid options: window_len"):
         OggZipDataset(path=make_zip(tmp_path), audio={"window": 0.02}, targets=None)
     with pytest.raises(DatasetError, match=r"missing required option 'targets'"):
         init_dataset({"class": "OggZipDataset", "path": make_zip(tmp_path), "audio": None})

@@ -10,7 +10,7 @@ import pytest
 
 from returnn.datasets import init_dataset
 from returnn.datasets.lm import LmDataset
-from returnn.errors import ConfigError, DatasetError
+from returnn.errors import DatasetError
 
 CHARS = ["[END]", "[UNKNOWN]", "[START]", " ", "a", "b", "c", "ä", "[NOISE]"]
 
@@ -134,7 +134,7 @@ def test_ordering_partition_sharding_and_pickle(tmp_path, symbols_file, epoch_da
 
 
 def test_bad_options(tmp_path, symbols_file, char_corpus):
-    with pytest.raises(ConfigError, match=r"give exactly one of orth_symbols_file, .*\(got none\)"):
+    with pytest.raises(DatasetError, match=r"give exactly one of orth_symbols_file, .*\(got none\)"):
         LmDataset(corpus_file=char_corpus)
     with pytest.raises(
         DatasetError,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from returnn.errors import ConfigError
+from returnn.errors import DatasetError
 
 __all__ = ["EpochWiseFilter", "EpochWiseFiltered"]
 
@@ -40,21 +40,21 @@ class EpochWiseFilter:
         self, epochs_opts: dict[tuple[int | None, int | None], dict[str, Any]], where: str = "epoch_wise_filter"
     ):
         if not isinstance(epochs_opts, dict):
-            raise ConfigError(f"{where}: expected a dict {{(first_epoch, last_epoch): options}}, got {epochs_opts!r}")
+            raise DatasetError(f"{where}: expected a dict {{(first_epoch, last_epoch): options}}, got {epochs_opts!r}")
         self.ranges: list[tuple[int, float, dict[str, Any]]] = []
         for key, opts in epochs_opts.items():
             if not (isinstance(key, tuple) and len(key) == 2):
-                raise ConfigError(f"{where}: keys must be epoch ranges (first_epoch, last_epoch), got {key!r}")
+                raise DatasetError(f"{where}: keys must be epoch ranges (first_epoch, last_epoch), got {key!r}")
             first, last = key
             first = 1 if first is None else first
             last = float("inf") if last in (None, -1) else last
             if not (isinstance(first, int) and first >= 1 and last >= first):
-                raise ConfigError(
+                raise DatasetError(
                     f"{where}: invalid epoch range {key!r}; expected (first, last) with 1 <= first <= last"
                 )
             unknown = sorted(set(opts) - set(_KNOWN_OPTIONS)) if isinstance(opts, dict) else [repr(opts)]
             if unknown:
-                raise ConfigError(
+                raise DatasetError(
                     f"{where}[{key!r}]: unknown option(s) {unknown}; supported: {', '.join(_KNOWN_OPTIONS)}"
                 )
             self.ranges.append((first, last, dict(opts)))

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from returnn.errors import ConfigError, DatasetError
+from returnn.errors import DatasetError
 
 __all__ = [
     "ExtractAudioFeatures",
@@ -55,7 +55,7 @@ def read_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
     try:
         import soundfile
     except ImportError:
-        raise ConfigError(f"reading audio ({name}) needs the 'soundfile' package: pip install soundfile") from None
+        raise DatasetError(f"reading audio ({name}) needs the 'soundfile' package: pip install soundfile") from None
     try:
         audio, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32")
     except (RuntimeError, soundfile.LibsndfileError, ValueError) as exc:
@@ -105,25 +105,25 @@ class ExtractAudioFeatures:
         join_frames: int | None = None,
     ):
         if random_permute:
-            raise ConfigError(
+            raise DatasetError(
                 "audio option 'random_permute' (librosa-based perturbation) is not supported; "
                 "do the perturbation in a 'pre_process' function instead"
             )
         if features == "raw_ogg" or raw_ogg_opts is not None:
-            raise ConfigError("audio features 'raw_ogg' are not supported; use 'raw' for the waveform")
+            raise DatasetError("audio features 'raw_ogg' are not supported; use 'raw' for the waveform")
         if isinstance(features, str) and features not in FEATURE_FUNCTIONS:
-            raise ConfigError(
+            raise DatasetError(
                 f"audio option 'features': unknown type {features!r}; choose one of: {', '.join(FEATURE_FUNCTIONS)}"
             )
         if features == "raw":
             num_feature_filters = num_feature_filters or num_channels or 1
             if num_feature_filters != (num_channels or 1):
-                raise ConfigError(
+                raise DatasetError(
                     f"audio features 'raw': num_feature_filters={num_feature_filters} must equal the channel count "
                     f"(num_channels={num_channels!r})"
                 )
         elif num_channels not in (None, 1):
-            raise ConfigError(f"audio option num_channels={num_channels}: several channels only work with 'raw'")
+            raise DatasetError(f"audio option num_channels={num_channels}: several channels only work with 'raw'")
         self.window_len = window_len
         self.step_len = step_len
         self.num_feature_filters = num_feature_filters or 40
@@ -153,7 +153,7 @@ class ExtractAudioFeatures:
             import inspect
 
             valid = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-            raise ConfigError(f"{where}: {exc}; valid options: {', '.join(valid)}") from None
+            raise DatasetError(f"{where}: {exc}; valid options: {', '.join(valid)}") from None
 
     def set_random_seed(self, seed: int) -> None:
         """Seed the randomness given to ``pre_process`` (applied on its next use: datasets call this for every
@@ -237,7 +237,7 @@ def _load_norm(value: Any, option: str) -> np.ndarray | float | None:
         try:
             return np.loadtxt(value, dtype=np.float32)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"audio option {option!r}: cannot read {os.fspath(value)!r}: {exc}") from exc
+            raise DatasetError(f"audio option {option!r}: cannot read {os.fspath(value)!r}: {exc}") from exc
     return np.asarray(value, dtype=np.float32)
 
 
@@ -299,7 +299,7 @@ def stft(audio: np.ndarray, n_fft: int, hop_length: int, win_length: int | None 
     """Short-time Fourier transform of centred frames: ``[1 + len(audio) // hop_length, n_fft // 2 + 1]`` complex."""
     win_length = n_fft if win_length is None else win_length
     if win_length > n_fft:
-        raise ConfigError(f"audio window of {win_length} samples is longer than the FFT size {n_fft}")
+        raise DatasetError(f"audio window of {win_length} samples is longer than the FFT size {n_fft}")
     window = np.zeros(n_fft)
     start = (n_fft - win_length) // 2
     window[start : start + win_length] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)

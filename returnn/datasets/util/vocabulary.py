@@ -21,7 +21,7 @@ import numpy as np
 
 from returnn.datasets.util.bpe import SamplingBytePairEncoder, StandardBytePairEncoder
 from returnn.datasets.util.files import parse_dict_literal, read_file_bytes, unpickle_plain
-from returnn.errors import ConfigError, DatasetError
+from returnn.errors import DatasetError
 
 __all__ = [
     "Vocabulary",
@@ -74,7 +74,7 @@ class Vocabulary:
         elif self.vocab_file is not None:
             self.vocab, self.labels = _vocab_and_labels(read_vocab_file(self.vocab_file), self.vocab_file)
         else:
-            raise ConfigError(f"{type(self).__name__}: give 'vocab_file' (or 'labels')")
+            raise DatasetError(f"{type(self).__name__}: give 'vocab_file' (or 'labels')")
         self.num_labels = len(self.labels)
         if num_labels is not None and num_labels != self.num_labels:
             raise DatasetError(
@@ -134,12 +134,12 @@ class Vocabulary:
                 clazz = Vocabulary
         elif isinstance(clazz, str):
             if clazz not in VOCABULARY_CLASSES:
-                raise ConfigError(
+                raise DatasetError(
                     f"vocabulary options: unknown class {clazz!r}; choose one of: {', '.join(VOCABULARY_CLASSES)}"
                 )
             clazz = VOCABULARY_CLASSES[clazz]
         elif not (isinstance(clazz, type) and issubclass(clazz, Vocabulary)):
-            raise ConfigError(f"vocabulary options: 'class' must be a vocabulary class name, got {clazz!r}")
+            raise DatasetError(f"vocabulary options: 'class' must be a vocabulary class name, got {clazz!r}")
         return _construct(clazz, opts)
 
     @staticmethod
@@ -307,7 +307,7 @@ class SentencePieces(Vocabulary):
         self._opts = opts
         self.vocab_file = opts.get("model_file")
         if self.vocab_file is None and opts.get("model_proto") is None:
-            raise ConfigError("SentencePieces: give 'model_file' (the .model file of sentencepiece)")
+            raise DatasetError("SentencePieces: give 'model_file' (the .model file of sentencepiece)")
         self._sp: Any = None
         sp = self.sp
         self.labels = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
@@ -328,7 +328,7 @@ class SentencePieces(Vocabulary):
             try:
                 import sentencepiece
             except ImportError:
-                raise ConfigError(
+                raise DatasetError(
                     "SentencePieces vocabularies need the 'sentencepiece' package: pip install sentencepiece"
                 ) from None
             try:
@@ -411,14 +411,14 @@ def _construct(clazz: type[Vocabulary], opts: dict[str, Any]) -> Vocabulary:
     valid = _option_names(clazz)
     unknown = sorted(set(opts) - valid) if valid is not None else []
     if unknown:
-        raise ConfigError(
+        raise DatasetError(
             f"vocabulary options for {clazz.__name__}: unknown option(s) {', '.join(map(repr, unknown))}; "
             f"valid options: {', '.join(sorted(valid or ()))}"
         )
     try:
         return clazz(**opts)
     except TypeError as exc:
-        raise ConfigError(f"vocabulary options for {clazz.__name__}: {exc}") from exc
+        raise DatasetError(f"vocabulary options for {clazz.__name__}: {exc}") from exc
 
 
 def _option_names(clazz: type) -> set[str] | None:

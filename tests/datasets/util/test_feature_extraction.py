@@ -19,7 +19,7 @@ from returnn.datasets.util.feature_extraction import (
     read_audio,
     stft,
 )
-from returnn.errors import ConfigError, DatasetError
+from returnn.errors import DatasetError
 
 SAMPLE_RATE = 8000
 
@@ -202,15 +202,15 @@ def test_channels_and_resampling():
 
 
 def test_bad_options():
-    with pytest.raises(ConfigError, match=r"unknown type 'fbank'; choose one of: raw, mfcc, log_mel_filterbank"):
+    with pytest.raises(DatasetError, match=r"unknown type 'fbank'; choose one of: raw, mfcc, log_mel_filterbank"):
         ExtractAudioFeatures(features="fbank")
-    with pytest.raises(ConfigError, match=r"OggZipDataset 'audio': .*'num_filters'; valid options: window_len"):
+    with pytest.raises(DatasetError, match=r"OggZipDataset 'audio': .*'num_filters'; valid options: window_len"):
         ExtractAudioFeatures.from_options({"num_filters": 3}, "OggZipDataset 'audio'")
     with pytest.raises(
-        ConfigError, match=r"'random_permute' .* is not supported; do the perturbation in a 'pre_process'"
+        DatasetError, match=r"'random_permute' .* is not supported; do the perturbation in a 'pre_process'"
     ):
         ExtractAudioFeatures(random_permute={"rnd_zoom_switch": 1.0})
-    with pytest.raises(ConfigError, match=r"num_channels=2: several channels only work with 'raw'"):
+    with pytest.raises(DatasetError, match=r"num_channels=2: several channels only work with 'raw'"):
         ExtractAudioFeatures(features="mfcc", num_channels=2)
 
 
@@ -235,6 +235,6 @@ def test_read_audio_errors(monkeypatch):
         read_audio(b"not audio at all", "'corpus.zip/a.wav'")
     monkeypatch.setitem(sys.modules, "soundfile", None)
     with pytest.raises(
-        ConfigError, match=r"reading audio \(x.wav\) needs the 'soundfile' package: pip install soundfile"
+        DatasetError, match=r"reading audio \(x.wav\) needs the 'soundfile' package: pip install soundfile"
     ):
         read_audio(b"", "x.wav")

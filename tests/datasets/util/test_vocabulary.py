@@ -16,7 +16,7 @@ from returnn.datasets.util.vocabulary import (
     Utf8ByteTargets,
     Vocabulary,
 )
-from returnn.errors import ConfigError, DatasetError
+from returnn.errors import DatasetError
 
 
 def write_dict_vocab(path, vocab: dict) -> str:
@@ -117,11 +117,11 @@ def test_create_vocab_chooses_the_class(tmp_path, word_vocab_file):
 
 
 def test_create_vocab_reports_bad_options(word_vocab_file):
-    with pytest.raises(ConfigError, match=r"unknown class 'Bpe'; choose one of: Vocabulary, BytePairEncoding"):
+    with pytest.raises(DatasetError, match=r"unknown class 'Bpe'; choose one of: Vocabulary, BytePairEncoding"):
         Vocabulary.create_vocab(**{"class": "Bpe"})
-    with pytest.raises(ConfigError, match=r"unknown option\(s\) 'unkown_label'; valid options: .*unknown_label"):
+    with pytest.raises(DatasetError, match=r"unknown option\(s\) 'unkown_label'; valid options: .*unknown_label"):
         Vocabulary.create_vocab(vocab_file=word_vocab_file, unkown_label=None)
-    with pytest.raises(ConfigError, match=r"BytePairEncoding: .*missing 1 required positional argument: 'vocab_file'"):
+    with pytest.raises(DatasetError, match=r"BytePairEncoding: .*missing 1 required positional argument: 'vocab_file'"):
         Vocabulary.create_vocab(bpe_file="codes")
 
 
@@ -233,11 +233,13 @@ def test_sentence_pieces_round_trip_and_pickle(spm_model):
 
 
 def test_sentence_pieces_needs_a_model_file():
-    with pytest.raises(ConfigError, match=r"SentencePieces: give 'model_file'"):
+    with pytest.raises(DatasetError, match=r"SentencePieces: give 'model_file'"):
         SentencePieces()
 
 
 def test_sentence_pieces_without_the_package(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "sentencepiece", None)
-    with pytest.raises(ConfigError, match=r"SentencePieces vocabularies need the 'sentencepiece' package: pip install"):
+    with pytest.raises(
+        DatasetError, match=r"SentencePieces vocabularies need the 'sentencepiece' package: pip install"
+    ):
         SentencePieces(model_file=str(tmp_path / "spm.model"))
