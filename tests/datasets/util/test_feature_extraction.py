@@ -229,6 +229,18 @@ def test_read_audio_formats(fmt):
     np.testing.assert_allclose(decoded, audio, atol=tolerance)
 
 
+def test_features_from_the_bytes_of_an_audio_file():
+    soundfile = pytest.importorskip("soundfile")
+    audio = 0.25 * np.sin(np.arange(1600) / 3).astype(np.float32)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, 16000, format="WAV", subtype="FLOAT")
+    extractor = ExtractAudioFeatures(features="raw", peak_normalization=False)
+    features = extractor.get_audio_features_from_raw_bytes(buffer.getvalue(), seq_name="corpus/1")
+    np.testing.assert_array_equal(features, audio[:, None])
+    with pytest.raises(DatasetError, match=r"cannot decode audio file 'corpus/2': "):
+        extractor.get_audio_features_from_raw_bytes(b"RIFF broken", seq_name="corpus/2")
+
+
 def test_read_audio_errors(monkeypatch):
     pytest.importorskip("soundfile")
     with pytest.raises(DatasetError, match=r"cannot decode audio file 'corpus.zip/a.wav': "):

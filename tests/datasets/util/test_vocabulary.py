@@ -44,6 +44,20 @@ def test_dict_literal_vocab_round_trip_with_shared_index(word_vocab_file):
     assert vocab.get_seq_labels(vocab.get_seq("日本 hello")[:-1]) == "日本 hello"
 
 
+def test_vocabulary_from_labels_and_to_id():
+    vocab = Vocabulary.create_vocab_from_labels(["a", "b", "<unk>"], unknown_label="<unk>")
+    assert (vocab.num_labels, vocab.vocab_file, vocab.unknown_label_id) == (3, None, 2)
+    assert [vocab.to_id("b"), vocab.to_id("zz"), vocab.to_id(1), vocab.to_id(None, allow_none=True)] == [1, 2, 1, None]
+    assert vocab.to_id(7, default=-1) == -1
+    with pytest.raises(DatasetError, match=r"label index 7 is out of range for the vocabulary given by labels"):
+        vocab.to_id(7)
+    strict = Vocabulary.create_vocab_from_labels(["a"], unknown_label=None)
+    with pytest.raises(DatasetError, match=r"label 'b' is not in the vocabulary given by labels and there is no unk"):
+        strict.to_id("b")
+    with pytest.raises(DatasetError, match=r"vocabulary labels must be unique, these repeat: \['a'\]"):
+        Vocabulary.create_vocab_from_labels(["a", "b", "a"], unknown_label=None)
+
+
 def test_pickle_and_line_and_gzip_vocab_files_agree(tmp_path):
     labels = ["a", "b", "UNK", "ü"]
     with open(tmp_path / "vocab.pkl", "wb") as f:
