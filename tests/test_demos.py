@@ -1,0 +1,128 @@
+"""End to end: every demo runs as ``python rnn.py demos/<name>.config`` in a fresh directory, with less data and
+fewer epochs (``++`` overrides), and must have learned something: losses fall, error rates end below a bound.
+
+The bounds are far from what a model that learned nothing gets (chance, or the best context-free guess), and far
+enough above what the reduced runs reach that they do not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMOS = REPO / "demos"
+
+pytestmark = pytest.mark.slow
+
+
+def run_demo(cwd: Path, config: str, **overrides: object) -> str:
+    """Run ``rnn.py demos/<config> ++key value ...`` in ``cwd``; returns its stdout."""
+    # The demo models are small: one thread each is as fast, and far faster when other processes share the cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "rnn.py"), str(DEMOS / config)]
+    for key, value in overrides.items():
+        command += [f"++{key}", str(value)]
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def read_learning_rates(path: Path) -> dict[int, tuple[float, dict[str, float]]]:
+    """The learning_rates file, read as pipelines see it: ``{epoch: EpochData(learningRate=..., error={...})}``,
+    parsed without evaluating it. Returns ``{epoch: (learning rate, scores)}``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), mode="eval")
+    assert isinstance(tree.body, ast.Dict)
+    epochs = {}
+    for key, value in zip(tree.body.keys, tree.body.values):
+        assert isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "EpochData"
+        fields = {keyword.arg: ast.literal_eval(keyword.value) for keyword in value.keywords}
+        epochs[ast.literal_eval(key)] = (fields["learningRate"], fields["error"])
+    return epochs
+
+
+def scores(epochs: dict[int, tuple[float, dict[str, float]]], key: str) -> list[float]:
+    """One score over the epochs, in epoch order."""
+    return [epochs[epoch][1][key] for epoch in sorted(epochs)]
+
+
+def log_values(text: str, key: str) -> list[float]:
+    """Every ``key=<number>`` in a log text, in order."""
+    return [float(match) for match in re.findall(rf"\b{re.escape(key)}=([-+0-9.eE]+|nan|inf)", text)]
+
+
+def test_frame_classification(tmp_path):
+    stdout = run_demo(tmp_path, "frame_classification.config", num_epochs=3, demo_train_seqs=200, demo_dev_seqs=50)
+    out = tmp_path / "demo-output" / "frame_classification"
+    assert sorted(os.listdir(out / "data")) == ["dev.hdf", "train.hdf"]
+    epochs = read_learning_rates(out / "learning_rates")
+    assert sorted(epochs) == [1, 2, 3]
+    for learning_rate, epoch_scores in epochs.values():
+        assert learning_rate <= 0.005
+        assert sorted(epoch_scores) == ["dev_loss_ce", "dev_loss_fer", "train_loss_ce", "train_loss_fer"]
+    dev_ce, dev_fer = scores(epochs, "dev_loss_ce"), scores(epochs, "dev_loss_fer")
+    assert dev_ce[2] < dev_ce[1] < dev_ce[0]
+    # chance is 0.875, the best frame-by-frame classifier about 0.55; the reduced run gets about 0.2
+    assert dev_fer[2] < 0.4
+    # cleanup_old_models (keep_last_n 2, keep_best_n 1): epoch 1 is neither recent nor best in any score
+    assert sorted(os.listdir(out / "models")) == [
+        "epoch.002.opt.pt",
+        "epoch.002.pt",
+        "epoch.003.opt.pt",
+        "epoch.003.pt",
+    ]
+    assert log_values(stdout, "dev_loss_fer") == pytest.approx(dev_fer, rel=1e-4)
+    assert "epoch=3 dataset=dev" in (out / "log").read_text(encoding="utf-8")  # the log file has verbosity 4
+
+
+def _octal_hyp(binary_digits: list[int]) -> str:
+    """The correct answer of the seq2seq demo, as search_out.py writes it: octal digits separated by spaces."""
+    return " ".join(format(int("".join(map(str, binary_digits)), 2), "o"))
+
+
+def test_seq2seq_train_then_forward(tmp_path):
+    data = {"demo_max_digits": 9, "demo_eval_seqs": 100}
+    run_demo(tmp_path, "seq2seq.config", num_epochs=2, demo_train_seqs=1500, **data)
+    out = tmp_path / "demo-output" / "seq2seq"
+    epochs = read_learning_rates(out / "learning_rates")
+    dev_ctc, dev_err = scores(epochs, "dev_loss_ctc"), scores(epochs, "dev_loss_err")
+    assert dev_ctc[1] < dev_ctc[0]
+    assert dev_err[1] < 0.6  # label error rate of greedy decoding; about 0.3 here, 1.0 for an untrained model
+
+    stdout = run_demo(tmp_path, "seq2seq.config", task="forward", **data)
+    assert "using the newest checkpoint demo-output/seq2seq/models/epoch.002.pt" in stdout
+    hyps = ast.literal_eval((out / "search_out.py").read_text(encoding="utf-8"))
+    from returnn.datasets.generating import TaskNumberBaseConvertDataset
+
+    # the forward dataset of the config, rebuilt here to get the numbers behind the tags
+    dataset = TaskNumberBaseConvertDataset(
+        input_base=2, output_base=8, min_input_seq_len=3, max_input_seq_len=9, num_seqs=100, fixed_random_seed=10_002
+    )
+    dataset.init_seq_order(epoch=1)
+    refs = {}
+    for idx in range(100):
+        seq = dataset.get_corpus_seq(idx)
+        refs[seq.seq_tag] = _octal_hyp(seq.features["data"].tolist())
+    assert sorted(hyps) == sorted(refs)
+    seq_error_rate = sum(hyps[tag] != refs[tag] for tag in refs) / len(refs)
+    assert log_values(stdout, "seq_error_rate") == [pytest.approx(seq_error_rate, abs=1e-4)]
+    assert seq_error_rate < 0.8  # about 0.5 after this short training; 1.0 untrained
+    assert log_values(stdout, "label_error_rate")[0] < 0.6
+
+
+def test_lm_perplexity_falls(tmp_path):
+    stdout = run_demo(tmp_path, "lm.config", num_epochs=2, demo_train_sentences=1000, demo_dev_sentences=200)
+    out = tmp_path / "demo-output" / "lm"
+    epochs = read_learning_rates(out / "learning_rates")
+    dev_ppl = [math.exp(ce) for ce in scores(epochs, "dev_loss_ce")]
+    assert log_values(stdout, "dev_ppl") == pytest.approx(dev_ppl, abs=1e-3)
+    assert dev_ppl[1] < dev_ppl[0]
+    assert dev_ppl[1] < 20  # a unigram model gets about 44 on this corpus; the reduced run about 12
+    assert len((out / "data" / "vocab.txt").read_text(encoding="utf-8").split()) == 58
