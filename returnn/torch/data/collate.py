@@ -115,7 +115,7 @@ def collate_batch(items: Sequence[Item], *, shared_memory: bool = False) -> Coll
                 f"sequences {first.get(SEQ_TAG)!r} and {item.get(SEQ_TAG)!r} have different keys "
                 f"{sorted(first)} and {sorted(item)}; every sequence of a dataset needs the same keys"
             )
-    plans: list[tuple[list[np.ndarray], list[tuple[int, ...]], list[_Slot]]] = []
+    plans: list[tuple[list[np.ndarray], np.ndarray, list[_Slot]]] = []
     lists: dict[str, list] = {}
     offset = 0
     for key, value in first.items():
@@ -123,16 +123,16 @@ def collate_batch(items: Sequence[Item], *, shared_memory: bool = False) -> Coll
             lists[key] = [_plain(item[key]) for item in items]
             continue
         arrays = [item[key] for item in items]
-        shapes = [array.shape for array in arrays]
-        slots = _layout(key, arrays, shapes, offset)
+        extents = _extents(key, arrays)
+        slots = _layout(key, value.dtype, extents, offset)
         offset = _aligned(slots[-1].offset + slots[-1].nbytes)
-        plans.append((arrays, shapes, slots))
+        plans.append((arrays, extents, slots))
     flat, buffer = _allocate(offset, shared_memory)
     batch = CollatedBatch(buffer, [slot for _, _, slots in plans for slot in slots], lists, len(items))
-    for arrays, shapes, slots in plans:
-        _fill(flat, arrays, shapes, slots)
-        if len(slots) > 2:
-            batch.frames[slots[0].key] = (sum(shape[0] for shape in shapes), slots[0].shape[1])
+    for arrays, extents, slots in plans:
+        _fill(flat, arrays, extents, slots)
+        if extents.shape[1]:
+            batch.frames[slots[0].key] = (int(extents[:, 0].sum()), slots[0].shape[1])
     return batch
 
 
@@ -141,19 +141,25 @@ def _plain(value: Any) -> Any:
     return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
 
 
-def _layout(key: str, arrays: list[np.ndarray], shapes: list[tuple[int, ...]], offset: int) -> list[_Slot]:
+def _extents(key: str, arrays: list[np.ndarray]) -> np.ndarray:
+    """``[B, ndim]``: each sequence's shape."""
+    try:
+        return np.array([array.shape for array in arrays], dtype=np.int64).reshape(len(arrays), arrays[0].ndim)
+    except ValueError:
+        shapes = sorted({array.shape for array in arrays}, key=len)
+        raise DatasetError(
+            f"key {key!r}: sequences have different numbers of axes ({shapes[0]} and {shapes[-1]})"
+        ) from None
+
+
+def _layout(key: str, dtype: np.dtype, extents: np.ndarray, offset: int) -> list[_Slot]:
     """Slots of ``key`` from ``offset`` on: the padded data, size0, then size1 .. size<ndim> in one block."""
-    first = arrays[0]
-    ndim = first.ndim
-    if any(len(shape) != ndim for shape in shapes):
-        other = next(shape for shape in shapes if len(shape) != ndim)
-        raise DatasetError(f"key {key!r}: sequences have different numbers of axes ({first.shape} and {other})")
-    dtype = first.dtype.newbyteorder("=")
+    dtype = dtype.newbyteorder("=")
     dtype = _CONVERTED_DTYPES.get(dtype, dtype)
     if dtype not in _TORCH_DTYPES:
-        raise DatasetError(f"key {key!r}: dtype {first.dtype} has no torch equivalent; convert the data in the dataset")
-    num_seqs = len(arrays)
-    data = _slot(key, offset, (num_seqs, *map(max, zip(*shapes))), dtype)
+        raise DatasetError(f"key {key!r}: dtype {dtype} has no torch equivalent; convert the data in the dataset")
+    num_seqs, ndim = extents.shape
+    data = _slot(key, offset, (num_seqs, *extents.max(axis=0, initial=0).tolist()), dtype)
     size0 = _slot(f"{key}:size0", _aligned(offset + data.nbytes), (), _INT64)
     sizes_offset = _aligned(size0.offset + size0.nbytes)
     sizes = [
@@ -166,7 +172,7 @@ def _view(flat: np.ndarray, slot: _Slot) -> np.ndarray:
     return flat[slot.offset : slot.offset + slot.nbytes].view(slot.dtype).reshape(slot.shape)
 
 
-def _fill(flat: np.ndarray, arrays: list[np.ndarray], shapes: list[tuple[int, ...]], slots: list[_Slot]) -> None:
+def _fill(flat: np.ndarray, arrays: list[np.ndarray], extents: np.ndarray, slots: list[_Slot]) -> None:
     """Copy the sequences into their padded places and write the sizes (the buffer is zero-filled already)."""
     data, size0, *sizes = slots
     out = _view(flat, data)
@@ -181,7 +187,7 @@ def _fill(flat: np.ndarray, arrays: list[np.ndarray], shapes: list[tuple[int, ..
         else:
             out[index][tuple(slice(0, extent) for extent in array.shape)] = array
     block = flat[sizes[0].offset : sizes[-1].offset + sizes[-1].nbytes].view(np.int64)
-    block.reshape(len(sizes), len(arrays))[...] = np.array(shapes, dtype=np.int64).T
+    block.reshape(len(sizes), len(arrays))[...] = extents.T
 
 
 def _aligned(offset: int) -> int:
