@@ -68,6 +68,7 @@ class PipelineDataset(torch.utils.data.IterableDataset):
 
     :param dataset: the RETURNN dataset.
     :param num_workers: DataLoader workers (0: main process); with workers, the epoch lives in shared memory.
+    :param mp_context: the multiprocessing context of the workers (default spawn), which allocates that memory.
     """
 
     def __init__(

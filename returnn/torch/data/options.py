@@ -162,6 +162,7 @@ class DataPipelineOptions:
     ) -> DataPipelineOptions:
         """Check raw config values (named like the config keys) and build the options.
 
+        :param problems: problems :meth:`from_config` found already; they are reported together with these.
         :raises ConfigError: listing every problem found.
         """
         problems = list(problems or [])
