@@ -168,10 +168,7 @@ class OggZipDataset(EpochWiseFiltered, CachedDataset2):
         self.feature_extractor = (
             ExtractAudioFeatures.from_options(audio, f"{self}: 'audio' options") if audio is not None else None
         )
-        if targets is None or isinstance(targets, Vocabulary):
-            self.targets = targets
-        else:
-            self.targets = Vocabulary.create_vocab(**targets)
+        self.targets = None if targets is None else Vocabulary.from_option(targets, f"{self} targets")
         self.epoch_wise_filter = EpochWiseFilter.from_option(epoch_wise_filter, f"{self} epoch_wise_filter")
         self.num_outputs = {"orth": (256, 1), "raw": (0, 0)}
         self.labels = {"orth": [chr(i) for i in range(256)]}

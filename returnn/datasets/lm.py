@@ -250,7 +250,7 @@ class LmDataset(_TextDataset):
                 f"(got {', '.join(given) or 'none'})"
             )
         if vocab is not None:
-            vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.create_vocab(**vocab)
+            vocab = Vocabulary.from_option(vocab, f"{self} orth_vocab")
             return vocab, list(vocab.labels), dict(vocab.vocab)
         if symbols_file is not None:
             labels = [line for line in _read_lines(symbols_file, "orth_symbols_file") if line]

@@ -248,5 +248,11 @@ def test_bad_options(tmp_path):
         OggZipDataset(path="corpus.tar", audio=None, targets=None)
     with pytest.raises(DatasetError, match=r"'audio' options: .*'window'; valid options: window_len"):
         OggZipDataset(path=make_zip(tmp_path), audio={"window": 0.02}, targets=None)
+    (tmp_path / "vocab.py").write_text(repr({"a": 0}))
+    with pytest.raises(
+        DatasetError,
+        match=r"dataset 'corpus' \(OggZipDataset\) targets: unknown_label='UNK' is not in the vocab file '.*vocab.py'",
+    ):
+        OggZipDataset(path=make_zip(tmp_path), audio=None, targets={"vocab_file": str(tmp_path / "vocab.py")})
     with pytest.raises(DatasetError, match=r"missing required option 'targets'"):
         init_dataset({"class": "OggZipDataset", "path": make_zip(tmp_path), "audio": None})

@@ -142,6 +142,19 @@ class Vocabulary:
             raise DatasetError(f"vocabulary options: 'class' must be a vocabulary class name, got {clazz!r}")
         return _construct(clazz, opts)
 
+    @classmethod
+    def from_option(cls, value: dict[str, Any] | Vocabulary, where: str) -> Vocabulary:
+        """The vocabulary of a dataset option (``targets``, ``orth_vocab``): options for :meth:`create_vocab`, or a
+        Vocabulary as it is. Errors are prefixed with ``where`` (the dataset and the option)."""
+        if isinstance(value, Vocabulary):
+            return value
+        if not isinstance(value, dict):
+            raise DatasetError(f"{where}: expected vocabulary options (a dict) or a Vocabulary, got {value!r}")
+        try:
+            return cls.create_vocab(**value)
+        except DatasetError as exc:
+            raise DatasetError(f"{where}: {exc}") from exc
+
     @staticmethod
     def create_vocab_dict_from_labels(labels: Sequence[str]) -> dict[str, int]:
         """``{label: index}``; each label must be unique."""
