@@ -55,6 +55,10 @@ def test_train_writes_checkpoints_and_learning_rates_file(make_config, tmp_path)
         assert data.learning_rate == 0.01
         assert sorted(data.error) == ["dev_loss_ce", "train_loss_ce"]
         assert all(isinstance(value, float) and 0 < value < 5 for value in data.error.values())
+    # as pipelines read it
+    text = (tmp_path / "learning_rates").read_text()
+    as_dict = eval(text, {"EpochData": dict, "nan": float("nan"), "inf": float("inf")})
+    assert as_dict[3] == {"learningRate": 0.01, "error": epochs[3].error}
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(make_config, tmp_path):
