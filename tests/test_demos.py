@@ -15,12 +15,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DEMOS = REPO / "demos"
 
-pytestmark = pytest.mark.slow
+
+def test_every_demo_has_a_header_and_a_test():
+    """Each demo says what it shows and what to expect, and has an end-to-end test here."""
+    tested = {name.removeprefix("test_") for name in globals() if name.startswith("test_")}
+    for path in sorted(DEMOS.glob("*.config")):
+        header = path.read_text(encoding="utf-8").split("\n\n", 1)[0]
+        assert header.startswith("#!rnn.py\n# "), path.name
+        for part in ("# What it shows:", f"#     python rnn.py demos/{path.name}", "# Expected (2 CPU cores"):
+            assert part in header, f"{path.name}: the header lacks {part!r}"
+        assert path.stem in tested, f"{path.name} has no test_{path.stem} in {__file__}"
 
 
 def run_demo(cwd: Path, config: str, **overrides: object) -> str:
@@ -58,6 +69,7 @@ def log_values(text: str, key: str) -> list[float]:
     return [float(match) for match in re.findall(rf"\b{re.escape(key)}=([-+0-9.eE]+|nan|inf)", text)]
 
 
+@pytest.mark.slow
 def test_frame_classification(tmp_path):
     stdout = run_demo(tmp_path, "frame_classification.config", num_epochs=3, demo_train_seqs=200, demo_dev_seqs=50)
     out = tmp_path / "demo-output" / "frame_classification"
@@ -87,7 +99,8 @@ def _octal_hyp(binary_digits: list[int]) -> str:
     return " ".join(format(int("".join(map(str, binary_digits)), 2), "o"))
 
 
-def test_seq2seq_train_then_forward(tmp_path):
+@pytest.mark.slow
+def test_seq2seq(tmp_path):
     data = {"demo_max_digits": 9, "demo_eval_seqs": 100}
     run_demo(tmp_path, "seq2seq.config", num_epochs=2, demo_train_seqs=1500, **data)
     out = tmp_path / "demo-output" / "seq2seq"
@@ -117,7 +130,8 @@ def test_seq2seq_train_then_forward(tmp_path):
     assert log_values(stdout, "label_error_rate")[0] < 0.6
 
 
-def test_lm_perplexity_falls(tmp_path):
+@pytest.mark.slow
+def test_lm(tmp_path):
     stdout = run_demo(tmp_path, "lm.config", num_epochs=2, demo_train_sentences=1000, demo_dev_sentences=200)
     out = tmp_path / "demo-output" / "lm"
     epochs = read_learning_rates(out / "learning_rates")
@@ -126,3 +140,102 @@ def test_lm_perplexity_falls(tmp_path):
     assert dev_ppl[1] < dev_ppl[0]
     assert dev_ppl[1] < 20  # a unigram model gets about 44 on this corpus; the reduced run about 12
     assert len((out / "data" / "vocab.txt").read_text(encoding="utf-8").split()) == 58
+
+
+@pytest.mark.slow
+def test_chunking(tmp_path):
+    run_demo(tmp_path, "chunking.config", num_epochs=2, demo_train_seqs=20, demo_dev_seqs=5)
+    out = tmp_path / "demo-output" / "chunking"
+    epochs = read_learning_rates(out / "learning_rates")
+    dev_ce, dev_fer = scores(epochs, "dev_loss_ce"), scores(epochs, "dev_loss_fer")
+    assert dev_ce[1] < dev_ce[0]
+    assert dev_fer[1] < 0.4  # about 0.23 here; chance is 0.875
+    # batches of chunks: at most 100 frames each, 32 per batch, so little padding and many more items than sequences
+    stats = [line for line in (out / "log").read_text(encoding="utf-8").splitlines() if "dataset=train" in line]
+    stats = [line for line in stats if line.startswith("batch statistics:")]
+    assert len(stats) == 2
+    for line in stats:
+        assert log_values(line, "max_padded") == [3200, 3200]  # for data and classes
+        assert all(padding < 0.1 for padding in log_values(line, "padding"))  # whole sequences: about 0.3
+        assert log_values(line, "seqs")[0] >= 20 * 500 / 80 - 20  # chunks: each sequence has 500+ frames
+
+
+@pytest.mark.slow
+def test_accum_amp(tmp_path):
+    import torch
+
+    stdout = run_demo(tmp_path, "accum_amp.config", num_epochs=2, demo_train_seqs=200, demo_dev_seqs=50)
+    assert "autocast: the model's output is torch.bfloat16" in stdout
+    out = tmp_path / "demo-output" / "accum_amp"
+    epochs = read_learning_rates(out / "learning_rates")
+    dev_ce, dev_fer = scores(epochs, "dev_loss_ce"), scores(epochs, "dev_loss_fer")
+    assert dev_ce[1] < dev_ce[0]
+    assert dev_fer[1] < 0.4  # about 0.25 here; chance is 0.875
+    # one update per 4 steps: Adam counts updates, the checkpoint counts steps; the remainder is kept for later
+    steps = torch.load(out / "models" / "epoch.002.pt", weights_only=True)["step"]
+    optimizer = torch.load(out / "models" / "epoch.002.opt.pt", weights_only=True)
+    assert steps > 20
+    assert {float(state["step"]) for state in optimizer["optimizer"]["state"].values()} == {float(steps // 4)}
+    assert (optimizer["pending_grads"] is None) == (steps % 4 == 0)
+
+
+@pytest.mark.slow
+def test_custom_engine(tmp_path):
+    stdout = run_demo(tmp_path, "custom_engine.config", num_epochs=2, demo_train_seqs=200, demo_dev_seqs=50)
+    epochs = read_learning_rates(tmp_path / "demo-output" / "custom_engine" / "learning_rates")
+    keys = ["dev_ema_loss_ce", "dev_ema_loss_fer", "dev_loss_ce", "dev_loss_fer", "train_loss_ce", "train_loss_fer"]
+    assert [sorted(epoch_scores) for _, epoch_scores in epochs.values()] == [keys, keys]
+    assert scores(epochs, "dev_loss_fer")[1] < 0.4  # about 0.26 here; chance is 0.875
+    ema_ce = scores(epochs, "dev_ema_loss_ce")
+    assert ema_ce[1] < ema_ce[0]  # the average catches up with the trained weights
+    assert ema_ce != scores(epochs, "dev_loss_ce")
+    assert log_values(stdout, "dev_ema_loss_ce") == pytest.approx(ema_ce, rel=1e-4)
+
+
+def _hdf_seqs(path: Path) -> dict[str, np.ndarray]:
+    """All sequences of an HDF file in RETURNN's layout ("inputs" only), read with plain h5py."""
+    with h5py.File(path, "r") as f:
+        lengths = f["seqLengths"][:, 0]
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        tags = [tag.decode() if isinstance(tag, bytes) else str(tag) for tag in f["seqTags"][:]]
+        inputs = f["inputs"][:]
+    return {tag: inputs[starts[i] : starts[i + 1]] for i, tag in enumerate(tags)}
+
+
+@pytest.mark.slow
+def test_meta_postprocessing(tmp_path, monkeypatch):
+    overrides = {"demo_train_seqs": 100, "demo_dev_seqs": 50}
+    run_demo(tmp_path, "meta_postprocessing.config", num_epochs=3, **overrides)
+    out = tmp_path / "demo-output" / "meta_postprocessing"
+    epochs = read_learning_rates(out / "learning_rates")
+    dev_ce, dev_fer = scores(epochs, "dev_loss_ce"), scores(epochs, "dev_loss_fer")
+    assert dev_ce[2] < dev_ce[1] < dev_ce[0]
+    assert dev_fer[2] < 0.45  # about 0.31 here; chance is 0.875
+
+    # The config's datasets, read here: "data" from the features file, "classes" from the alignment file, joined by
+    # tag; augmented features in train only.
+    from returnn.config import load_config
+    from returnn.datasets import init_dataset
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the config adds demos/ to it
+    args = [str(DEMOS / "meta_postprocessing.config")]
+    for key, value in overrides.items():
+        args += [f"++{key}", str(value)]
+    config = load_config(args)
+    for part, augmented in (("train", True), ("dev", False)):
+        features = _hdf_seqs(out / "data" / f"{part}.features.hdf")
+        alignment = _hdf_seqs(out / "data" / f"{part}.alignment.hdf")
+        dataset = init_dataset(config.typed_value(part))
+        dataset.init_seq_order(epoch=1)
+        assert sorted(dataset.get_data_keys()) == ["classes", "data"]
+        num_seqs = 0
+        while dataset.is_less_than_num_seqs(num_seqs):
+            dataset.load_seqs(num_seqs, num_seqs + 1)
+            tag = dataset.get_tag(num_seqs)
+            data, classes = dataset.get_data(num_seqs, "data"), dataset.get_data(num_seqs, "classes")
+            assert data.shape == features[tag].shape and data.dtype == np.float32
+            assert np.array_equal(classes, alignment[tag])
+            assert np.array_equal(data, features[tag]) != augmented, tag
+            num_seqs += 1
+        assert num_seqs == len(features) == len(alignment)
