@@ -106,6 +106,11 @@ def test_checkpoint_of_another_model(make_config, tmp_path):
         r"it has instead encoder.weight; .* load_ignore_missing_vars",
     ):
         Engine(make_config(load=other)).train()
+    # with load_ignore_missing_vars, the parameters the checkpoint has are loaded, the others keep their init
+    engine = Engine(make_config(load=other, load_ignore_missing_vars=True, num_epochs=4, learning_rate=0.0))
+    engine.train()  # continues after the checkpoint's epoch 3
+    assert torch.equal(engine.model.hidden.weight, torch.zeros(8, 5))
+    assert sorted(os.listdir(tmp_path / "models")) == ["epoch.004.opt.pt", "epoch.004.pt"]
 
 
 def test_checkpoint_with_other_shapes(make_config, tmp_path):
