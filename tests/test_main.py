@@ -158,3 +158,43 @@ def test_console_script_is_declared():
     with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]
     assert project["scripts"]["returnn"] == "returnn.__main__:console_main"
+
+
+def test_typo_in_known_key_is_an_error(tmp_path, capsys):
+    filename = write_config(tmp_path, "bach_size = 5000\n")
+    code, _, err = run_main(capsys, filename, "++task", "nop")
+    assert code == 2
+    assert "'bach_size' (did you mean 'batch_size'?)" in err
+    code, out, err = run_main(capsys, filename, "++task", "nop", "++config_unknown_keys", "warn")
+    assert code == 0, err
+    assert "did you mean 'batch_size'?" in out
+
+
+def test_custom_engine_must_subclass_engine(tmp_path, capsys):
+    filename = write_config(
+        tmp_path,
+        """
+        class CustomEngine:
+            pass
+        """,
+    )
+    code, _, err = run_main(capsys, filename)
+    assert code == 2
+    assert "config key 'CustomEngine': expected a subclass of returnn.torch.engine.Engine" in err
+
+
+def test_custom_engine_runs_instead_of_engine(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    filename = write_config(
+        tmp_path,
+        f"""
+        from returnn.torch.engine import Engine
+
+        class CustomEngine(Engine):
+            def cleanup_old_models(self):
+                open({str(marker)!r}, "w").close()
+        """,
+    )
+    code, _, err = run_main(capsys, filename, "++task", "cleanup_old_models")
+    assert code == 0, err
+    assert marker.exists()
