@@ -207,7 +207,7 @@ def test_meta_postprocessing(tmp_path, monkeypatch):
     overrides = {"demo_train_seqs": 100, "demo_dev_seqs": 50}
     run_demo(tmp_path, "meta_postprocessing.config", num_epochs=3, **overrides)
     out = tmp_path / "demo-output" / "meta_postprocessing"
-    epochs = read_learning_rates(out / "learning_rates")
+    epochs = read_learning_rates(out / "augment" / "learning_rates")
     dev_ce, dev_fer = scores(epochs, "dev_loss_ce"), scores(epochs, "dev_loss_fer")
     assert dev_ce[2] < dev_ce[1] < dev_ce[0]
     assert dev_fer[2] < 0.45  # about 0.31 here; chance is 0.875
