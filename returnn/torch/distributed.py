@@ -1,18 +1,88 @@
-"""Process rank, and the one place through which the trainer writes to disk.
+"""Several training processes (torchrun): ranks, the process group, what goes through it, and the one place through
+which the trainer writes to disk.
 
-With ``torchrun`` every process runs the same training; only the main process (rank 0) may write checkpoints, the
-learning_rates file or delete old models. All such writes go through :func:`write_file_atomic` and
-:func:`remove_file`, which do nothing on other ranks. The rank comes from torchrun's environment variables, so this
-module needs no ``torch.distributed`` set-up to answer.
+Pipelines start ``python -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node=N rnn.py CONFIG`` (i6_core's
+ReturnnTrainingJob with ``horovod_num_processes = N``; its ``use_horovod = True`` is accepted and not needed). With
+``WORLD_SIZE > 1`` in the environment, tasks train and eval run data-parallel; the config key ``torch_distributed``
+only adjusts how. Every process runs the same training:
+
+- Set-up: ``torch.cuda.set_device(LOCAL_RANK)`` first (device ``cuda`` means ``cuda:<LOCAL_RANK>``), then the
+  process group (backend ``gloo`` on the CPU, ``cpu:gloo,cuda:nccl`` with CUDA). Rank 0's parameters and buffers are
+  broadcast after the model is built and loaded, so all processes start equal.
+- Data: each process reads its shard of every dataset (``build_data_loader(rank=, world_size=)``). Per train step,
+  one all_reduce of a "has a batch" flag keeps the processes in step: a process whose shard is done takes part in
+  the steps of the others with no gradients until all are done. So every sequence is used once per epoch, and shards
+  of different sizes cannot hang the training.
+- Gradients (``reduce_type = "grad"``): at each update step (the last step of ``accum_grad_multiple_step``), before
+  unscaling and clipping, the gradients are summed over the processes with all_reduce and divided by the number of
+  processes that computed any since the last update (the gradient of the mean of their losses, as with DDP). This is
+  done explicitly instead of wrapping the model in ``DistributedDataParallel``: ``train_step`` gets the config's own
+  module, any model and any use of its submodules works, and accumulation needs no ``no_sync``. The price is that
+  communication does not overlap with the backward pass.
+- Parameters (``reduce_type = "param"``): each process updates with its own gradients, and the parameters (and
+  floating point buffers) are averaged every ``param_sync_step`` updates and at the end of each epoch's training.
+- Scores: the loss sums and inv_norm_factor sums of all processes are added up, so the learning_rates file and the
+  logs hold the scores over all the data; dev and eval_datasets are evaluated by all processes, each on its shard.
+- Writes: only rank 0 writes files (:func:`write_file_atomic`, :func:`remove_file`); every process reads the
+  checkpoints when training resumes. Logs: the other ranks log warnings only, prefixed with ``rank N:``.
+- Errors: an error in one process ends it; torchrun then stops the others. Collectives time out after
+  ``timeout_sec``, so no process waits forever for one that is gone.
+
+:func:`rank`, :func:`world_size` and the writes read torchrun's environment variables and work without a process
+group.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import logging
 import os
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, TypeVar
 
-__all__ = ["rank", "world_size", "is_main_process", "write_file_atomic", "remove_file"]
+import torch
+import torch.distributed as dist
+
+from returnn.config import Config, declare_options
+from returnn.errors import CheckpointError, ConfigError, TrainingError
+
+__all__ = [
+    "rank",
+    "world_size",
+    "local_rank",
+    "is_main_process",
+    "process_seed",
+    "process_device",
+    "write_file_atomic",
+    "remove_file",
+    "DistributedOptions",
+    "DataParallel",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+declare_options(
+    "Distributed training",
+    {
+        "torch_distributed": (
+            None,
+            "Options of training with several processes (started by torchrun, which alone enables it): "
+            "{'backend': 'gloo' on CPU / 'cpu:gloo,cuda:nccl' with CUDA, 'timeout_sec': 1800, "
+            "'reduce_type': 'grad' (average gradients every update) | 'param' (average parameters every "
+            "'param_sync_step' updates)}.",
+        ),
+    },
+)
+
+REDUCE_TYPES = ("grad", "param")
+# Options of mainline RETURNN's DDP wrapper; without a wrapper they change nothing, and configs that set them still run.
+_WITHOUT_EFFECT = ("options", "sync_on_cpu")
+_BUCKET_BYTES = 32 * 2**20  # tensors are all-reduced in flat buckets of up to this size
 
 
 def rank() -> int:
@@ -25,9 +95,39 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_rank() -> int:
+    """The rank of this process on its machine (0 without torchrun); it picks the GPU."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main_process() -> bool:
     """Whether this process writes files and logs epoch results."""
     return rank() == 0
+
+
+def process_seed(seed: int) -> int:
+    """The seed of this process's random numbers in an epoch (dropout, ...): ``seed`` itself on rank 0 (as in a
+    single process), a different one derived from it on each other rank."""
+    if rank() == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}:rank{rank()}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def process_device(device: str) -> str:
+    """The device of this process: with several processes, ``cuda`` means ``cuda:<LOCAL_RANK>``.
+
+    :param device: the resolved config device ("cpu", "cuda", "cuda:N"); an explicit index is kept (all processes
+        on the same machine then share that GPU)
+    """
+    if world_size() == 1 or device != "cuda":
+        return device
+    if local_rank() >= torch.cuda.device_count():
+        raise ConfigError(
+            f"torchrun started process {local_rank()} on this machine, but only {torch.cuda.device_count()} GPU(s) "
+            "are visible; start at most as many processes per machine (--nproc-per-node) as there are GPUs"
+        )
+    return f"cuda:{local_rank()}"
 
 
 def write_file_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, binary: bool = False) -> bool:
@@ -71,3 +171,310 @@ def remove_file(path: str | os.PathLike) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Options
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedOptions:
+    """The ``torch_distributed`` dict.
+
+    :param backend: the torch.distributed backend; None: ``gloo`` on the CPU, ``cpu:gloo,cuda:nccl`` with CUDA
+    :param timeout_sec: how long a collective waits for the other processes
+    :param reduce_type: "grad" (average gradients at every update) or "param" (average parameters periodically)
+    :param param_sync_step: with "param": average the parameters every this many updates
+    """
+
+    backend: str | None = None
+    timeout_sec: float = 1800.0
+    reduce_type: str = "grad"
+    param_sync_step: int | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> DistributedOptions:
+        value = config.typed_value("torch_distributed")
+        if value is None:
+            return cls()
+        where = "config key 'torch_distributed'"
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a dict (e.g. {{}} or {{'reduce_type': 'grad'}}), got {value!r}")
+        fields = [field.name for field in dataclasses.fields(cls)]
+        if "class" in value:
+            raise ConfigError(
+                f"{where}: 'class' (a custom DDP wrapper) is not supported: gradients are averaged over the processes "
+                "without a wrapper; remove it"
+            )
+        unknown = sorted(set(value) - set(fields) - set(_WITHOUT_EFFECT))
+        if unknown:
+            raise ConfigError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; choose from: {fields}")
+        ignored = sorted(set(value) & set(_WITHOUT_EFFECT))
+        if ignored and world_size() > 1 and is_main_process():
+            logger.info(f"{where}: {ignored} have no effect here (gradients are averaged without a DDP wrapper)")
+        kwargs = {key: item for key, item in value.items() if key in fields}
+        if kwargs.get("reduce_type") == "grad_explicit":  # mainline's explicit all_reduce: what "grad" does here
+            kwargs["reduce_type"] = "grad"
+        return cls(**kwargs)
+
+    def __post_init__(self) -> None:
+        where = "config key 'torch_distributed'"
+        if self.reduce_type not in REDUCE_TYPES:
+            raise ConfigError(
+                f"{where}: unknown reduce_type {self.reduce_type!r}; choose one of: {', '.join(REDUCE_TYPES)}"
+            )
+        if self.reduce_type == "param" and not (isinstance(self.param_sync_step, int) and self.param_sync_step >= 1):
+            raise ConfigError(
+                f"{where}: reduce_type 'param' needs 'param_sync_step', an int >= 1 (average every N updates), "
+                f"got {self.param_sync_step!r}"
+            )
+        if self.reduce_type != "param" and self.param_sync_step is not None:
+            raise ConfigError(f"{where}: 'param_sync_step' is used only with reduce_type 'param'")
+        if isinstance(self.timeout_sec, bool) or not (
+            isinstance(self.timeout_sec, (int, float)) and self.timeout_sec > 0
+        ):
+            raise ConfigError(f"{where}: 'timeout_sec' must be a number > 0, got {self.timeout_sec!r}")
+        if self.backend is not None and not (isinstance(self.backend, str) and _has_cpu_backend(self.backend)):
+            raise ConfigError(
+                f"{where}: backend {self.backend!r} cannot handle CPU tensors, which the training syncs every step; "
+                "use e.g. 'gloo' or 'cpu:gloo,cuda:nccl'"
+            )
+
+    def backend_for(self, device: str) -> str:
+        """The backend to use on this device."""
+        if self.backend is not None:
+            return self.backend
+        return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def _has_cpu_backend(backend: str) -> bool:
+    parts = [part.strip() for part in backend.lower().split(",")]
+    return any(part in ("gloo", "mpi") or part.startswith("cpu:") for part in parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# The process group and its collectives
+
+
+class DataParallel:
+    """The process group of a training with several processes, and what the trainer exchanges through it.
+
+    Create it with :meth:`started`. Every method is a collective: all processes must call it, in the same order.
+    """
+
+    def __init__(self, options: DistributedOptions, device: str):
+        self.options = options
+        self.device = device
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, options: DistributedOptions, device: str) -> Iterator[DataParallel]:
+        """Set up the process group from torchrun's environment; tear it down at the end, also after an error.
+
+        :param device: this process's device (see :func:`process_device`)
+        """
+        if torch.device(device).type == "cuda":
+            torch.cuda.set_device(torch.device(device))  # before anything else creates a context on GPU 0
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+        if missing:
+            raise ConfigError(
+                f"WORLD_SIZE={world_size()} asks for several processes, but {' and '.join(missing)} are not set; "
+                "start the training with torchrun (python -m torch.distributed.run --nproc-per-node=N rnn.py ...)"
+            )
+        backend = options.backend_for(device)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=options.timeout_sec))
+        try:
+            quiet_non_main_logging(dist.get_rank())
+            logger.info(
+                f"distributed: processes={dist.get_world_size()} backend={backend} "
+                f"reduce_type={options.reduce_type} timeout={options.timeout_sec:g}s"
+            )
+            yield cls(options, device)
+        finally:
+            dist.destroy_process_group()
+
+    # ---------------------------------------------------------------- steps
+
+    def in_step(self, batches: Iterable[T]) -> Iterator[T | None]:
+        """The batches of this process, in step with the other processes: ``None`` when this process has no batch
+        left but others have; the iteration ends when no process has one."""
+        iterator = iter(batches)
+        done = object()
+        flag = torch.zeros(1, dtype=torch.int32)
+        while True:
+            batch = next(iterator, done)
+            flag[0] = 0 if batch is done else 1
+            dist.all_reduce(flag)
+            if int(flag[0]) == 0:
+                return
+            yield None if batch is done else batch
+
+    # ---------------------------------------------------------------- gradients and parameters
+
+    def reduce_gradients(self, params: list[torch.nn.Parameter], *, contributed: bool) -> None:
+        """With reduce_type "grad": replace each gradient by its sum over the processes, divided by the number of
+        processes that computed gradients since the last update. A parameter without gradient in some process
+        counts as zero there; one without gradient in every process keeps ``grad = None``.
+
+        :param contributed: whether this process computed gradients since the last update
+        """
+        if self.options.reduce_type != "grad":
+            return
+        presence = torch.tensor([p.grad is not None for p in params] + [contributed], dtype=torch.int32)
+        dist.all_reduce(presence)
+        *counts, num_contributors = presence.tolist()
+        grads = []
+        for param, count in zip(params, counts):
+            if count == 0:
+                continue
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            elif param.grad.is_sparse:
+                raise TrainingError(
+                    f"a parameter of shape {tuple(param.shape)} has a sparse gradient, which training with several "
+                    "processes does not support; use dense gradients (e.g. Embedding(sparse=False))"
+                )
+            grads.append(param.grad)
+        self._all_reduce(grads, divide_by=max(num_contributors, 1))
+
+    def after_update(self, params: list[torch.nn.Parameter], *, num_updates: int) -> None:
+        """With reduce_type "param": average the parameters every ``param_sync_step`` updates.
+
+        :param num_updates: the updates done so far, this one included
+        """
+        if self.options.reduce_type == "param" and num_updates % self.options.param_sync_step == 0:
+            with torch.no_grad():
+                self._all_reduce([p.data for p in params], divide_by=self.world_size)
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Give every process rank 0's parameters and buffers."""
+        with torch.no_grad():
+            self._broadcast([t.data for t in (*module.parameters(), *module.buffers())])
+
+    def sync_module(self, module: torch.nn.Module) -> None:
+        """At the end of an epoch's training, make the module equal in all processes (saved and evaluated next):
+        with "grad", rank 0's buffers (e.g. batch norm statistics, which each process gathered from its own data);
+        with "param", the average of the parameters and floating point buffers."""
+        buffers = [b.data for b in module.buffers()]
+        with torch.no_grad():
+            if self.options.reduce_type == "param":
+                floating = [b for b in buffers if b.is_floating_point()]
+                self._all_reduce([p.data for p in module.parameters()] + floating, divide_by=self.world_size)
+                buffers = [b for b in buffers if not b.is_floating_point()]
+            self._broadcast(buffers)
+
+    def _all_reduce(self, tensors: list[torch.Tensor], *, divide_by: int) -> None:
+        """Sum in place over the processes, then divide."""
+        for bucket in _buckets(tensors):
+            flat = _flatten(bucket)
+            dist.all_reduce(flat)
+            if divide_by != 1:
+                flat.div_(divide_by)
+            _unflatten(flat, bucket)
+
+    def _broadcast(self, tensors: list[torch.Tensor]) -> None:
+        for bucket in _buckets(tensors):
+            flat = _flatten(bucket)
+            dist.broadcast(flat, src=0)
+            if self.rank != 0:
+                _unflatten(flat, bucket)
+
+    # ---------------------------------------------------------------- values
+
+    def sum_totals(self, sums: dict[str, list[float]], counts: list[int]) -> tuple[dict[str, list[float]], list[int]]:
+        """Add up per-name sums (``{loss name: [Σloss, Σinv_norm_factor]}``) and counts over the processes. A
+        process may lack names (e.g. it had no batch); the result is the same in every process.
+
+        :return: the total sums (names in the order of their first appearance by rank) and the total counts
+        """
+        gathered = self.all_gather((sums, counts))
+        total_sums: dict[str, list[float]] = {}
+        for process_sums, _ in gathered:
+            for name, values in process_sums.items():
+                total = total_sums.setdefault(name, [0.0] * len(values))
+                for i, value in enumerate(values):
+                    total[i] += value
+        total_counts = [sum(process_counts[i] for _, process_counts in gathered) for i in range(len(counts))]
+        return total_sums, total_counts
+
+    def all_gather(self, value: T) -> list[T]:
+        """``value`` of every process, by rank (pickled; for small values)."""
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def gather_to_main(self, value: T) -> list[T] | None:
+        """``value`` of every process, by rank, on rank 0 (None elsewhere). Tensors must be on the CPU: they are
+        pickled, and would otherwise be unpickled onto the sender's GPU."""
+        gathered: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
+
+    def check_same(self, value: Any, what: str) -> None:
+        """Raise an error in every process if the processes see different values of ``what``."""
+        values = self.all_gather(value)
+        if any(other != values[0] for other in values):
+            by_rank = ", ".join(f"rank {i}: {other!r}" for i, other in enumerate(values))
+            raise CheckpointError(
+                f"the training processes disagree on {what} ({by_rank}); all processes must see the same files "
+                "(put the model directory and the learning_rates file on a file system shared by all machines)"
+            )
+
+
+def _buckets(tensors: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Groups of tensors of one device and dtype, each up to ``_BUCKET_BYTES`` (a larger tensor alone)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for tensor in tensors:
+        groups.setdefault((tensor.device, tensor.dtype), []).append(tensor)
+    for group in groups.values():
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for tensor in group:
+            nbytes = tensor.numel() * tensor.element_size()
+            if bucket and size + nbytes > _BUCKET_BYTES:
+                yield bucket
+                bucket, size = [], 0
+            bucket.append(tensor)
+            size += nbytes
+        if bucket:
+            yield bucket
+
+
+def _flatten(bucket: list[torch.Tensor]) -> torch.Tensor:
+    """One contiguous tensor with the bucket's values (the tensor itself if it is alone and contiguous)."""
+    if len(bucket) == 1 and bucket[0].is_contiguous():
+        return bucket[0]
+    return torch.cat([t.reshape(-1) for t in bucket])
+
+
+def _unflatten(flat: torch.Tensor, bucket: list[torch.Tensor]) -> None:
+    if flat is bucket[0]:
+        return
+    for tensor, part in zip(bucket, flat.split([t.numel() for t in bucket])):
+        tensor.copy_(part.view_as(tensor))
+
+
+class _RankPrefix(logging.Filter):
+    def __init__(self, rank_: int):
+        super().__init__()
+        self.prefix = f"rank {rank_}: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "_rank_prefixed", False):  # the same record passes several handlers
+            record.msg = f"{self.prefix}{record.msg}"
+            record._rank_prefixed = True
+        return True
+
+
+def quiet_non_main_logging(rank_: int) -> None:
+    """On ranks other than 0, from now on: only warnings and errors, prefixed with the rank (else every line of the
+    log would come once per process)."""
+    if rank_ == 0:
+        return
+    root = logging.getLogger("returnn")
+    root.setLevel(max(root.level, logging.WARNING))
+    prefix = _RankPrefix(rank_)
+    for handler in root.handlers:
+        handler.addFilter(prefix)

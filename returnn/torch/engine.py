@@ -15,15 +15,21 @@ A config may define ``class CustomEngine(Engine)`` and override these hooks (eac
 Log lines have a stable ``key=value`` shape: one per step at verbosity 5 (``epoch=... step=... loss_<name>=...
 seqs=... step_time=... eta=...``), one per evaluated dataset at verbosity 4 and one per epoch at verbosity 3
 (``epoch=... train_loss_<name>=... dev_loss_<name>=... lr=... time=...``).
+
+Started by torchrun as several processes, tasks train and eval run data-parallel (see :mod:`returnn.torch.distributed`):
+each process reads its shard of the data, gradients are averaged at every update, the scores are summed over the
+processes, and only rank 0 writes files. Hooks that a ``CustomEngine`` overrides then run in every process; an
+overridden :meth:`Engine.evaluate_dataset` sums its scores over the processes itself (as the default one does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -102,14 +108,10 @@ class EngineOptions:
     cleanup: checkpoints.CleanupPolicy | None
     datasets: dict[str, Any]
     eval_names: tuple[str, ...]
+    distributed: distributed.DistributedOptions
 
     @classmethod
     def from_config(cls, config: Config) -> EngineOptions:
-        if distributed.world_size() > 1:
-            raise ConfigError(
-                f"started as {distributed.world_size()} processes (torchrun), but distributed training is not "
-                "supported yet; start a single process"
-            )
         num_epochs = config.int("num_epochs")
         save_interval = config.int("save_interval")
         for key, value in (("num_epochs", num_epochs), ("save_interval", save_interval)):
@@ -118,7 +120,7 @@ class EngineOptions:
         model_prefix = path_option(config, "model")
         datasets, eval_names = _dataset_definitions(config)
         return cls(
-            device=resolve_device(config.value("device")),
+            device=distributed.process_device(resolve_device(config.value("device"))),
             amp_dtype=amp_dtype_from_config(config),
             model_prefix=model_prefix,
             num_epochs=num_epochs,
@@ -129,6 +131,7 @@ class EngineOptions:
             cleanup=checkpoints.CleanupPolicy.from_config_value(config.bool_or_other("cleanup_old_models")),
             datasets=datasets,
             eval_names=eval_names,
+            distributed=distributed.DistributedOptions.from_config(config),
         )
 
 
@@ -174,6 +177,7 @@ class Engine:
         self.global_step = 0
         self.data_loaders: dict[str, BatchLoader] = {}
         self.datasets: dict[str, Dataset] = {}
+        self.data_parallel: distributed.DataParallel | None = None  # while a task runs in several processes
 
     @property
     def model(self) -> torch.nn.Module:
@@ -185,7 +189,7 @@ class Engine:
 
     def train(self) -> None:
         """Task train: epochs from the start epoch (after the newest checkpoint) up to ``num_epochs``."""
-        try:
+        with self._running_task():
             start = self._init_train()
             if start.epoch > self.options.num_epochs:
                 logger.info(
@@ -194,12 +198,10 @@ class Engine:
                 return
             logger.info(
                 f"train: epochs={start.epoch}..{self.options.num_epochs} start={start.kind} "
-                f"global_step={self.global_step} device={self.device}"
+                f"global_step={self.global_step} device={self.device} processes={distributed.world_size()}"
             )
             for epoch in range(start.epoch, self.options.num_epochs + 1):
                 self.train_epoch(epoch)
-        finally:
-            self._close_data_loaders()
 
     def train_epoch(self, epoch: int) -> None:
         """One epoch: train steps, learning_rates file, checkpoint, evaluation, cleanup."""
@@ -222,7 +224,7 @@ class Engine:
         self.functions.require("train_step", "task 'eval'")
         if not self.options.eval_names:
             raise ConfigError("task 'eval' needs datasets to evaluate: set 'dev' and/or 'eval_datasets'")
-        try:
+        with self._running_task():
             self._init_model_for_task("eval")
             self.learning_rate_control = learning_rate_control_from_config(self.config)
             self._init_data_loaders(self.options.eval_names)
@@ -231,8 +233,6 @@ class Engine:
                 if self.epoch >= 1:
                     self._record_scores(scores)
                 logger.info(f"eval: epoch={self.epoch} {format_scores(scores)}")
-        finally:
-            self._close_data_loaders()
 
     def forward(self) -> None:
         """Task forward: ``forward_step`` over the ``forward`` dataset, between ``forward_init_hook`` and
@@ -240,7 +240,12 @@ class Engine:
         forward_step = self.functions.require("forward_step", "task 'forward'")
         if "forward" not in self.options.datasets:
             raise ConfigError("task 'forward' needs the config key 'forward': the dataset to run forward_step over")
-        try:
+        if distributed.world_size() > 1:
+            raise ConfigError(
+                f"task 'forward' runs in one process, not {distributed.world_size()}: start it without torchrun "
+                "(each process would run forward_step over the whole dataset and write the same outputs)"
+            )
+        with self._running_task():
             self._init_model_for_task("forward")
             loader = self._init_data_loaders(["forward"], mode="forward")["forward"]
             run_ctx = RunCtx(
@@ -260,8 +265,6 @@ class Engine:
                     self.functions.forward_finish_hook(run_ctx)
             _check_not_empty(num_batches, "forward", None)
             logger.info(f"forward: batches={num_batches} epoch={self.epoch}")
-        finally:
-            self._close_data_loaders()
 
     def initialize_model(self) -> None:
         """Task initialize_model: save a freshly initialized model (with ``import_model_train_epoch1``, ``load`` and
@@ -307,7 +310,9 @@ class Engine:
 
     def build_updater(self, model: torch.nn.Module) -> Updater:
         """Hook: the updater (optimizer, gradient clipping, accumulation, AMP scaler) from the config."""
-        return Updater.from_config(self.config, model, device=self.device, amp_dtype=self.options.amp_dtype)
+        return Updater.from_config(
+            self.config, model, device=self.device, amp_dtype=self.options.amp_dtype, data_parallel=self.data_parallel
+        )
 
     def build_data_loader(self, name: str, dataset: Dataset, *, mode: str) -> BatchLoader:
         """Hook: the loader of one dataset; it lives for the whole task (``iter_epoch(epoch)`` per epoch).
@@ -341,10 +346,11 @@ class Engine:
         self.updater.backward(total)
         return values
 
-    def optimizer_step(self, step_values: torch.Tensor) -> list[float]:
+    def optimizer_step(self, step_values: torch.Tensor | None) -> list[float]:
         """Hook: update the parameters (every ``accum_grad_multiple_step`` steps).
 
-        :param step_values: what :meth:`run_train_step` returned
+        :param step_values: what :meth:`run_train_step` returned; None in a process whose data of the epoch is done
+            while other processes still train (it takes part in their update without gradients of its own)
         :return: ``step_values`` as floats, fetched together with the gradient norm (one device sync per step)
         """
         return self.updater.step(self.global_step, fetch=step_values)
@@ -364,6 +370,7 @@ class Engine:
                 with autocast(self.device, self.options.amp_dtype):
                     self.functions.train_step(model=self._model, data=self._to_device(data), run_ctx=run_ctx)
                 totals.add(run_ctx.losses, loss_values(run_ctx.losses).tolist())
+        self._sum_over_processes(totals)
         _check_not_empty(totals.num_steps, name, self.epoch)
         scores = totals.scores(f"{name}_loss_")
         logger.log(
@@ -374,7 +381,7 @@ class Engine:
     def on_epoch_start(self, epoch: int) -> None:
         """Hook: before the epoch's first step: seed, learning rate, train mode."""
         self.epoch = epoch
-        seed_all(derive_seed(self.options.random_seed, epoch, self.global_step))
+        seed_all(distributed.process_seed(derive_seed(self.options.random_seed, epoch, self.global_step)))
         learning_rate = self.learning_rate_control.get_learning_rate_for_epoch(epoch)
         self.updater.set_epoch_learning_rate(epoch, learning_rate)
         self._model.train()
@@ -423,6 +430,9 @@ class Engine:
         if start.kind in ("fresh", "import"):
             specs = PreloadSpec.list_from_config(self.config)
             apply_preload_from_files(self._model, specs, for_train=True, load=self.load_checkpoint)
+        if self.data_parallel is not None:
+            self.data_parallel.check_same((start.kind, start.epoch, start.step), "where training starts")
+            self.data_parallel.broadcast_module(self._model)
         self.updater = self.build_updater(self._model)
         if start.optimizer_file is not None:
             self.updater.load_state_dict(self.load_checkpoint(start.optimizer_file), source=start.optimizer_file)
@@ -477,6 +487,18 @@ class Engine:
             self._pipeline_options_cache = DataPipelineOptions.from_config(self.config)
         return self._pipeline_options_cache
 
+    @contextlib.contextmanager
+    def _running_task(self) -> Iterator[None]:
+        """Around a task: the process group when torchrun started several processes; the data loaders are closed
+        at the end, also after an error."""
+        with contextlib.ExitStack() as stack:
+            stack.callback(self._close_data_loaders)
+            if distributed.world_size() > 1:
+                started = distributed.DataParallel.started(self.options.distributed, self.device)
+                self.data_parallel = stack.enter_context(started)
+                stack.callback(setattr, self, "data_parallel", None)
+            yield
+
     def _init_data_loaders(self, names: Iterable[str], *, mode: str = "eval") -> dict[str, BatchLoader]:
         for name in names:
             dataset = init_dataset(self.options.datasets[name], default_kwargs={"name": name})
@@ -506,18 +528,35 @@ class Engine:
         )
         totals = LossTotals()
         progress = Progress(self.epoch, _expected_num_seqs(self.datasets["train"], data_loader))
+        batches = data_loader.iter_epoch(self.epoch)
         with using_run_ctx(run_ctx):
-            for data in data_loader.iter_epoch(self.epoch):
+            for data in batches if self.data_parallel is None else self.data_parallel.in_step(batches):
                 run_ctx.init_step(self.global_step)
+                if data is None:  # this process's data is done, others' not: their steps go on with it
+                    self.optimizer_step(None)
+                    self.global_step += 1
+                    continue
                 values = self.optimizer_step(self.run_train_step(self._to_device(data), run_ctx))
                 step_losses = totals.add(run_ctx.losses, values)
                 if self.options.stop_on_nonfinite_train_score:
                     self._check_finite(step_losses, values)
                 self.global_step += 1
                 progress.step(self.global_step, step_losses, data)
+        num_seqs = self._sum_over_processes(totals, progress.num_seqs)
+        if self.data_parallel is not None:
+            self.data_parallel.sync_module(self._model)
         _check_not_empty(totals.num_steps, "train", self.epoch)
-        logger.log(V4, f"epoch={self.epoch} part=train steps={totals.num_steps} seqs={progress.num_seqs}")
+        logger.log(V4, f"epoch={self.epoch} part=train steps={totals.num_steps} seqs={num_seqs}")
         return totals.scores("train_loss_")
+
+    def _sum_over_processes(self, totals: LossTotals, num_seqs: int = 0) -> int:
+        """With several processes, turn ``totals`` into the sums over all of them. Returns the total ``num_seqs``."""
+        if self.data_parallel is None:
+            return num_seqs
+        totals.sums, (totals.num_steps, num_seqs) = self.data_parallel.sum_totals(
+            totals.sums, [totals.num_steps, num_seqs]
+        )
+        return num_seqs
 
     def _check_finite(self, step_losses: dict[str, float], values: list[float]) -> None:
         for i, (name, value) in enumerate(step_losses.items()):
@@ -553,11 +592,12 @@ class Engine:
 
 
 def _expected_num_seqs(dataset: Dataset, data_loader: BatchLoader) -> int | None:
-    """Sequences expected in the coming epoch: as many as in the last one, else the corpus size per partition."""
+    """Sequences expected in this process in the coming epoch: as many as in the last one, else the corpus size per
+    partition and process."""
     if data_loader.last_epoch_stats is not None:
         return data_loader.last_epoch_stats.num_seqs
     try:
-        return -(-dataset.get_total_num_seqs() // max(1, dataset.partition_epoch))
+        return -(-dataset.get_total_num_seqs() // (max(1, dataset.partition_epoch) * distributed.world_size()))
     except (DatasetError, AttributeError, NotImplementedError):
         return dataset.estimated_num_seqs
 

@@ -9,6 +9,12 @@ gradients are summed, not averaged, so the reported losses stay as they are.
 A non-finite gradient norm (only computed with ``gradient_clip_norm``) skips the update; after
 ``gradient_clip_norm_invalid_gradient_threshold`` such steps in a row, training stops. With float16 AMP the gradient
 scaler handles non-finite gradients itself (it skips the update and lowers its scale), so they do not count there.
+
+With several processes (a :class:`~returnn.torch.distributed.DataParallel`), the gradients are averaged over the
+processes first thing in an update step, so that the scaler, the clipping and the optimizer see the same gradients
+in every process and the parameters stay equal; ``gradient_noise`` then draws the same noise in every process.
+Accumulated gradients are each process's own: the optimizer file keeps those of every process, and each process
+gets its own back when training resumes.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import torch
 import returnn
 from returnn.config import Config, declare_options
 from returnn.errors import CheckpointError, ConfigError, TrainingError
+from returnn.torch.distributed import DataParallel
+from returnn.torch.random_state import derive_seed
 from returnn.torch.step_functions import check_accepts_kwargs
 
 logger = logging.getLogger(__name__)
@@ -133,6 +141,8 @@ class Updater:
     :param learning_rate: the initial learning rate
     :param device: the model's device (for the gradient scaler)
     :param amp_dtype: the AMP dtype; float16 gets a gradient scaler
+    :param data_parallel: the process group when training with several processes
+    :param noise_seed: with several processes, ``gradient_noise`` is seeded from it and the step
     """
 
     def __init__(
@@ -149,6 +159,8 @@ class Updater:
         gradient_noise: float | None = None,
         accum_grad_multiple_step: int = 1,
         dynamic_learning_rate: Callable[..., float] | None = None,
+        data_parallel: DataParallel | None = None,
+        noise_seed: int = 0,
     ):
         self.model = model
         self.param_names = [name for name, _ in model.named_parameters()]
@@ -164,10 +176,19 @@ class Updater:
         self.epoch = 0
         self.epoch_learning_rate = learning_rate
         self.num_consecutive_invalid = 0
+        self.data_parallel = data_parallel
+        self.noise_seed = noise_seed
+        self.has_local_gradients = False  # since the last update, in this process
 
     @classmethod
     def from_config(
-        cls, config: Config, model: torch.nn.Module, *, device: str, amp_dtype: torch.dtype | None
+        cls,
+        config: Config,
+        model: torch.nn.Module,
+        *,
+        device: str,
+        amp_dtype: torch.dtype | None,
+        data_parallel: DataParallel | None = None,
     ) -> Updater:
         options = config.typed_value("optimizer")
         if options is None:
@@ -201,6 +222,8 @@ class Updater:
             gradient_noise=_positive_or_none(config, "gradient_noise"),
             accum_grad_multiple_step=accum,
             dynamic_learning_rate=dynamic_learning_rate,
+            data_parallel=data_parallel,
+            noise_seed=config.int("random_seed"),
         )
 
     # ---------------------------------------------------------------- learning rate
@@ -225,6 +248,7 @@ class Updater:
     def backward(self, loss: torch.Tensor) -> None:
         """Add this step's gradients (scaled with float16 AMP)."""
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+        self.has_local_gradients = True
 
     def is_update_step(self, global_step: int) -> bool:
         """Whether the step with this index (0-based, over the whole run) applies the accumulated gradients."""
@@ -247,7 +271,9 @@ class Updater:
                 global_train_step=global_step, epoch=self.epoch, learning_rate=self.epoch_learning_rate
             )
             self._set_learning_rate(float(learning_rate))
-        grad_norm = self._prepare_gradients()
+        if self.data_parallel is not None:
+            self.data_parallel.reduce_gradients(self.params, contributed=self.has_local_gradients)
+        grad_norm = self._prepare_gradients(global_step)
         values = fetch.float() if fetch is not None else torch.zeros(0)
         if grad_norm is None:
             fetched = values.tolist()
@@ -257,21 +283,36 @@ class Updater:
             norm = fetched.pop()
             norm_is_finite = norm - norm == 0  # False for nan and inf
         self._apply_gradients(global_step, norm_is_finite)
+        if self.data_parallel is not None:
+            self.data_parallel.after_update(self.params, num_updates=(global_step + 1) // self.accum_grad_multiple_step)
         return fetched
 
-    def _prepare_gradients(self) -> torch.Tensor | None:
+    def _prepare_gradients(self, global_step: int) -> torch.Tensor | None:
         """Unscale, add noise, clip. Returns the global gradient norm (before clipping) when norm clipping is on."""
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]
         if self.gradient_noise is not None:
+            generators: dict[torch.device, torch.Generator] = {}
             for grad in grads:
-                grad.add_(torch.randn_like(grad) * self.gradient_noise)
+                grad.add_(self._noise_like(grad, global_step, generators) * self.gradient_noise)
         if self.gradient_clip is not None:
             torch.nn.utils.clip_grad_value_(self.params, self.gradient_clip)
         if self.gradient_clip_norm is not None:
             return torch.nn.utils.clip_grad_norm_(self.params, self.gradient_clip_norm)
         return None
+
+    def _noise_like(
+        self, grad: torch.Tensor, global_step: int, generators: dict[torch.device, torch.Generator]
+    ) -> torch.Tensor:
+        if self.data_parallel is None:
+            return torch.randn_like(grad)
+        # Each process draws from its own random state; the noise must be the same everywhere (the gradients are).
+        if grad.device not in generators:
+            generator = torch.Generator(device=grad.device)
+            generator.manual_seed(derive_seed(self.noise_seed, self.epoch, global_step))
+            generators[grad.device] = generator
+        return torch.randn(grad.shape, generator=generators[grad.device], device=grad.device, dtype=grad.dtype)
 
     def _apply_gradients(self, global_step: int, norm_is_finite: bool) -> None:
         if self.grad_scaler is not None:
@@ -294,13 +335,16 @@ class Updater:
                     "or raise gradient_clip_norm_invalid_gradient_threshold"
                 )
         self.optimizer.zero_grad(set_to_none=True)
+        self.has_local_gradients = False
 
     # ---------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer file's content (plain types). Includes gradients accumulated but not applied yet."""
+        """The optimizer file's content (plain types). Includes gradients accumulated but not applied yet; with
+        several processes, those of every process (``pending_grads_by_rank``, on rank 0, which writes the file), so
+        every process must call this."""
         pending = {name: p.grad for name, p in zip(self.param_names, self.params) if p.grad is not None}
-        return {
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "optimizer_class_name": type(self.optimizer).__name__,
             "param_names": list(self.param_names),
@@ -309,6 +353,10 @@ class Updater:
             "num_consecutive_invalid": self.num_consecutive_invalid,
             "returnn_version": returnn.__version__,
         }
+        if self.data_parallel is not None:
+            own = {name: grad.cpu() for name, grad in pending.items()} or None
+            state["pending_grads_by_rank"] = self.data_parallel.gather_to_main(own)
+        return state
 
     def load_state_dict(self, state: dict[str, Any], *, source: str) -> None:
         """Restore :meth:`state_dict` (also accepts a bare ``optimizer.state_dict()``, as older trainers saved).
@@ -330,7 +378,24 @@ class Updater:
             raise CheckpointError(f"{source}: cannot load the optimizer state: {exc}") from None
         if self.grad_scaler is not None and state.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
+        pending_grads = self._own_pending_grads(state, source=source) or {}
         for name, param in zip(self.param_names, self.params):
-            pending = (state.get("pending_grads") or {}).get(name)
+            pending = pending_grads.get(name)
             param.grad = pending.to(param.device) if pending is not None else None
+        self.has_local_gradients = bool(pending_grads)
         self.num_consecutive_invalid = int(state.get("num_consecutive_invalid", 0))
+
+    def _own_pending_grads(self, state: dict[str, Any], *, source: str) -> dict[str, torch.Tensor] | None:
+        """The accumulated gradients that this process continues with."""
+        process, processes = (
+            (0, 1) if self.data_parallel is None else (self.data_parallel.rank, self.data_parallel.world_size)
+        )
+        by_rank = state.get("pending_grads_by_rank")
+        if by_rank is None:  # saved by a single process: one process continues with them, else they would add up
+            return state.get("pending_grads") if process == 0 else None
+        if process == 0 and any(by_rank[processes:]):
+            logger.warning(
+                f"{source}: gradients accumulated by {len(by_rank)} processes, training goes on with {processes}; "
+                f"those of ranks {processes}..{len(by_rank) - 1} are dropped"
+            )
+        return by_rank[process] if process < len(by_rank) else None
