@@ -12,6 +12,9 @@ Training (task train) starts from, in this order:
 
 Other tasks (eval, forward) load ``load``, else ``<model>.<load_epoch>.pt``, else the newest ``<model>.<epoch>.pt``;
 without any of these they stop with an error unless ``allow_random_model_init`` is set.
+
+With several processes (torchrun), every process finds and loads its start point itself, from the same files; the
+engine then checks that all found the same one and gives them rank 0's parameters.
 """
 
 from __future__ import annotations

@@ -20,10 +20,14 @@ import torch
 
 from returnn.config import Config
 from returnn.errors import CheckpointError, ConfigError
+from returnn.learning_rate_control import load_learning_rate_file
 from returnn.log import log
 from returnn.torch import distributed
 from returnn.torch.distributed import DataParallel, DistributedOptions
+from returnn.torch.engine import Engine
 from returnn.torch.updater import Updater
+
+GROUP_OPTIONS = DistributedOptions(timeout_sec=30)
 
 
 def _free_port() -> int:
@@ -32,12 +36,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _child(func: Callable[[DataParallel], Any], rank: int, env: dict[str, str], options, queue) -> None:
+def _child(func: Callable[..., Any], rank: int, env: dict[str, str], options, queue) -> None:
     torch.set_num_threads(1)  # the forked OpenMP pool of the parent is not usable
     os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank))
     try:
-        with DataParallel.started(options, "cpu") as data_parallel:
-            result = ("ok", func(data_parallel))
+        if options is None:  # the function starts the process group itself
+            result = ("ok", func())
+        else:
+            with DataParallel.started(options, "cpu") as data_parallel:
+                result = ("ok", func(data_parallel))
     except BaseException as exc:  # noqa: B036 - everything goes back to the test
         result = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
     queue.put((rank, result))
@@ -46,12 +53,12 @@ def _child(func: Callable[[DataParallel], Any], rank: int, env: dict[str, str], 
     os._exit(0)
 
 
-def run_in_processes(func: Callable[[DataParallel], Any], *, options: DistributedOptions | None = None) -> list[Any]:
-    """``func(data_parallel)`` in two forked processes of one gloo process group; their results by rank."""
+def run_in_processes(func: Callable[..., Any], *, options: DistributedOptions | None = GROUP_OPTIONS) -> list[Any]:
+    """``func(data_parallel)`` in two forked processes of one gloo process group; their results by rank.
+    With ``options=None``: ``func()`` in two forked processes with torchrun's environment (it starts the group)."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    options = options or DistributedOptions(timeout_sec=30)
     processes = [context.Process(target=_child, args=(func, rank, env, options, queue)) for rank in range(2)]
     for process in processes:
         process.start()
@@ -293,3 +300,14 @@ def test_other_ranks_log_only_warnings_with_their_rank(tmp_path):
         "rank 1: warning line",
         "warning line",
     ]
+
+
+def test_task_eval_in_two_processes_scores_the_whole_dataset(make_config, tmp_path, optimizer_ready):
+    Engine(make_config(num_epochs=1)).train()
+    single = load_learning_rate_file(str(tmp_path / "learning_rates"))[1].error["dev_loss_ce"]
+    (tmp_path / "learning_rates").unlink()
+    run_in_processes(lambda: Engine(make_config(num_epochs=1)).eval(), options=None)
+    # each process evaluated its half of the dev data; the score is over both halves
+    assert load_learning_rate_file(str(tmp_path / "learning_rates"))[1].error == {
+        "dev_loss_ce": pytest.approx(single, rel=1e-6)
+    }
