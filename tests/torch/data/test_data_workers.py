@@ -43,8 +43,11 @@ def _worker_pids() -> set[int]:
     """Spawned child processes of this process (DataLoader workers; not multiprocessing's resource tracker)."""
     pids = set()
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as file:
-            pids.update(int(pid) for pid in file.read().split())
+        try:
+            with open(f"/proc/self/task/{task}/children") as file:
+                pids.update(int(pid) for pid in file.read().split())
+        except FileNotFoundError:  # the thread ended since the listing (e.g. a DataLoader's pin or feeder thread)
+            continue
     return {pid for pid in pids if "spawn_main" in _cmdline(pid)}
 
 
