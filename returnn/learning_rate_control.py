@@ -6,7 +6,8 @@ The file format is in :mod:`returnn.learning_rate_file`. Which learning rate an 
 2. Else ``learning_rates`` (a list for epochs 1, 2, ... or a dict ``{epoch: lr}``) if it names the epoch.
 3. Else the control rule of ``learning_rate_control``, starting from the previous epoch's rate: ``constant`` keeps
    it; the newbob variants multiply it by ``learning_rate_decay`` when the score of the previous epoch did not improve
-   enough. The result is never below ``min_learning_rate``.
+   enough, and else by ``learning_rate_growth`` (1.0 by default, so the rate stays). The result is never below
+   ``min_learning_rate``.
 """
 
 from __future__ import annotations
@@ -235,18 +236,25 @@ class LearningRateControl:
         return min(scores)
 
     def get_epoch_error_value(self, epoch: int, key: str | None = None) -> float | None:
+        """The watched score of an epoch (or the score ``key``); None if the epoch lacks it."""
         key = key or self.get_error_key(epoch)
         if key is None or epoch not in self.epoch_data:
             return None
         return self.epoch_data[epoch].scores.get(key)
 
-    def calc_relative_error(self, old_epoch: int, new_epoch: int) -> float | None:
-        """(new - old) / |new| (or / |old|) of the watched score; None if a score is missing."""
+    def error_pair(self, old_epoch: int, new_epoch: int) -> tuple[float, float] | None:
+        """The watched score (the key of ``new_epoch``) of both epochs; None if one of them lacks it."""
         key = self.get_error_key(new_epoch)
         old_error = self.get_epoch_error_value(old_epoch, key)
         new_error = self.get_epoch_error_value(new_epoch, key)
-        if old_error is None or new_error is None:
+        return None if old_error is None or new_error is None else (old_error, new_error)
+
+    def calc_relative_error(self, old_epoch: int, new_epoch: int) -> float | None:
+        """(new - old) / |new| (or / |old|) of the watched score; None if a score is missing."""
+        errors = self.error_pair(old_epoch, new_epoch)
+        if errors is None:
             return None
+        old_error, new_error = errors
         denominator = abs(old_error) if self.relative_error_div_by_old else abs(new_error)
         if denominator == 0:
             return None
@@ -276,22 +284,25 @@ class ConstantLearningRate(LearningRateControl):
 
 
 class _NewbobLastTwoEpochs(LearningRateControl):
-    """Decay when the change of the watched score between the last two epochs is above ``threshold``."""
+    """Decay when the change of the watched score between the last two epochs is above ``threshold``, else grow
+    (by ``learning_rate_growth``, which is 1.0 unless configured)."""
 
     def __init__(self, *, threshold: float, **kwargs: Any):
         super().__init__(**kwargs)
         self.threshold = threshold
 
     def error_change(self, old_epoch: int, new_epoch: int) -> float | None:
+        """How much the watched score got worse from ``old_epoch`` to ``new_epoch``; None if unknown."""
         raise NotImplementedError
 
     def calc_learning_rate_for_epoch(self, epoch: int) -> float:
         last_epoch, learning_rate = self.last_learning_rate_before(epoch)
         before = self.previous_epochs(last_epoch, 1) if last_epoch is not None else []
         change = self.error_change(before[0], last_epoch) if before else None
-        if change is not None and change > self.threshold:
-            learning_rate = _change_learning_rate(learning_rate, self.learning_rate_decay)
-        return learning_rate
+        if change is None:
+            return learning_rate
+        change_by = self.learning_rate_decay if change > self.threshold else self.learning_rate_growth
+        return _change_learning_rate(learning_rate, change_by)
 
 
 class NewbobRelative(_NewbobLastTwoEpochs):
@@ -315,10 +326,8 @@ class NewbobAbs(_NewbobLastTwoEpochs):
         super().__init__(threshold=error_threshold, **kwargs)
 
     def error_change(self, old_epoch: int, new_epoch: int) -> float | None:
-        key = self.get_error_key(new_epoch)
-        old_error = self.get_epoch_error_value(old_epoch, key)
-        new_error = self.get_epoch_error_value(new_epoch, key)
-        return None if old_error is None or new_error is None else new_error - old_error
+        errors = self.error_pair(old_epoch, new_epoch)
+        return None if errors is None else errors[1] - errors[0]
 
 
 class NewbobMultiEpoch(LearningRateControl):
@@ -339,6 +348,11 @@ class NewbobMultiEpoch(LearningRateControl):
         super().__init__(**kwargs)
         if num_epochs < 1:
             raise ConfigError(f"config key 'newbob_multi_num_epochs': expected an int >= 1, got {num_epochs!r}")
+        if update_interval is not None and update_interval < 1:
+            raise ConfigError(
+                f"config key 'newbob_multi_update_interval': expected an int >= 1, got {update_interval!r}; "
+                "leave it unset to update every newbob_multi_num_epochs epochs"
+            )
         self.num_epochs = num_epochs
         self.update_interval = update_interval or num_epochs
         self.relative_error_threshold = relative_error_threshold

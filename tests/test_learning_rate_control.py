@@ -104,6 +104,13 @@ def test_newbob_abs():
     assert _with_scores(control, [10.0, 9.0, 8.8]) == [1.0, 1.0, 1.0, 0.5]
 
 
+@pytest.mark.parametrize("cls", [NewbobRelative, NewbobAbs])
+def test_newbob_grows_when_the_score_improved_enough(cls):
+    control = cls(default_learning_rate=1.0, learning_rate_decay=0.5, learning_rate_growth=1.5)
+    # 10 -> 5: improved (grow); 5 -> 5: not enough (decay); 5 -> 2: improved (grow)
+    assert _with_scores(control, [10.0, 5.0, 5.0, 2.0]) == [1.0, 1.0, 1.5, 0.75, 1.125]
+
+
 def test_newbob_multi_epoch():
     control = NewbobMultiEpoch(
         default_learning_rate=1.0,
@@ -163,6 +170,10 @@ def test_from_config():
         ({"learning_rates": 0.1}, r"'learning_rates': expected a list"),
         ({"learning_rate_decay": "x"}, r"'learning_rate_decay': expected a number or a function"),
         ({"learning_rate_control_error_measure": 3}, r"expected a score key or a list"),
+        (
+            {"learning_rate_control": "newbob_multi_epoch", "newbob_multi_update_interval": -2},
+            r"'newbob_multi_update_interval': expected an int >= 1, got -2; leave it unset",
+        ),
     ],
 )
 def test_from_config_bad_input(items, match):
