@@ -218,10 +218,11 @@ class Config:
         return args
 
     def parse_cmd_args(self, args: Sequence[str]) -> list[str]:
-        """Parse ``[--config FILE] [++key value ...]``. Returns the config files given with ``--config``.
+        """Parse ``[--config FILE] [++include FILE[,FILE]] [++key value ...]``.
 
-        Overrides are applied now (so config files see them while they execute) and again after each file is
-        loaded (so they win over the files' own values).
+        Returns the files of ``--config`` and ``++include``, in command-line order, for the caller to load after the
+        config files given first (so that their values win, as in RETURNN). Overrides are applied now (so config
+        files see them while they execute) and again after each file is loaded (so they win over every file).
         """
         files: list[str] = []
         i = 0
@@ -243,8 +244,7 @@ class Config:
                 if value.startswith("+-"):
                     value = value[1:]
                 if key == "include":
-                    for filename in value.split(","):
-                        self.load_file(filename)
+                    files += value.split(",")
                 else:
                     self._overrides.append((key, value))
                 i += 2

@@ -214,11 +214,13 @@ def test_override_bad_argument(tmp_path):
 
 
 def test_include_and_config_option(tmp_path):
-    base = write(tmp_path / "base.config", "#!rnn.py\na = 1\nb = 1\n")
+    """Files of --config and ++include load after the ones given first, in command-line order: later ones win."""
+    base = write(tmp_path / "base.config", "#!rnn.py\na = 1\nb = 1\nd = 1\ne = 1\n")
     extra = write(tmp_path / "extra.config", "#!rnn.py\nb = 2\nc = 3\n")
-    more = write(tmp_path / "more.config", "#!rnn.py\nd = 4\n")
-    config = load_config([base, "--config", extra, "++include", more])
-    assert [config.int(k) for k in "abcd"] == [1, 2, 3, 4]
+    more = write(tmp_path / "more.config", "#!rnn.py\nd = 4\ne = 4\n")
+    config = load_config([base, "--config", extra, "++include", more, "++e", "5"])
+    assert [config.int(k) for k in "abcde"] == [1, 2, 3, 4, 5]
+    assert config.files == [base, extra, more]
 
 
 def test_no_config_file():
