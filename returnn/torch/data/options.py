@@ -377,6 +377,8 @@ def _returnn_chunking(value: Any, min_chunk_size: Any, problems: list[str]) -> C
             return None
         value = numbers if len(numbers) == 2 else numbers[0]
     size, step = value if isinstance(value, (tuple, list)) and len(value) == 2 else (value, None)
+    if _is_int(step) and step == 0:
+        step = None  # RETURNN reads a step of 0 as "step = size"
     if isinstance(size, Mapping):
         steps = step if step is not None else size
         mins = min_chunk_size if isinstance(min_chunk_size, Mapping) else {}

@@ -96,6 +96,8 @@ def test_command_line_strings_are_read_as_literals():
         (100, None, ChunkingSpec(all_keys=ChunkStream(100, 100))),
         ("100:50", 10, ChunkingSpec(all_keys=ChunkStream(100, 50, 10))),
         ((100, 50), None, ChunkingSpec(all_keys=ChunkStream(100, 50))),
+        ((100, 0), None, ChunkingSpec(all_keys=ChunkStream(100, 100))),
+        ("100:0", None, ChunkingSpec(all_keys=ChunkStream(100, 100))),
         (
             ({"data": 100, "classes": 25}, {"data": 50, "classes": 12}),
             {"data": 20},
