@@ -105,7 +105,8 @@ def run_task(config: Config) -> int:
     """Run the config's task (config key ``task``)."""
     task = config.value("task")
     if task == "nop" or task.startswith(("config:", "optional-config:")):
-        _load_option_declarations()
+        import returnn.torch.engine  # noqa: F401  (imports every module that declares options: the known keys)
+
         config.check_unknown_keys()
         if task == "nop":
             logger.info("task=nop: nothing to do")
@@ -116,8 +117,7 @@ def run_task(config: Config) -> int:
             f"task {task!r} is not supported: write a forward_step (with forward_init_hook / forward_finish_hook) "
             "that computes and writes what you need, and run task 'forward'"
         )
-    method_name = _ENGINE_TASKS.get(task)
-    if method_name is None:
+    if task not in _ENGINE_TASKS:
         choices = ", ".join(TASK_HELP)
         raise ConfigError(f"config key 'task': unknown task {task!r}; choose one of: {choices}")
     engine_class = get_engine_class(config)
@@ -127,28 +127,18 @@ def run_task(config: Config) -> int:
     config.check_unknown_keys()
     engine = engine_class(config)
     start = time.monotonic()
-    getattr(engine, method_name)()
+    getattr(engine, task)()
     logger.info(f"task={task} finished time={time.monotonic() - start:.1f}s")
     return 0
 
 
-_ENGINE_TASKS = {
-    "train": "train",
-    "eval": "eval",
-    "forward": "forward",
-    "initialize_model": "initialize_model",
-    "cleanup_old_models": "cleanup_old_models",
-}
+_ENGINE_TASKS = ("train", "eval", "forward", "initialize_model", "cleanup_old_models")  # each an Engine method
 
 
 def get_engine_class(config: Config) -> type[Engine]:
     """The config's ``CustomEngine`` if it defines one (a subclass of Engine), else :class:`Engine`."""
-    try:
-        from returnn.torch.engine import Engine
-    except ModuleNotFoundError as exc:
-        if exc.name != "returnn.torch.engine":
-            raise
-        raise ConfigError("the torch engine is not available in this installation") from exc
+    from returnn.torch.engine import Engine  # imported here, so that --help and --version need no torch import
+
     custom = config.typed_value("CustomEngine", None)
     if custom is None:
         return Engine
@@ -158,15 +148,6 @@ def get_engine_class(config: Config) -> type[Engine]:
             "write 'class CustomEngine(Engine): ...' with 'from returnn.torch.engine import Engine'"
         )
     return custom
-
-
-def _load_option_declarations() -> None:
-    """Import the engine, which imports every module that declares config options (for the unknown-key check)."""
-    try:
-        import returnn.torch.engine  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name != "returnn.torch.engine":
-            raise
 
 
 def _run_config_function(config: Config, task: str) -> int:

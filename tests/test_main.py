@@ -35,6 +35,12 @@ def test_help_lists_usage_and_tasks(capsys):
         assert f"  {task}" in out
 
 
+def test_version(capsys):
+    import returnn
+
+    assert run_main(capsys, "--version") == (0, f"returnn {returnn.__version__}\n", "")
+
+
 def test_no_arguments_prints_usage_and_fails(capsys):
     code, out, _ = run_main(capsys)
     assert code == 2
