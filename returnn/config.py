@@ -4,16 +4,14 @@ A config file is plain Python. It runs with the globals ``config`` (the :class:`
 ``__name__ = "__returnn_config__"``; every global it leaves behind becomes a config key. Getters record which keys
 were read, so that keys set by the user and never read (typos such as ``bach_size``) can be reported after start-up.
 
-Options are declared next to the code that reads them with :func:`declare_options`. The declarations give each
-option its default and its documentation, they are the set of known keys for "did you mean" suggestions, and the
-README's config reference is generated from them.
+Options are declared next to the code that reads them with :func:`declare_options` (see
+:mod:`returnn.config_options`): the declarations give each option its default and its documentation, and they are
+the set of known keys for "did you mean" suggestions.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
-import difflib
 import logging
 import os
 import sys
@@ -21,6 +19,14 @@ import types
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from returnn.config_options import (
+    PIPELINE_INJECTED_KEYS,
+    ConfigOption,
+    closest_known_key,
+    declare_options,
+    declared_option,
+    declared_options,
+)
 from returnn.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -31,45 +37,9 @@ __all__ = [
     "declare_options",
     "declared_options",
     "get_global_config",
+    "load_config",
     "set_global_config",
 ]
-
-
-# --------------------------------------------------------------------------------------------------
-# Option declarations
-
-
-@dataclasses.dataclass(frozen=True)
-class ConfigOption:
-    """A config key that the project reads, with its default and meaning."""
-
-    name: str
-    default: Any
-    doc: str
-    section: str
-
-
-_declared_options: dict[str, ConfigOption] = {}
-
-
-def declare_options(section: str, options: dict[str, tuple[Any, str]]) -> None:
-    """Declare the config keys that a module reads.
-
-    :param section: heading in the config reference, e.g. ``"Training loop"``
-    :param options: ``{name: (default, doc)}``
-    """
-    for name, (default, doc) in options.items():
-        existing = _declared_options.get(name)
-        option = ConfigOption(name=name, default=default, doc=doc, section=section)
-        if existing is not None and existing != option:
-            raise RuntimeError(f"config option {name!r} declared twice ({existing.section!r} and {section!r})")
-        _declared_options[name] = option
-
-
-def declared_options() -> dict[str, ConfigOption]:
-    """All options declared so far (by the modules imported so far)."""
-    return dict(_declared_options)
-
 
 declare_options(
     "General",
@@ -84,37 +54,6 @@ declare_options(
             'the rest warnings), "warn" (only warnings) or "ignore".',
         ),
     },
-)
-
-# Keys that pipelines (Sisyphus/i6_core jobs) write into every config, and which this trainer does not use.
-PIPELINE_INJECTED_KEYS = frozenset(
-    {
-        "target",
-        "use_horovod",
-        "horovod_reduce_type",
-        "horovod_param_sync_step",
-        "horovod_dataset_distribution",
-        "tf_log_dir",
-        "tf_session_opts",
-        "backend",
-        "behavior_version",
-        "ext_model",
-        "ext_learning_rate_file",
-        "ext_load_epoch",
-        "forward_override_hdf_output",
-        "output_file",
-        "search_output_file",
-        "search_output_file_format",
-        "search_output_layer",
-        "search_data",
-        "extern_data",
-        "model_outputs",
-        "network",
-        "use_tensorflow",
-        "debug_print_layer_output_template",
-        "debug_mode",
-        "config",
-    }
 )
 
 _UNSET = object()
@@ -199,6 +138,7 @@ class Config:
             where = f"{filename}:{line}" if line else filename
             raise ConfigError(f"error while executing config file {where}: {type(exc).__name__}: {exc}") from exc
         finally:
+            # Without another global config this one stays global: its functions may call get_global_config() later.
             if previous_global is not None:
                 set_global_config(previous_global)
         # `config = {}` / `config = json.loads(...)` in i6_core files rebinds the name; keep it as a plain key then.
@@ -295,7 +235,7 @@ class Config:
         if key in self.dict:
             return self.dict[key]
         if default is _UNSET:
-            option = _declared_options.get(key)
+            option = declared_option(key)
             return option.default if option is not None else None
         return default
 
@@ -448,21 +388,21 @@ class Config:
         """Report keys that were set but never read (call after start-up, when everything read its options).
 
         With ``config_unknown_keys = "error"`` (the default), a key that is a near miss of a known key is an error
-        ("did you mean ..."), any other unread key a warning.
+        ("did you mean ..."), any other unread key a warning. Declared keys that are still unread are not reported:
+        the code that needs them reads them later.
         """
         mode = self.value("config_unknown_keys")
         if mode not in ("error", "warn", "ignore"):
             raise ConfigError(f"config key 'config_unknown_keys': expected 'error', 'warn' or 'ignore', got {mode!r}")
         if mode == "ignore":
             return
-        known = set(_declared_options) | self._read_keys
         typos: list[str] = []
         for key in self.unread_user_keys():
-            if key in _declared_options:
-                continue  # read later, when the code that needs it runs
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+            if declared_option(key) is not None:
+                continue
+            close = closest_known_key(key, self._read_keys)
             if close:
-                typos.append(f"{key!r} (did you mean {close[0]!r}?)")
+                typos.append(f"{key!r} (did you mean {close!r}?)")
             else:
                 logger.warning(f"config key {key!r} is set but not used by anything")
         if typos:

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from returnn import config as config_module
+from returnn import config_options
 from returnn.config import (
     Config,
     declare_options,
@@ -25,9 +25,9 @@ from returnn.errors import ConfigError
 def _forget_test_options():
     """Options that tests declare must not leak into the reference of the real ones."""
     yield
-    for name in list(config_module._declared_options):
+    for name in list(config_options._declared_options):
         if name.startswith("test_"):
-            del config_module._declared_options[name]
+            del config_options._declared_options[name]
 
 
 def write(path, text: str) -> str:

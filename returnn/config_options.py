@@ -1,0 +1,91 @@
+"""Which config keys exist: the options that modules declare, and the keys that are known without a declaration.
+
+Each module declares the keys it reads with :func:`declare_options`, next to the code that reads them. The
+declarations give each option its default and its documentation; they are the known keys of the unknown-key report
+of :class:`returnn.config.Config` ("did you mean ...?"), and the README's config reference is generated from them
+(``python -m returnn.tools.config_reference``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["PIPELINE_INJECTED_KEYS", "ConfigOption", "closest_known_key", "declare_options", "declared_options"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigOption:
+    """A config key that the project reads, with its default and meaning."""
+
+    name: str
+    default: Any
+    doc: str
+    section: str
+
+
+_declared_options: dict[str, ConfigOption] = {}  # the registry: filled when the declaring modules are imported
+
+
+def declare_options(section: str, options: dict[str, tuple[Any, str]]) -> None:
+    """Declare the config keys that a module reads.
+
+    :param section: heading in the config reference, e.g. ``"Training loop"``
+    :param options: ``{name: (default, doc)}``
+    """
+    for name, (default, doc) in options.items():
+        existing = _declared_options.get(name)
+        option = ConfigOption(name=name, default=default, doc=doc, section=section)
+        if existing is not None and existing != option:
+            raise RuntimeError(f"config option {name!r} declared twice ({existing.section!r} and {section!r})")
+        _declared_options[name] = option
+
+
+def declared_options() -> dict[str, ConfigOption]:
+    """All options declared so far (by the modules imported so far)."""
+    return dict(_declared_options)
+
+
+def declared_option(name: str) -> ConfigOption | None:
+    """The declaration of one option, or None."""
+    return _declared_options.get(name)
+
+
+def closest_known_key(key: str, read_keys: Iterable[str]) -> str | None:
+    """The declared or read key that ``key`` is a near miss of (a typo such as ``bach_size``), or None."""
+    close = difflib.get_close_matches(key, set(_declared_options).union(read_keys), n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+# Keys that pipelines (Sisyphus/i6_core jobs) write into every config, and which this trainer does not use.
+PIPELINE_INJECTED_KEYS = frozenset(
+    {
+        "target",
+        "use_horovod",
+        "horovod_reduce_type",
+        "horovod_param_sync_step",
+        "horovod_dataset_distribution",
+        "tf_log_dir",
+        "tf_session_opts",
+        "backend",
+        "behavior_version",
+        "ext_model",
+        "ext_learning_rate_file",
+        "ext_load_epoch",
+        "forward_override_hdf_output",
+        "output_file",
+        "search_output_file",
+        "search_output_file_format",
+        "search_output_layer",
+        "search_data",
+        "extern_data",
+        "model_outputs",
+        "network",
+        "use_tensorflow",
+        "debug_print_layer_output_template",
+        "debug_mode",
+        "config",
+    }
+)
