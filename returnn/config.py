@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import ast
 import logging
+import numbers
 import os
 import sys
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from returnn.config_options import (
@@ -244,6 +245,7 @@ class Config:
         return self._raw(key, default)
 
     def opt_typed_value(self, key: str, default: Any = _UNSET) -> Any:
+        """The same as :meth:`typed_value` (RETURNN's name)."""
         return self.typed_value(key, default)
 
     def value(self, key: str, default: Any = _UNSET, index: int | None = None, list_join_str: str = ",") -> Any:
@@ -258,42 +260,34 @@ class Config:
         return str(value)
 
     def int(self, key: str, default: Any = _UNSET) -> int | None:
-        value = self._raw(key, default)
-        if value is None or isinstance(value, bool):
-            if isinstance(value, bool):
-                raise ConfigError(f"config key {key!r}: expected an int, got {value!r}")
-            return None
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key!r}: expected an int, got {value!r}")
-
-    def float(self, key: str, default: Any = _UNSET) -> float | None:
+        """An int (also from an integral float or a decimal string); None if unset."""
         value = self._raw(key, default)
         if value is None:
             return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+        try:
+            return _to_int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r}: expected an int, got {value!r}") from None
+
+    def float(self, key: str, default: Any = _UNSET) -> float | None:
+        """A float (also from an int or a string such as ``"1e-3"`` or ``"inf"``); None if unset."""
+        value = self._raw(key, default)
+        if value is None:
+            return None
+        try:
+            return _to_float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}") from None
 
     def bool(self, key: str, default: Any = _UNSET) -> bool | None:
+        """A bool (also from an int or a string such as ``"true"``, ``"off"``); None if unset."""
         value = self._raw(key, default)
         if value is None:
             return None
         return _parse_bool(key, value)
 
     def is_true(self, key: str, default: bool = False) -> bool:
+        """Whether the value is true (Python truth, or a string that reads as true)."""
         value = self._raw(key, default)
         return bool(value) if not isinstance(value, str) else _parse_bool(key, value)
 
@@ -308,6 +302,7 @@ class Config:
         return value
 
     def list(self, key: str, default: Any = _UNSET) -> list[Any]:
+        """A list: lists and tuples as they are, a string split at commas, another value as its only item."""
         value = self._raw(key, default)
         if value is None:
             return []
@@ -318,27 +313,28 @@ class Config:
         return [value]
 
     def int_list(self, key: str, default: Any = _UNSET) -> list[int]:
+        """A list (see :meth:`list`) of ints."""
         items = self.list(key, default)
         try:
-            return [int(item) if not isinstance(item, bool) else _bad_int(item) for item in items]
+            return [_to_int(item) for item in items]
         except (TypeError, ValueError):
             raise ConfigError(f"config key {key!r}: expected a list of ints, got {self._raw(key, default)!r}") from None
 
     def float_list(self, key: str, default: Any = _UNSET) -> list[float]:
+        """A list (see :meth:`list`) of floats."""
         items = self.list(key, default)
         try:
-            return [float(item) for item in items]
+            return [_to_float(item) for item in items]
         except (TypeError, ValueError):
             raise ConfigError(
                 f"config key {key!r}: expected a list of numbers, got {self._raw(key, default)!r}"
             ) from None
 
     def int_pair(self, key: str, default: Any = _UNSET) -> tuple[int, int] | None:
+        """Two ints, from an int (used twice) or a list of one or two ints; None if unset."""
         value = self._raw(key, default)
         if value is None:
             return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value, value
         items = self.int_list(key, default)
         if len(items) == 1:
             return items[0], items[0]
@@ -347,29 +343,28 @@ class Config:
         return items[0], items[1]
 
     def is_of_type(self, key: str, types_: type | tuple[type, ...]) -> bool:
+        """Whether the key holds a Python value of these types (does not count as reading it)."""
         return isinstance(self.typed_dict.get(key), types_)
 
     def get_of_type(self, key: str, types_: type | tuple[type, ...], default: Any = None) -> Any:
-        value = self._raw(key, default)
-        if value is None or value is default:
-            return value
-        if not isinstance(value, types_):
-            names = " or ".join(t.__name__ for t in (types_ if isinstance(types_, tuple) else (types_,)))
-            raise ConfigError(f"config key {key!r}: expected {names}, got {type(value).__name__} {value!r}")
-        return value
+        """The value if it has one of these types, ``default`` if unset; anything else is an error."""
+        names = " or ".join(t.__name__ for t in (types_ if isinstance(types_, tuple) else (types_,)))
+        return self._checked(key, default, lambda value: isinstance(value, types_), names)
 
     def callable(self, key: str, default: Any = None) -> Any:
         """A callable from the config (functions, classes, partials), or ``default``; anything else is an error."""
+        return self._checked(key, default, callable, "a function")
+
+    def _checked(self, key: str, default: Any, is_valid: Callable[[Any], bool], expected: str) -> Any:
         value = self._raw(key, default)
-        if value is None or value is default:
+        if value is None or value is default or is_valid(value):
             return value
-        if not callable(value):
-            raise ConfigError(f"config key {key!r}: expected a function, got {type(value).__name__} {value!r}")
-        return value
+        raise ConfigError(f"config key {key!r}: expected {expected}, got {type(value).__name__} {value!r}")
 
     # ---------------------------------------------------------------- unknown keys
 
     def read_keys(self) -> set[str]:
+        """The keys read so far (by any getter, also when unset)."""
         return set(self._read_keys)
 
     def unread_user_keys(self) -> list[str]:
@@ -412,7 +407,25 @@ class Config:
             logger.warning(message)
 
 
-def _bad_int(value: Any) -> int:
+def _to_int(value: Any) -> int:
+    """An int from an integer (also numpy's), an integral float or a decimal string; TypeError/ValueError else."""
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, str):
+        return int(value.strip())
+    if isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer()):
+        return int(value)
+    raise TypeError(value)
+
+
+def _to_float(value: Any) -> float:
+    """A float from a number (not a bool) or a numeric string; TypeError/ValueError else."""
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, str):
+        return float(value.strip())
+    if isinstance(value, numbers.Real):
+        return float(value)
     raise TypeError(value)
 
 

@@ -7,6 +7,7 @@ import logging
 import pickle
 import textwrap
 
+import numpy as np
 import pytest
 
 from returnn import config_options
@@ -263,6 +264,11 @@ def test_int(config):
         config.int("s")
     with pytest.raises(ConfigError, match=r"config key 'b': expected an int, got True"):
         config.int("b")
+    with pytest.raises(ConfigError, match=r"config key 'f': expected an int, got 0.5"):
+        config.int("f")
+    config.update({"np_int": np.int64(4), "whole_float": 8.0})
+    config.dict["from_command_line"] = " 12 "
+    assert [config.int(key) for key in ("np_int", "whole_float", "from_command_line")] == [4, 8, 12]
 
 
 def test_float(config):
@@ -270,6 +276,11 @@ def test_float(config):
     assert config.float("i") == 3.0
     with pytest.raises(ConfigError, match=r"config key 'l': expected a number"):
         config.float("l")
+    with pytest.raises(ConfigError, match=r"config key 'b': expected a number, got True"):
+        config.float("b")
+    config.update({"np_float": np.float32(0.25)})
+    config.dict["from_command_line"] = "inf"
+    assert (config.float("np_float"), config.float("from_command_line")) == (0.25, float("inf"))
 
 
 def test_bool(config):
@@ -300,6 +311,8 @@ def test_lists(config):
     assert config.float_list("fl") == [0.5, 1.0]
     with pytest.raises(ConfigError, match=r"config key 's': expected a list of ints"):
         config.int_list("s")
+    with pytest.raises(ConfigError, match=r"config key 'fl': expected a list of ints, got \[0.5, 1\]"):
+        config.int_list("fl")
     with pytest.raises(ConfigError, match=r"config key 'd': expected a list of numbers"):
         config.float_list("d")
     assert config.int_pair("i") == (3, 3)
