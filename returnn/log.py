@@ -12,7 +12,7 @@ import io
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
 from returnn.config import Config, declare_options
 from returnn.errors import ConfigError
@@ -148,15 +148,17 @@ class Log:
             raise ConfigError(f"config key 'log': cannot open log file {path!r}: {exc}") from exc
 
     def init_by_config(self, config: Config, *, stdout: TextIO | None = None) -> None:
-        logs = config.list("log")
-        verbosity = _as_list(config.typed_value("log_verbosity"), "log_verbosity", int)
-        formats = _as_list(config.typed_value("log_format"), "log_format", str)
-        self.initialize(logs=logs, verbosity=verbosity, formatter=formats, stdout=stdout)
+        """Set up the targets from ``log``, ``log_verbosity`` and ``log_format`` (lists, or one value for all)."""
+        logs = [os.fspath(target) for target in config.list("log")]
+        formats = [str(item) for item in config.list("log_format")]
+        self.initialize(logs=logs, verbosity=config.int_list("log_verbosity"), formatter=formats, stdout=stdout)
 
     def has_file_targets(self) -> bool:
+        """Whether a target is a file (errors are then also written to it)."""
         return any(isinstance(handler, logging.FileHandler) for handler in self._handlers)
 
     def close(self) -> None:
+        """Flush the ``v`` streams and remove the targets."""
         root = logging.getLogger(ROOT_LOGGER_NAME)
         for stream in self.verbose:
             stream.flush()
@@ -165,14 +167,6 @@ class Log:
             handler.close()
         self._handlers = []
         self.initialized = False
-
-
-def _as_list(value: Any, key: str, kind: type) -> list[Any]:
-    items = value if isinstance(value, (list, tuple)) else [value]
-    try:
-        return [kind(item) for item in items]
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key {key!r}: expected {kind.__name__} or a list of them, got {value!r}") from None
 
 
 log = Log()

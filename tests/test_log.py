@@ -44,6 +44,20 @@ def test_targets_from_config_each_with_own_verbosity(tmp_path):
     assert lines[3].endswith("DEBUG returnn.test: debug")
 
 
+def test_per_target_options_from_the_command_line(tmp_path):
+    """Keys that only the command line sets arrive as strings: '++log_verbosity 3,5' gives one level per target."""
+    stream = io.StringIO()
+    config = Config()
+    log_file = tmp_path / "returnn.log"
+    config.parse_cmd_args(["++log", f"stdout,{log_file}", "++log_verbosity", "1,5", "++log_format", "raw,timed"])
+    log.init_by_config(config, stdout=stream)
+    emit_all_levels()
+    log.close()
+    assert stream.getvalue().splitlines() == ["warn"]
+    lines = log_file.read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == ["warn", "info", "v4", "debug"]
+
+
 def test_v_streams_for_configs_that_print_to_them():
     stream = io.StringIO()
     log.initialize(verbosity=[4], stdout=stream)
