@@ -25,7 +25,7 @@ overridden :meth:`Engine.evaluate_dataset` sums its scores over the processes it
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import logging
 import math
 import time
@@ -35,22 +35,24 @@ from typing import Any
 import torch
 
 import returnn
-from returnn.config import Config, declare_options
+from returnn.config import Config
 from returnn.datasets import Dataset, init_dataset
-from returnn.errors import CheckpointError, ConfigError, DatasetError, StepFunctionError, TrainingError
+from returnn.errors import ConfigError, DatasetError, StepFunctionError, TrainingError
 from returnn.learning_rate_control import LearningRateControl, learning_rate_control_from_config
 from returnn.log import V4
 from returnn.torch import checkpoints, distributed
 from returnn.torch.context import RunCtx, using_run_ctx
 from returnn.torch.data.loader import BatchLoader, build_data_loader
 from returnn.torch.data.options import DataPipelineOptions
-from returnn.torch.device import amp_dtype_from_config, autocast, resolve_device
+from returnn.torch.device import autocast
+from returnn.torch.engine_options import EngineOptions
 from returnn.torch.model_loading import (
     PreloadSpec,
     StartPoint,
     apply_preload_from_files,
     checkpoint_for_task,
-    path_option,
+    initialize_model_start_point,
+    load_model_params,
     train_start_point,
 )
 from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
@@ -61,101 +63,6 @@ from returnn.torch.updater import Updater
 logger = logging.getLogger(__name__)
 
 __all__ = ["Engine", "EngineOptions"]
-
-declare_options(
-    "Training",
-    {
-        "train": (None, "The training dataset: a dataset dict {'class': ..., ...}, a Dataset, or a callable."),
-        "dev": (None, "Dataset evaluated after each epoch (scores dev_loss_<name>); optional."),
-        "eval_datasets": (None, "More datasets evaluated after each epoch: {name: dataset} (scores <name>_loss_...)."),
-        "forward": (None, "The dataset of task forward."),
-        "eval": (
-            None,
-            "Not used: datasets to evaluate go into dev and eval_datasets (a config setting eval is stopped).",
-        ),
-        "num_epochs": (5, "Train up to this epoch."),
-        "save_interval": (1, "Save a checkpoint every N epochs (and after the last one)."),
-        "random_seed": (42, "Seed of the model initialization and of each epoch's random numbers."),
-        "stop_on_nonfinite_train_score": (
-            True,
-            "Stop training when a loss becomes nan or inf (nothing from that state is saved).",
-        ),
-        "cleanup_old_models": (
-            None,
-            "Delete old checkpoints after each epoch: True, or {'keep': [epochs], 'keep_last_n': 2, 'keep_best_n': 4}.",
-        ),
-    },
-)
-
-declare_options(
-    "Checkpoints",
-    {"load_ignore_missing_vars": (False, "Parameters missing in a loaded checkpoint keep their initialization.")},
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineOptions:
-    """The engine's own options, read from the config once."""
-
-    device: str
-    amp_dtype: torch.dtype | None
-    model_prefix: str | None
-    num_epochs: int
-    save_interval: int
-    random_seed: int
-    stop_on_nonfinite_train_score: bool
-    load_ignore_missing_vars: bool
-    cleanup: checkpoints.CleanupPolicy | None
-    datasets: dict[str, Any]
-    eval_names: tuple[str, ...]
-    distributed: distributed.DistributedOptions
-
-    @classmethod
-    def from_config(cls, config: Config) -> EngineOptions:
-        num_epochs = config.int("num_epochs")
-        save_interval = config.int("save_interval")
-        for key, value in (("num_epochs", num_epochs), ("save_interval", save_interval)):
-            if value is None or value < 1:
-                raise ConfigError(f"config key {key!r}: expected an int >= 1, got {value!r}")
-        model_prefix = path_option(config, "model")
-        datasets, eval_names = _dataset_definitions(config)
-        return cls(
-            device=distributed.process_device(resolve_device(config.value("device"))),
-            amp_dtype=amp_dtype_from_config(config),
-            model_prefix=model_prefix,
-            num_epochs=num_epochs,
-            save_interval=save_interval,
-            random_seed=config.int("random_seed"),
-            stop_on_nonfinite_train_score=config.bool("stop_on_nonfinite_train_score"),
-            load_ignore_missing_vars=config.bool("load_ignore_missing_vars"),
-            cleanup=checkpoints.CleanupPolicy.from_config_value(config.bool_or_other("cleanup_old_models")),
-            datasets=datasets,
-            eval_names=eval_names,
-            distributed=distributed.DistributedOptions.from_config(config),
-        )
-
-
-def _dataset_definitions(config: Config) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """The dataset definitions by name (train, dev, the eval_datasets entries, forward), and the names evaluated
-    after each epoch (dev first)."""
-    if config.typed_value("eval", None) is not None:
-        raise ConfigError(
-            "config key 'eval': this trainer evaluates the datasets in 'dev' and 'eval_datasets'; "
-            "write eval_datasets = {'eval': ...} instead"
-        )
-    definitions = {name: config.typed_value(name) for name in ("train", "dev", "forward")}
-    # an empty dict (``dev = {}``, as older configs write it) means no dataset
-    definitions = {name: value for name, value in definitions.items() if value is not None and value != {}}
-    eval_names = ["dev"] if "dev" in definitions else []
-    eval_datasets = config.typed_value("eval_datasets") or {}
-    if not isinstance(eval_datasets, dict):
-        raise ConfigError(f"config key 'eval_datasets': expected a dict {{name: dataset}}, got {eval_datasets!r}")
-    for name, definition in eval_datasets.items():
-        if name in ("train", "forward", *eval_names):
-            raise ConfigError(f"config key 'eval_datasets': the name {name!r} is taken; choose another one")
-        definitions[name] = definition
-        eval_names.append(name)
-    return definitions, tuple(eval_names)
 
 
 class Engine:
@@ -271,22 +178,15 @@ class Engine:
         the ``init_for_train`` entries of ``preload_from_files`` applied) as epoch 0, ``<model>.000.pt``. Training
         with the same ``model`` then starts from it."""
         self.functions.require("get_model", "task 'initialize_model'")
-        self._require_model_prefix("initialize_model")
-        self._model = self.build_model(epoch=1, step=0)
-        source = path_option(self.config, "import_model_train_epoch1") or path_option(self.config, "load")
-        if source:
-            path = checkpoints.resolve_checkpoint_path(source, config_key="import_model_train_epoch1/load")
-            self._load_model_params(StartPoint(epoch=1, step=0, checkpoint=path, content=self.load_checkpoint(path)))
-        apply_preload_from_files(
-            self._model, PreloadSpec.list_from_config(self.config), for_train=True, load=self.load_checkpoint
-        )
+        prefix = self.options.require_model_prefix("task 'initialize_model'")
+        self._init_model(initialize_model_start_point(self.config, self.load_checkpoint), for_train=True)
         self.epoch, self.global_step = 0, 0
         self.save_checkpoint(0)
-        logger.info(f"initialize_model: saved {checkpoints.checkpoint_filename(self.options.model_prefix, 0)}")
+        logger.info(f"initialize_model: saved {checkpoints.checkpoint_filename(prefix, 0)}")
 
     def cleanup_old_models(self) -> None:
         """Task cleanup_old_models: delete checkpoints as ``cleanup_old_models`` says (its defaults when unset)."""
-        self._require_model_prefix("cleanup_old_models")
+        self.options.require_model_prefix("task 'cleanup_old_models'")
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         self._cleanup(self.options.cleanup or checkpoints.CleanupPolicy())
 
@@ -394,7 +294,7 @@ class Engine:
     def save_checkpoint(self, epoch: int) -> None:
         """Hook: write ``<model>.<epoch>.opt.pt`` (if there is an updater), then ``<model>.<epoch>.pt``; keep the
         optimizer files of the last two saved epochs."""
-        prefix = self._require_model_prefix("saving checkpoints")
+        prefix = self.options.require_model_prefix("saving checkpoints")
         if self.updater is not None:
             optimizer_state = {**self.updater.state_dict(), "epoch": epoch, "step": self.global_step}
             checkpoints.save_checkpoint(checkpoints.optimizer_filename(prefix, epoch), optimizer_state)
@@ -419,17 +319,12 @@ class Engine:
     def _init_train(self) -> StartPoint:
         self.functions.require("get_model", "task 'train'")
         self.functions.require("train_step", "task 'train'")
-        self._require_model_prefix("task 'train'")
+        self.options.require_model_prefix("task 'train'")
         if "train" not in self.options.datasets:
             raise ConfigError("task 'train' needs the config key 'train': the training dataset")
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         start = train_start_point(self.config, self.load_checkpoint)
-        self.epoch, self.global_step = start.epoch, start.step
-        self._model = self.build_model(epoch=start.epoch, step=start.step)
-        self._load_model_params(start)
-        if start.kind in ("fresh", "import"):
-            specs = PreloadSpec.list_from_config(self.config)
-            apply_preload_from_files(self._model, specs, for_train=True, load=self.load_checkpoint)
+        self._init_model(start, for_train=True)
         if self.data_parallel is not None:
             self.data_parallel.check_same((start.kind, start.epoch, start.step), "where training starts")
             self.data_parallel.broadcast_module(self._model)
@@ -444,26 +339,17 @@ class Engine:
 
     def _init_model_for_task(self, task: str) -> None:
         self.functions.require("get_model", f"task {task!r}")
-        start = checkpoint_for_task(self.config, task, self.load_checkpoint)
+        self._init_model(checkpoint_for_task(self.config, task, self.load_checkpoint), for_train=False)
+
+    def _init_model(self, start: StartPoint, *, for_train: bool) -> None:
+        """Build the model of ``start`` and load its parameters, then ``preload_from_files``: in training only when
+        it starts anew (``init_for_train`` entries), in the other tasks always (the other entries)."""
         self.epoch, self.global_step = start.epoch, start.step
         self._model = self.build_model(epoch=start.epoch, step=start.step)
-        self._load_model_params(start)
-        specs = PreloadSpec.list_from_config(self.config)
-        apply_preload_from_files(self._model, specs, for_train=False, load=self.load_checkpoint)
-
-    def _load_model_params(self, start: StartPoint) -> None:
-        if start.content is None:
-            return
-        if "model" not in start.content:
-            raise CheckpointError(
-                f"checkpoint {start.checkpoint!r} has no 'model' entry (it has: {', '.join(map(str, start.content))})"
-            )
-        checkpoints.load_model_state(
-            self._model,
-            start.content["model"],
-            source=f"checkpoint {start.checkpoint!r}",
-            ignore_missing=self.options.load_ignore_missing_vars,
-        )
+        load_model_params(self._model, start, ignore_missing=self.options.load_ignore_missing_vars)
+        if not for_train or start.kind in ("fresh", "import"):
+            specs = PreloadSpec.list_from_config(self.config)
+            apply_preload_from_files(self._model, specs, for_train=for_train, load=self.load_checkpoint)
 
     def _evaluate_missing(self, start: StartPoint) -> None:
         """A run stopped between saving epoch k and evaluating it: evaluate what the learning_rates file lacks,
@@ -481,11 +367,10 @@ class Engine:
         for name in missing:
             self._record_scores(self.evaluate_dataset(name, self.data_loaders[name]))
 
-    @property
+    @functools.cached_property
     def _pipeline_options(self) -> DataPipelineOptions:
-        if not hasattr(self, "_pipeline_options_cache"):
-            self._pipeline_options_cache = DataPipelineOptions.from_config(self.config)
-        return self._pipeline_options_cache
+        # read when the first loader is built: tasks without datasets do not depend on the pipeline's options
+        return DataPipelineOptions.from_config(self.config)
 
     @contextlib.contextmanager
     def _running_task(self) -> Iterator[None]:
@@ -510,14 +395,6 @@ class Engine:
         for loader in self.data_loaders.values():
             loader.close()
         self.data_loaders = {}
-
-    def _require_model_prefix(self, what: str) -> str:
-        if not self.options.model_prefix:
-            raise ConfigError(
-                f"{what} needs the config key 'model': the checkpoint prefix, e.g. model = 'models/epoch' "
-                "(files models/epoch.001.pt, ...)"
-            )
-        return self.options.model_prefix
 
     # ================================================================ the steps
 

@@ -11,7 +11,8 @@ Training (task train) starts from, in this order:
 4. a freshly initialized model at epoch 1 (or ``start_epoch``).
 
 Other tasks (eval, forward) load ``load``, else ``<model>.<load_epoch>.pt``, else the newest ``<model>.<epoch>.pt``;
-without any of these they stop with an error unless ``allow_random_model_init`` is set.
+without any of these they stop with an error unless ``allow_random_model_init`` is set. Task initialize_model starts
+from ``import_model_train_epoch1``, else ``load``, else a freshly initialized model.
 
 With several processes (torchrun), every process finds and loads its start point itself, from the same files; the
 engine then checks that all found the same one and gives them rank 0's parameters.
@@ -38,6 +39,8 @@ __all__ = [
     "StartPoint",
     "train_start_point",
     "checkpoint_for_task",
+    "initialize_model_start_point",
+    "load_model_params",
     "PreloadSpec",
     "apply_preload_from_files",
 ]
@@ -218,6 +221,37 @@ def checkpoint_for_task(config: Config, task: str, load: LoadFunction) -> StartP
     content = load(path)
     epoch, step = _epoch_of(content, path)
     return StartPoint(epoch=epoch, step=step, checkpoint=path, content=content, kind="checkpoint")
+
+
+def initialize_model_start_point(config: Config, load: LoadFunction) -> StartPoint:
+    """What task initialize_model starts from (see the module doc): the model of epoch 1 at step 0, with the
+    parameters of ``import_model_train_epoch1`` or ``load`` if one is set.
+
+    :param load: loads a checkpoint file (the engine's load_checkpoint hook)
+    """
+    for key in ("import_model_train_epoch1", "load"):
+        source = path_option(config, key)
+        if source:
+            path = checkpoints.resolve_checkpoint_path(source, config_key=key)
+            return StartPoint(epoch=1, step=0, checkpoint=path, content=load(path), kind="import")
+    return StartPoint(epoch=1, step=0, kind="fresh")
+
+
+def load_model_params(model: torch.nn.Module, start: StartPoint, *, ignore_missing: bool) -> None:
+    """Load the parameters of ``start``'s checkpoint into ``model`` (nothing if it starts without one).
+
+    :param ignore_missing: parameters that the checkpoint lacks keep their initialization (else an error)
+    """
+    if start.content is None:
+        return
+    if "model" not in start.content:
+        raise CheckpointError(
+            f"checkpoint {start.checkpoint!r} has no 'model' entry (it has: {', '.join(map(str, start.content))}); "
+            "to load parameters stored under another entry, use preload_from_files with 'checkpoint_key'"
+        )
+    checkpoints.load_model_state(
+        model, start.content["model"], source=f"checkpoint {start.checkpoint!r}", ignore_missing=ignore_missing
+    )
 
 
 # --------------------------------------------------------------------------------------------------
