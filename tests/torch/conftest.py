@@ -53,6 +53,23 @@ def _no_run_ctx_left():
     context.set_run_ctx(None)
 
 
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        elif isinstance(a[key], dict):
+            _assert_same_state(a[key], b[key])
+        else:
+            assert a[key] == b[key], key
+
+
+@pytest.fixture
+def assert_same_state() -> Callable[[dict, dict], None]:
+    """Asserts that two checkpoint contents (or state dicts) are equal: the same keys, tensors equal bit for bit."""
+    return _assert_same_state
+
+
 @pytest.fixture
 def make_config(tmp_path) -> Callable[..., Config]:
     """A training config in ``tmp_path``; keyword arguments override its keys (None removes a key).

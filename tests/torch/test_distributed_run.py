@@ -106,17 +106,6 @@ def score(steps: list, part: str, epoch: int) -> float:
     return sum(step[3] for step in chosen) / sum(step[4] for step in chosen)
 
 
-def assert_same_state(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], torch.Tensor):
-            assert torch.equal(a[key], b[key]), key
-        elif isinstance(a[key], dict):
-            assert_same_state(a[key], b[key])
-        else:
-            assert a[key] == b[key], key
-
-
 @pytest.fixture(scope="module")
 def uneven_run(tmp_path_factory) -> pathlib.Path:
     """5 sequences over 2 processes (3 and 2 per epoch), one per batch, updates every 2 steps: the last step of an
@@ -130,7 +119,7 @@ def uneven_run(tmp_path_factory) -> pathlib.Path:
     return run_dir
 
 
-def test_two_processes_share_the_data_and_stay_equal(uneven_run):
+def test_two_processes_share_the_data_and_stay_equal(uneven_run, assert_same_state):
     run_dir = uneven_run
     assert sorted(os.listdir(run_dir / "models")) == [
         "epoch.001.opt.pt",
@@ -167,7 +156,7 @@ def test_two_processes_share_the_data_and_stay_equal(uneven_run):
     assert not [line for line in log_lines if line.startswith("rank 1:")]  # no warnings
 
 
-def test_resumed_two_process_run_equals_uninterrupted(uneven_run):
+def test_resumed_two_process_run_equals_uninterrupted(uneven_run, assert_same_state):
     resumed = uneven_run.parent / "snapshot"
     write_config(resumed, num_seqs=5, accum=2)
     assert sorted(os.listdir(resumed / "models")) == ["epoch.001.opt.pt", "epoch.001.pt"]
@@ -180,7 +169,7 @@ def test_resumed_two_process_run_equals_uninterrupted(uneven_run):
     assert "start=resume" in (resumed / "returnn.log").read_text()
 
 
-def test_two_processes_equal_one_process_on_both_shards(tmp_path, monkeypatch):
+def test_two_processes_equal_one_process_on_both_shards(tmp_path, monkeypatch, assert_same_state):
     # 8 sequences, one per batch: in step k, rank 0 trains on sequence 2k and rank 1 on 2k + 1 of the epoch's order.
     # Averaged over the 2 processes with learning rate 0.2, that is one process accumulating over 2 steps with 0.1.
     write_config(tmp_path / "two", num_seqs=8, extra="learning_rate = 0.2\n")

@@ -18,17 +18,6 @@ def _load(path: str) -> dict:
     return torch.load(path, weights_only=True)
 
 
-def _assert_same_state(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], torch.Tensor):
-            assert torch.equal(a[key], b[key]), key
-        elif isinstance(a[key], dict):
-            _assert_same_state(a[key], b[key])
-        else:
-            assert a[key] == b[key], key
-
-
 def test_train_writes_checkpoints_and_learning_rates_file(make_config, tmp_path):
     Engine(make_config(num_epochs=3)).train()
     models = tmp_path / "models"
@@ -61,7 +50,7 @@ def test_train_writes_checkpoints_and_learning_rates_file(make_config, tmp_path)
     assert as_dict[3] == {"learningRate": 0.01, "error": epochs[3].error}
 
 
-def test_resume_equals_uninterrupted_bit_for_bit(make_config, tmp_path):
+def test_resume_equals_uninterrupted_bit_for_bit(make_config, tmp_path, assert_same_state):
     def config(name: str, num_epochs: int):
         return make_config(run_dir=name, num_epochs=num_epochs)
 
@@ -71,15 +60,15 @@ def test_resume_equals_uninterrupted_bit_for_bit(make_config, tmp_path):
     for epoch in (2, 3):
         full = _load(str(tmp_path / "full" / f"epoch.00{epoch}.pt"))
         resumed = _load(str(tmp_path / "resumed" / f"epoch.00{epoch}.pt"))
-        _assert_same_state(full, resumed)
+        assert_same_state(full, resumed)
         full_opt = _load(str(tmp_path / "full" / f"epoch.00{epoch}.opt.pt"))
         resumed_opt = _load(str(tmp_path / "resumed" / f"epoch.00{epoch}.opt.pt"))
-        _assert_same_state(full_opt["optimizer"], resumed_opt["optimizer"])
+        assert_same_state(full_opt["optimizer"], resumed_opt["optimizer"])
     full_text = (tmp_path / "full" / "learning_rates").read_text()
     assert (tmp_path / "resumed" / "learning_rates").read_text() == full_text
 
 
-def test_resume_with_gradient_accumulation_across_epochs_equals_uninterrupted(make_config, tmp_path):
+def test_resume_with_gradient_accumulation_across_epochs_equals_uninterrupted(make_config, tmp_path, assert_same_state):
     def config(name: str, num_epochs: int):
         # 4 steps per epoch: gradients are pending at the end of epoch 1
         return make_config(run_dir=name, num_epochs=num_epochs, accum_grad_multiple_step=3)
@@ -93,9 +82,7 @@ def test_resume_with_gradient_accumulation_across_epochs_equals_uninterrupted(ma
         "out.bias",
     }
     Engine(config("resumed", 2)).train()
-    _assert_same_state(
-        _load(str(tmp_path / "full" / "epoch.002.pt")), _load(str(tmp_path / "resumed" / "epoch.002.pt"))
-    )
+    assert_same_state(_load(str(tmp_path / "full" / "epoch.002.pt")), _load(str(tmp_path / "resumed" / "epoch.002.pt")))
 
 
 class _CrashInEval(Engine):
@@ -105,7 +92,7 @@ class _CrashInEval(Engine):
         return super().evaluate_dataset(name, data_loader)
 
 
-def test_resume_after_crash_in_evaluation_evaluates_the_missing_dataset(make_config, tmp_path):
+def test_resume_after_crash_in_evaluation_evaluates_the_missing_dataset(make_config, tmp_path, assert_same_state):
     def config(name: str):
         return make_config(
             run_dir=name, num_epochs=3, dev={**make_config().typed_value("dev"), "seq_ordering": "random"}
@@ -118,9 +105,7 @@ def test_resume_after_crash_in_evaluation_evaluates_the_missing_dataset(make_con
     assert "dev_loss_ce" not in load_learning_rate_file(str(tmp_path / "crashed" / "learning_rates"))[2].error
     Engine(config("crashed")).train()
     assert (tmp_path / "crashed" / "learning_rates").read_text() == (tmp_path / "full" / "learning_rates").read_text()
-    _assert_same_state(
-        _load(str(tmp_path / "full" / "epoch.003.pt")), _load(str(tmp_path / "crashed" / "epoch.003.pt"))
-    )
+    assert_same_state(_load(str(tmp_path / "full" / "epoch.003.pt")), _load(str(tmp_path / "crashed" / "epoch.003.pt")))
 
 
 def test_finished_training_restarted_does_nothing(make_config, tmp_path, caplog):
@@ -144,13 +129,13 @@ def test_save_interval_and_model_prefix_without_directory(make_config, tmp_path,
     ]
 
 
-def test_start_epoch_and_load_epoch(make_config, tmp_path):
+def test_start_epoch_and_load_epoch(make_config, tmp_path, assert_same_state):
     Engine(make_config(num_epochs=3)).train()
     epoch3 = _load(str(tmp_path / "models" / "epoch.003.pt"))
     for option in ({"start_epoch": 3}, {"load_epoch": 2}):
         os.remove(tmp_path / "models" / "epoch.003.pt")
         Engine(make_config(num_epochs=3, **option)).train()  # continue after epoch 2 again
-        _assert_same_state(epoch3, _load(str(tmp_path / "models" / "epoch.003.pt")))
+        assert_same_state(epoch3, _load(str(tmp_path / "models" / "epoch.003.pt")))
 
 
 def test_missing_optimizer_file(make_config, tmp_path, caplog):
@@ -171,7 +156,7 @@ def test_load_continues_after_its_epoch_with_its_step(make_config, tmp_path):
     assert (checkpoint["epoch"], checkpoint["step"]) == (3, 12)
 
 
-def test_import_model_train_epoch1(make_config, tmp_path):
+def test_import_model_train_epoch1(make_config, tmp_path, assert_same_state):
     Engine(make_config(model=str(tmp_path / "a" / "epoch"), num_epochs=1, learning_rate_file=None)).train()
     source = str(tmp_path / "a" / "epoch.001")  # without .pt, as pipelines may write it
     # learning rate 0: the new training keeps the imported parameters as they are
@@ -179,10 +164,10 @@ def test_import_model_train_epoch1(make_config, tmp_path):
     Engine(config).train()
     after = _load(str(tmp_path / "b" / "epoch.002.pt"))
     assert (after["epoch"], after["step"]) == (2, 8)  # a new training: epoch 1 from step 0
-    _assert_same_state(after["model"], _load(source + ".pt")["model"])
+    assert_same_state(after["model"], _load(source + ".pt")["model"])
 
 
-def test_initialize_model_then_train_starts_from_it(make_config, tmp_path):
+def test_initialize_model_then_train_starts_from_it(make_config, tmp_path, assert_same_state):
     Engine(make_config()).initialize_model()
     initial = _load(str(tmp_path / "models" / "epoch.000.pt"))
     assert (initial["epoch"], initial["step"]) == (0, 0)
@@ -191,7 +176,7 @@ def test_initialize_model_then_train_starts_from_it(make_config, tmp_path):
     fresh_dir = tmp_path / "fresh"
     Engine(make_config(model=str(fresh_dir / "epoch"), learning_rate_file=None, num_epochs=1)).train()
     # the initialized model is the fresh model of epoch 1, so both trainings are the same
-    _assert_same_state(
+    assert_same_state(
         _load(str(tmp_path / "models" / "epoch.001.pt"))["model"], _load(str(fresh_dir / "epoch.001.pt"))["model"]
     )
 
