@@ -4,39 +4,23 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pytest
 import torch
 
-from returnn.datasets.generating import DummyDataset, StaticDataset
+from returnn.datasets.generating import DummyDataset
 from returnn.errors import ConfigError, DatasetError
 from returnn.log import V4
 from returnn.torch.data import BatchStatistics, DataPipelineOptions, build_data_loader, default_num_workers
 from returnn.torch.data.iterate import iterate_dataset
 from returnn.torch.data.pipeline import iterate_batches
 
-
-def _static(num_seqs: int = 8, **kwargs) -> StaticDataset:
-    """Sequence i: ``data`` [i + 1, 2] filled with i, ``classes`` [i + 1] counting up."""
-    data = [
-        {"data": np.full((i + 1, 2), i, dtype=np.float32), "classes": np.arange(i + 1, dtype=np.int32)}
-        for i in range(num_seqs)
-    ]
-    return StaticDataset(data=data, **kwargs)
-
-
-def _epoch_order(dataset: StaticDataset, epoch: int) -> list[str]:
-    dataset.init_seq_order(epoch=epoch)
-    return [dataset.get_tag(i) for i in range(dataset.num_seqs)]
-
-
 # ------------------------------------------------------------------------------------------------ iteration
 
 
-def test_iterate_dataset_sets_up_the_epoch_and_yields_items():
-    dataset = _static(4, seq_ordering="random")
+def test_iterate_dataset_sets_up_the_epoch_and_yields_items(static_dataset, epoch_tags):
+    dataset = static_dataset(4, seq_ordering="random")
     items = list(iterate_dataset(dataset, epoch=3))
-    assert [item["seq_tag"] for item in items] == _epoch_order(_static(4, seq_ordering="random"), 3)
+    assert [item["seq_tag"] for item in items] == epoch_tags(static_dataset(4, seq_ordering="random"), 3)
     assert [item["seq_idx"] for item in items] == [0, 1, 2, 3]
     assert dataset.epoch == 3
     first = items[0]
@@ -45,9 +29,9 @@ def test_iterate_dataset_sets_up_the_epoch_and_yields_items():
     assert first["data"].tolist() == [[index, index]] * (index + 1)
 
 
-def test_iterate_dataset_shard_holds_every_nth_sequence_with_global_positions():
-    order = _epoch_order(_static(8, seq_ordering="random"), 2)
-    shard = list(iterate_dataset(_static(8, seq_ordering="random"), epoch=2, shard_index=1, num_shards=3))
+def test_iterate_dataset_shard_holds_every_nth_sequence_with_global_positions(static_dataset, epoch_tags):
+    order = epoch_tags(static_dataset(8, seq_ordering="random"), 2)
+    shard = list(iterate_dataset(static_dataset(8, seq_ordering="random"), epoch=2, shard_index=1, num_shards=3))
     assert [item["seq_tag"] for item in shard] == order[1::3]
     assert [item["seq_idx"] for item in shard] == [1, 4, 7]
 
@@ -65,11 +49,11 @@ def _seq_counts(batches) -> list[int]:
     return [batch.num_seqs for batch in batches]
 
 
-def test_modes_apply_filter_chunking_shuffle_and_drop_last_as_documented():
+def test_modes_apply_filter_chunking_shuffle_and_drop_last_as_documented(static_dataset):
     options = DataPipelineOptions.parse(
         batch_size=100, max_seqs=3, drop_last=True, min_seq_length=3, chunking=(4, 4), online_shuffle_batches=2
     )
-    dataset = _static(8)
+    dataset = static_dataset(8)
     # Lengths 1..8; filter keeps 3..8; chunks of 4: 3, 4, 4+1, 4+2, 4+3, 4+4 -> 10 chunks.
     train = list(iterate_batches(dataset, options, epoch=1, mode="train"))
     assert _seq_counts(train) == [3, 3, 3]  # drop_last drops the 10th chunk
@@ -92,9 +76,9 @@ def test_modes_apply_filter_chunking_shuffle_and_drop_last_as_documented():
 # ------------------------------------------------------------------------------------------------ loader
 
 
-def test_loader_in_main_process_yields_data_dicts_and_logs_statistics(caplog):
+def test_loader_in_main_process_yields_data_dicts_and_logs_statistics(caplog, static_dataset):
     options = DataPipelineOptions.parse(batch_size=12, max_seqs=8)
-    loader = build_data_loader(_static(5), options, mode="eval", device="cpu", name="dev")
+    loader = build_data_loader(static_dataset(5), options, mode="eval", device="cpu", name="dev")
     assert loader.num_workers == 0
     with caplog.at_level(V4, logger="returnn.torch.data"):
         batches = list(loader.iter_epoch(1))
@@ -123,8 +107,8 @@ def test_loader_in_main_process_yields_data_dicts_and_logs_statistics(caplog):
         next(loader.iter_epoch(2))
 
 
-def test_loader_reports_an_oversized_sequence_once_and_counts_all(caplog):
-    loader = build_data_loader(_static(8), DataPipelineOptions.parse(batch_size=6), mode="eval")
+def test_loader_reports_an_oversized_sequence_once_and_counts_all(caplog, static_dataset):
+    loader = build_data_loader(static_dataset(8), DataPipelineOptions.parse(batch_size=6), mode="eval")
     with caplog.at_level(logging.WARNING, logger="returnn.torch.data"):
         list(loader.iter_epoch(1))
         list(loader.iter_epoch(2))
@@ -136,18 +120,18 @@ def test_loader_reports_an_oversized_sequence_once_and_counts_all(caplog):
     assert loader.last_epoch_stats.num_oversized == 2
 
 
-def test_loader_epoch_changes_the_order():
-    loader = build_data_loader(_static(8, seq_ordering="random"), DataPipelineOptions.parse(batch_size=100))
+def test_loader_epoch_changes_the_order(static_dataset, epoch_tags):
+    loader = build_data_loader(static_dataset(8, seq_ordering="random"), DataPipelineOptions.parse(batch_size=100))
     for epoch in (1, 2):
         (batch,) = loader.iter_epoch(epoch)
-        assert batch["seq_tag"] == _epoch_order(_static(8, seq_ordering="random"), epoch)
+        assert batch["seq_tag"] == epoch_tags(static_dataset(8, seq_ordering="random"), epoch)
 
 
-def test_loader_without_workers_ignores_worker_only_dataloader_options():
+def test_loader_without_workers_ignores_worker_only_dataloader_options(static_dataset):
     options = DataPipelineOptions.parse(
         batch_size=100, num_workers_per_gpu=0, torch_dataloader_opts={"prefetch_factor": 4, "persistent_workers": True}
     )
-    (batch,) = build_data_loader(_static(3), options).iter_epoch(1)
+    (batch,) = build_data_loader(static_dataset(3), options).iter_epoch(1)
     assert batch["seq_idx"] == [0, 1, 2]
 
 
@@ -161,11 +145,11 @@ def test_loader_refuses_more_shards_than_the_dataset_supports():
         build_data_loader(endless, single, rank=1, world_size=4)
 
 
-def test_distributed_ranks_split_the_epoch():
+def test_distributed_ranks_split_the_epoch(static_dataset):
     options = DataPipelineOptions.parse(batch_size=100, num_workers_per_gpu=0)
     tags = []
     for rank in range(2):
-        (batch,) = build_data_loader(_static(6), options, rank=rank, world_size=2).iter_epoch(1)
+        (batch,) = build_data_loader(static_dataset(6), options, rank=rank, world_size=2).iter_epoch(1)
         assert batch["seq_idx"] == list(range(rank, 6, 2))
         tags += batch["seq_tag"]
     assert sorted(tags) == [f"seq-{i}" for i in range(6)]

@@ -10,33 +10,16 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from returnn.config import Config, load_config
-from returnn.datasets.generating import StaticDataset
 from returnn.errors import DatasetError
 from returnn.torch.data import DataPipelineOptions, build_data_loader
 
 pytestmark = pytest.mark.slow  # each test starts worker processes (about 2 s each)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-def _static(num_seqs: int = 8, **kwargs) -> StaticDataset:
-    """Sequence i: ``data`` [i + 1, 2] filled with i, ``classes`` [i + 1] counting up."""
-    data = [
-        {"data": np.full((i + 1, 2), i, dtype=np.float32), "classes": np.arange(i + 1, dtype=np.int32)}
-        for i in range(num_seqs)
-    ]
-    return StaticDataset(data=data, **kwargs)
-
-
-def _epoch_order(epoch: int) -> list[str]:
-    dataset = _static(8, seq_ordering="random")
-    dataset.init_seq_order(epoch=epoch)
-    return [dataset.get_tag(i) for i in range(dataset.num_seqs)]
 
 
 def _worker_pids() -> set[int]:
@@ -68,16 +51,16 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_two_workers_shard_each_epoch_and_batch_their_shards():
+def test_two_workers_shard_each_epoch_and_batch_their_shards(static_dataset, epoch_tags):
     # 8 sequences, max_seqs 8, 2 workers: worker 0 batches positions [0, 2, 4, 6] of the epoch's order,
     # worker 1 [1, 3, 5, 7]; the DataLoader takes worker 0's batch first (see returnn.torch.data.loader).
     before = _worker_pids()
     options = DataPipelineOptions.parse(batch_size=100, max_seqs=8, num_workers_per_gpu=2)
-    loader = build_data_loader(_static(8, seq_ordering="random"), options)
+    loader = build_data_loader(static_dataset(8, seq_ordering="random"), options)
     orders = []
     for epoch in (1, 2, 3):
         batches = list(loader.iter_epoch(epoch))
-        order = _epoch_order(epoch)
+        order = epoch_tags(static_dataset(8, seq_ordering="random"), epoch)
         assert [batch["seq_idx"] for batch in batches] == [[0, 2, 4, 6], [1, 3, 5, 7]]
         assert [batch["seq_tag"] for batch in batches] == [order[0::2], order[1::2]]
         for batch in batches:
@@ -91,7 +74,7 @@ def test_two_workers_shard_each_epoch_and_batch_their_shards():
     assert _worker_pids() == before
 
 
-def test_one_worker_gives_the_main_process_batches_and_is_collected_with_the_loader():
+def test_one_worker_gives_the_main_process_batches_and_is_collected_with_the_loader(static_dataset):
     before = _worker_pids()
     stream = {"size": 3, "step": 2}
     raw = {
@@ -100,9 +83,9 @@ def test_one_worker_gives_the_main_process_batches_and_is_collected_with_the_loa
         "chunking_options": {"chunk_streams": {"data": stream, "classes": stream}, "random_chunk_start": True},
         "online_shuffle_batches": 3,
     }
-    in_process = build_data_loader(_static(8, seq_ordering="random"), DataPipelineOptions.parse(**raw))
+    in_process = build_data_loader(static_dataset(8, seq_ordering="random"), DataPipelineOptions.parse(**raw))
     with_worker = build_data_loader(
-        _static(8, seq_ordering="random"), DataPipelineOptions.parse(**raw, num_workers_per_gpu=1)
+        static_dataset(8, seq_ordering="random"), DataPipelineOptions.parse(**raw, num_workers_per_gpu=1)
     )
     for epoch in (1, 2):
         expected = list(in_process.iter_epoch(epoch))
