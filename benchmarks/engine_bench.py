@@ -4,9 +4,9 @@
     python benchmarks/engine_bench.py make /tmp/engine_bench --num-seqs 300
     python benchmarks/engine_bench.py compare /tmp/engine_bench --epochs 1 --reps 3
 
-``make`` writes ``train.hdf`` (with :class:`~returnn.datasets.hdf.SimpleHDFWriter`): 40-dim float32 features,
-sequence lengths log-normal around 400 frames clipped to 100..1500, sparse int32 labels (100 classes) in
-segments of 2 to 12 frames.
+``make`` writes ``train.hdf`` as ``benchmarks/pipeline_bench.py make`` does (with
+:class:`~returnn.datasets.hdf.SimpleHDFWriter`): 40-dim float32 features, sequence lengths log-normal around 400
+frames clipped to 100..1500, sparse int32 labels (100 classes) in segments of 2 to 12 frames.
 
 ``compare`` trains the same model (2-layer BLSTM, 64 units per direction, and a Linear layer; run padded, the
 loss masked), with the same batches (greedy in corpus order, batch_size 20000 padded frames, max_seqs 128) and
@@ -32,38 +32,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
-import numpy as np
+# The data file, its constants and the hand-written batches are the data pipeline benchmark's: the engine runs on the
+# same data, and its reference loop is fed the same way.
+from pipeline_bench import BATCH_SIZE, FEATURE_DIM, MAX_SEQS, NUM_CLASSES, REPO_ROOT, make
+from pipeline_bench import _plain_batches as _hand_written_batches
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FEATURE_DIM = 40
-NUM_CLASSES = 100
-BATCH_SIZE = 20000
-MAX_SEQS = 128
+if TYPE_CHECKING:  # a measured run imports torch itself (its total_s includes the import); make and compare need none
+    import torch
+
+    from returnn.torch.context import RunCtx
+
 IMPLS = ("loop", "loop+loader", "engine")
-
-
-def make(directory: str, num_seqs: int, seed: int) -> None:
-    sys.path.insert(0, REPO_ROOT)
-    from returnn.datasets.hdf import SimpleHDFWriter
-
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "train.hdf")
-    rng = np.random.default_rng(seed)
-    lengths = np.clip(rng.lognormal(np.log(400), 0.5, num_seqs), 100, 1500).astype(int)
-    with SimpleHDFWriter(path, dim=FEATURE_DIM, extra_type={"classes": (NUM_CLASSES, 1, "int32")}) as writer:
-        for index, length in enumerate(lengths):
-            segments = rng.integers(2, 13, length // 2 + 1)
-            labels = np.repeat(rng.integers(0, NUM_CLASSES, len(segments)), segments)[:length].astype(np.int32)
-            features = rng.standard_normal((1, length, FEATURE_DIM), dtype=np.float32)
-            writer.insert_batch(features, [length], [f"corpus/seq-{index}"], extra={"classes": [labels]})
-    print(f"wrote {path}: {num_seqs} sequences, {int(lengths.sum())} frames")
 
 
 # ------------------------------------------------------------------------------------------------ the model
 
 
-def get_model(*, epoch: int, step: int, **kwargs):
+def get_model(*, epoch: int, step: int, **kwargs: object) -> torch.nn.Module:
+    """The model, as a config's get_model builds it."""
     import torch
 
     class BLSTMFrameClassifier(torch.nn.Module):
@@ -78,7 +66,9 @@ def get_model(*, epoch: int, step: int, **kwargs):
     return BLSTMFrameClassifier()
 
 
-def _loss(model, features, labels, lengths):
+def _loss(
+    model: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame-wise cross entropy, summed over the real frames; and their count."""
     import torch
 
@@ -88,37 +78,13 @@ def _loss(model, features, labels, lengths):
     return loss, mask.sum()
 
 
-def train_step(*, model, data, run_ctx, **kwargs) -> None:
+def train_step(*, model: torch.nn.Module, data: dict, run_ctx: RunCtx, **kwargs: object) -> None:
+    """The config's train_step: the loss of :func:`_loss` with the frames as its inv_norm_factor."""
     loss, frames = _loss(model, data["data"], data["classes"], data["data:size1"])
     run_ctx.mark_as_loss(loss, "ce", inv_norm_factor=frames)
 
 
 # ------------------------------------------------------------------------------------------------ one run
-
-
-def _hand_written_batches(path: str):
-    import h5py
-    import torch
-
-    with h5py.File(path, "r") as f:
-        lengths = f["seqLengths"][:, 0].astype(np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        inputs, classes = f["inputs"], f["targets/data/classes"]
-        batch: list[int] = []
-        longest = 0
-        for index, length in enumerate([*lengths.tolist(), None]):
-            grown = max(longest, length or 0)
-            if batch and (length is None or len(batch) + 1 > MAX_SEQS or grown * (len(batch) + 1) > BATCH_SIZE):
-                features = np.zeros((len(batch), longest, FEATURE_DIM), dtype=np.float32)
-                labels = np.zeros((len(batch), longest), dtype=np.int32)
-                for row, seq in enumerate(batch):
-                    start, end = int(offsets[seq]), int(offsets[seq + 1])
-                    features[row, : end - start] = inputs[start:end]
-                    labels[row, : end - start] = classes[start:end]
-                yield torch.from_numpy(features), torch.from_numpy(labels), torch.from_numpy(lengths[batch])
-                batch, grown = [], length or 0
-            batch.append(index)
-            longest = grown
 
 
 def _run_loop(impl: str, path: str, epochs: int) -> tuple[dict, object]:
@@ -262,6 +228,7 @@ def _max_weight_difference(path_a: str, path_b: str) -> float:
 
 
 def compare(directory: str, epochs: int, reps: int, threads: int) -> None:
+    """Run each implementation ``reps`` times, alternating, and print the table of epoch times and ratios."""
     path = os.path.join(directory, "train.hdf")
     results: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
     with tempfile.TemporaryDirectory() as tmp:
