@@ -96,6 +96,7 @@ def console_main() -> None:
 
 
 def usage() -> str:
+    """The --help text, with the list of tasks."""
     width = max(len(name) for name in TASK_HELP)
     tasks = "\n".join(f"  {name.ljust(width)}  {text}" for name, text in TASK_HELP.items())
     return USAGE.format(tasks=tasks)

@@ -210,14 +210,17 @@ class Config:
     # ---------------------------------------------------------------- access
 
     def keys(self) -> list[str]:
+        """The keys set, sorted (not the ``__dunder__`` names of the config module)."""
         keys = set(self.typed_dict) | set(self.dict)
         return sorted(key for key in keys if not (key.startswith("__") and key.endswith("__")))
 
     def has(self, key: str) -> bool:
+        """Whether the key is set (counts as reading it)."""
         self._read_keys.add(key)
         return key in self.typed_dict or key in self.dict
 
     def is_typed(self, key: str) -> bool:
+        """Whether the key holds a Python value (from a config file or a typed override), not a command-line string."""
         return key in self.typed_dict
 
     def set(self, key: str, value: Any) -> None:
@@ -226,6 +229,7 @@ class Config:
         self.dict.pop(key, None)
 
     def update(self, items: dict[str, Any]) -> None:
+        """Set several keys as Python values."""
         for key, value in items.items():
             self.set(key, value)
 
@@ -466,6 +470,7 @@ _global_config: Config | None = None
 
 
 def set_global_config(config: Config | None) -> None:
+    """Make ``config`` the config of the running experiment (None: no global config)."""
     global _global_config
     _global_config = config
 

@@ -39,7 +39,7 @@ from returnn.log import V4
 from returnn.torch.data.batching import exceeds_batch_size
 from returnn.torch.data.collate import CollatedBatch
 from returnn.torch.data.options import DataPipelineOptions
-from returnn.torch.data.pipeline import MODES, Mode, iterate_batches
+from returnn.torch.data.pipeline import Mode, check_mode, iterate_batches
 from returnn.torch.data.stats import BatchStatistics
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ class PipelineDataset(torch.utils.data.IterableDataset):
 
     @property
     def epoch(self) -> int | None:
+        """The epoch of the current (or next) iteration."""
         value = self._epoch.value
         return None if value == _NO_EPOCH else value
 
@@ -171,6 +172,7 @@ class BatchLoader:
 
     @property
     def num_workers(self) -> int:
+        """DataLoader worker processes (0: the batches are made in the main process)."""
         return self.data_loader.num_workers
 
     def iter_epoch(self, epoch: int | None) -> Iterator[dict[str, Any]]:
@@ -238,8 +240,7 @@ def build_data_loader(
     :param world_size: the number of distributed processes.
     :param name: for logs; the dataset's name by default.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_mode(mode)
     num_workers = options.num_workers if options.num_workers is not None else default_num_workers(device)
     num_shards = world_size * max(1, num_workers)
     if num_shards > 1 and not dataset.supports_sharding():

@@ -17,12 +17,18 @@ from returnn.torch.data.options import DataPipelineOptions
 if TYPE_CHECKING:
     from returnn.datasets.basic import Dataset
 
-__all__ = ["MODES", "Mode", "iterate_batches"]
+__all__ = ["MODES", "Mode", "check_mode", "iterate_batches"]
 
 Mode = Literal["train", "eval", "forward"]
 MODES = ("train", "eval", "forward")
 
 _CHUNKING_STREAM, _SHUFFLE_STREAM = 1, 2  # random streams of the stages, so that they draw independently
+
+
+def check_mode(mode: str) -> None:
+    """Raise ValueError unless ``mode`` is one of :data:`MODES` (the engine passes it, not the user)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def iterate_batches(
@@ -45,8 +51,7 @@ def iterate_batches(
 
     :param shared_memory: collate into shared memory (in DataLoader workers).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_mode(mode)
     items = iterate_dataset(dataset, epoch=epoch, shard_index=shard_index, num_shards=num_shards)
     if mode != "forward":
         items = filter_by_length(items, min_seq_length=options.min_seq_length, max_seq_length=options.max_seq_length)

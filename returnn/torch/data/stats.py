@@ -67,6 +67,7 @@ class BatchStatistics:
 
     @property
     def seqs_per_batch(self) -> float:
+        """The mean number of sequences per batch."""
         return self.num_seqs / self.num_batches if self.num_batches else 0.0
 
     def summary(self) -> str:
