@@ -6,7 +6,9 @@ Per saved epoch there are two files:
   "effective_learning_rate": float, "returnn_version": str, "rng": {...}}``
 - ``<model>.<epoch:03d>.opt.pt``: ``{"optimizer": optimizer state_dict, "optimizer_class_name": str,
   "param_names": [...], "epoch": int, "step": int, "grad_scaler": dict | None, "pending_grads": dict | None,
-  "returnn_version": str}``
+  "num_consecutive_invalid": int, "returnn_version": str}``; trained by several processes also
+  ``"pending_grads_by_rank": [dict | None, ...]`` (by rank: the gradients each process accumulated but did not
+  apply yet; each process continues with its own, see :meth:`returnn.torch.updater.Updater.state_dict`)
 
 Both hold plain types only (tensors, numbers, strings, lists, dicts), so ``torch.load(..., weights_only=True)`` loads
 them, and the trainer never unpickles anything else. The optimizer file is written first, so an existing model file
