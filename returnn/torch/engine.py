@@ -76,7 +76,6 @@ class Engine:
         self.config = config
         self.options = EngineOptions.from_config(config)
         self.functions = StepFunctions.from_config(config)
-        self.device = self.options.device
         self._model: torch.nn.Module | None = None
         self.updater: Updater | None = None
         self.learning_rate_control: LearningRateControl | None = None
@@ -87,9 +86,17 @@ class Engine:
         self.data_parallel: distributed.DataParallel | None = None  # while a task runs in several processes
 
     @property
+    def device(self) -> str:
+        """The device of this process, e.g. "cpu" or "cuda:0" (from the config's ``device``)."""
+        return self.options.device
+
+    @property
     def model(self) -> torch.nn.Module:
+        """The model of the running task (built by :meth:`build_model` when the task starts)."""
         if self._model is None:
-            raise RuntimeError("the model is not built yet (a task builds it)")
+            raise RuntimeError(
+                "Engine.model is used before a task built the model; use it in the hooks that run after build_model"
+            )
         return self._model
 
     # ================================================================ tasks
