@@ -194,6 +194,7 @@ class DistributedOptions:
 
     @classmethod
     def from_config(cls, config: Config) -> DistributedOptions:
+        """From ``torch_distributed`` (None: the defaults); mainline RETURNN's forms are accepted."""
         value = config.typed_value("torch_distributed")
         if value is None:
             return cls()
@@ -262,9 +263,8 @@ class DataParallel:
     Create it with :meth:`started`. Every method is a collective: all processes must call it, in the same order.
     """
 
-    def __init__(self, options: DistributedOptions, device: str):
+    def __init__(self, options: DistributedOptions):
         self.options = options
-        self.device = device
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
 
@@ -291,7 +291,7 @@ class DataParallel:
                 f"distributed: processes={dist.get_world_size()} backend={backend} "
                 f"reduce_type={options.reduce_type} timeout={options.timeout_sec:g}s"
             )
-            yield cls(options, device)
+            yield cls(options)
         finally:
             dist.destroy_process_group()
 
