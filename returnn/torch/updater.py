@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -190,6 +191,7 @@ class Updater:
         amp_dtype: torch.dtype | None,
         data_parallel: DataParallel | None = None,
     ) -> Updater:
+        """The updater of the config's ``optimizer``, ``learning_rate`` and gradient options (see the module doc)."""
         options = config.typed_value("optimizer")
         if options is None:
             raise ConfigError(
@@ -280,8 +282,7 @@ class Updater:
             norm_is_finite = True
         else:
             fetched = torch.cat([values, grad_norm.detach().float().reshape(1).to(values.device)]).tolist()
-            norm = fetched.pop()
-            norm_is_finite = norm - norm == 0  # False for nan and inf
+            norm_is_finite = math.isfinite(fetched.pop())
         self._apply_gradients(global_step, norm_is_finite)
         if self.data_parallel is not None:
             self.data_parallel.after_update(self.params, num_updates=(global_step + 1) // self.accum_grad_multiple_step)
@@ -291,10 +292,9 @@ class Updater:
         """Unscale, add noise, clip. Returns the global gradient norm (before clipping) when norm clipping is on."""
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self.params if p.grad is not None]
         if self.gradient_noise is not None:
             generators: dict[torch.device, torch.Generator] = {}
-            for grad in grads:
+            for grad in (p.grad for p in self.params if p.grad is not None):
                 grad.add_(self._noise_like(grad, global_step, generators) * self.gradient_noise)
         if self.gradient_clip is not None:
             torch.nn.utils.clip_grad_value_(self.params, self.gradient_clip)
