@@ -56,6 +56,10 @@ class LossTotals:
         return step
 
     def scores(self, prefix: str) -> dict[str, float]:
+        """``{prefix + name: Σloss / Σinv_norm_factor}`` (nan where Σinv_norm_factor is 0).
+
+        :param prefix: e.g. ``"train_loss_"`` or ``"dev_loss_"``
+        """
         return {prefix + name: (value / norm if norm else math.nan) for name, (value, norm) in self.sums.items()}
 
 
@@ -71,6 +75,12 @@ class Progress:
         self.start_time = self.last_time = time.monotonic()
 
     def step(self, global_step: int, step_losses: dict[str, float], data: dict[str, Any]) -> None:
+        """Count a finished step and log its line.
+
+        :param global_step: the steps done so far in the run, this one included
+        :param step_losses: the step's normalized losses by name
+        :param data: the step's batch (for its number of sequences)
+        """
         self.num_steps += 1
         self.num_seqs += len(data.get("seq_tag", ()))
         if not self.enabled:
@@ -89,4 +99,5 @@ class Progress:
 
 
 def format_scores(scores: dict[str, float]) -> str:
+    """``key=value ...`` for log lines."""
     return " ".join(f"{key}={value:.6g}" for key, value in scores.items())
