@@ -103,7 +103,10 @@ def load_checkpoint(path: str, *, map_location: str | torch.device = "cpu") -> d
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"cannot read checkpoint {path!r} (truncated or not a torch file?): {exc}") from exc
     if not isinstance(content, dict):
-        raise CheckpointError(f"checkpoint {path!r}: expected a dict, got {type(content).__name__}")
+        raise CheckpointError(
+            f"checkpoint {path!r}: expected a dict (as torch.save({{'model': model.state_dict(), ...}}) writes it), "
+            f"got {type(content).__name__}"
+        )
     return content
 
 
@@ -163,7 +166,10 @@ def check_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], *, sour
         if name in model_state and isinstance(value, torch.Tensor) and value.shape != model_state[name].shape
     ]
     if mismatches:
-        raise CheckpointError(f"{source} does not match the model: shapes differ for {_name_list(mismatches)}")
+        raise CheckpointError(
+            f"{source} does not match the model: shapes differ for {_name_list(mismatches)}; load a checkpoint of a "
+            "model built with the same sizes"
+        )
 
 
 def _name_list(names: list[str], limit: int = 10) -> str:

@@ -111,7 +111,8 @@ class RunCtx:
             )
         if not isinstance(loss, torch.Tensor):
             raise StepFunctionError(
-                f"run_ctx.mark_as_loss({name!r}): expected a torch.Tensor, got {type(loss).__name__}"
+                f"run_ctx.mark_as_loss({name!r}): expected a torch.Tensor, got {type(loss).__name__}; pass the tensor "
+                "the loss is computed as (not loss.item()), so that its gradient can be taken"
             )
         if loss.dim() != 0:
             raise StepFunctionError(
@@ -126,7 +127,7 @@ class RunCtx:
         if isinstance(inv_norm_factor, torch.Tensor) and inv_norm_factor.dim() != 0:
             raise StepFunctionError(
                 f"run_ctx.mark_as_loss({name!r}): inv_norm_factor must be a scalar, got shape "
-                f"{list(inv_norm_factor.shape)}"
+                f"{list(inv_norm_factor.shape)}; pass the total count (e.g. lengths.sum())"
             )
         self.losses[name] = Loss(loss=loss, name=name, scale=scale, inv_norm_factor=inv_norm_factor)
 
@@ -166,6 +167,7 @@ def get_run_ctx() -> RunCtx:
     """The run context of the running pass."""
     if _current is None:
         raise StepFunctionError(
-            "get_run_ctx() was called while no train, evaluation or forward pass (nor get_model) is running"
+            "get_run_ctx() was called while no train, evaluation or forward pass (nor get_model) is running; call it "
+            "from code that get_model, train_step, forward_step or the forward hooks run"
         )
     return _current

@@ -56,7 +56,8 @@ def resolve_device(value: str | None) -> str:
         )
     if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
         raise ConfigError(
-            f"config key 'device': {value!r} requested, but only {torch.cuda.device_count()} GPU(s) are visible"
+            f"config key 'device': {value!r} requested, but only {torch.cuda.device_count()} GPU(s) are visible; "
+            f"choose one of cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or 'cuda'"
         )
     return device
 

@@ -209,7 +209,9 @@ class Engine:
         with using_run_ctx(RunCtx(stage="load", device=self.device, engine=self, epoch=epoch, global_step=step)):
             model = get_model(epoch=epoch, step=step)
         if not isinstance(model, torch.nn.Module):
-            raise StepFunctionError(f"get_model must return a torch.nn.Module, got {type(model).__name__}")
+            raise StepFunctionError(
+                f"get_model must return a torch.nn.Module, got {type(model).__name__}; end it with 'return model'"
+            )
         num_params = sum(p.numel() for p in model.parameters())
         logger.info(f"model: class={type(model).__name__} params={num_params}")
         logger.log(V4, f"{model}")

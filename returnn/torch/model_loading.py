@@ -123,7 +123,10 @@ def _epoch_of(content: dict[str, Any], path: str) -> tuple[int, int]:
     try:
         return int(content["epoch"]), int(content.get("step", 0))
     except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"checkpoint {path!r} has no valid 'epoch' entry") from None
+        raise CheckpointError(
+            f"checkpoint {path!r} has no valid 'epoch' entry, so the epoch to continue after is unknown; to take only "
+            "its parameters, use import_model_train_epoch1 (training) or preload_from_files"
+        ) from None
 
 
 def train_start_point(config: Config, load: LoadFunction) -> StartPoint:
@@ -149,6 +152,7 @@ def train_start_point(config: Config, load: LoadFunction) -> StartPoint:
             f"training should continue after epoch {wanted} (start_epoch/load_epoch), but there is no checkpoint "
             f"{checkpoints.checkpoint_filename(prefix or '<model>', wanted)!r}"
             + (f"; existing epochs: {existing}" if existing else "")
+            + "; set start_epoch / load_epoch to an existing epoch, or remove them to continue after the newest one"
         )
     import_path = path_option(config, "import_model_train_epoch1")
     if import_path and start_epoch in (None, 1):

@@ -375,7 +375,11 @@ class Updater:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{source}: cannot load the optimizer state: {exc}") from None
+            raise CheckpointError(
+                f"{source}: cannot load the optimizer state ({exc}); was it written with another optimizer class or "
+                "parameter groups? Load the optimizer file of this training, or delete it and set "
+                "allow_missing_optimizer_checkpoint = True to continue with a fresh optimizer state"
+            ) from None
         if self.grad_scaler is not None and state.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         pending_grads = self._own_pending_grads(state, source=source) or {}
