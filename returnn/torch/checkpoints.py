@@ -104,8 +104,8 @@ def load_checkpoint(path: str, *, map_location: str | torch.device = "cpu") -> d
         raise CheckpointError(f"cannot read checkpoint {path!r} (truncated or not a torch file?): {exc}") from exc
     if not isinstance(content, dict):
         raise CheckpointError(
-            f"checkpoint {path!r}: expected a dict (as torch.save({{'model': model.state_dict(), ...}}) writes it), "
-            f"got {type(content).__name__}"
+            f"checkpoint {path!r}: expected a dict, got {type(content).__name__}; a checkpoint is saved as "
+            "torch.save({'model': model.state_dict(), 'epoch': ..., ...}, path)"
         )
     return content
 
