@@ -22,6 +22,7 @@ from typing import Any
 
 from returnn.config_options import (
     PIPELINE_INJECTED_KEYS,
+    RETURNN_KEYS_NOT_USED,
     ConfigOption,
     closest_known_key,
     declare_options,
@@ -387,8 +388,9 @@ class Config:
         """Report keys that were set but never read (call after start-up, when everything read its options).
 
         With ``config_unknown_keys = "error"`` (the default), a key that is a near miss of a known key is an error
-        ("did you mean ..."), any other unread key a warning. Declared keys that are still unread are not reported:
-        the code that needs them reads them later.
+        ("did you mean ..."), any other unread key a warning; so is a RETURNN option that this trainer does not
+        implement, also when it looks like a known key. Declared keys that are still unread are not reported: the
+        code that needs them reads them later.
         """
         mode = self.value("config_unknown_keys")
         if mode not in ("error", "warn", "ignore"):
@@ -398,6 +400,11 @@ class Config:
         typos: list[str] = []
         for key in self.unread_user_keys():
             if declared_option(key) is not None:
+                continue
+            if key in RETURNN_KEYS_NOT_USED:
+                logger.warning(
+                    f"config key {key!r} is a RETURNN option that this trainer does not use; it has no effect"
+                )
                 continue
             close = closest_known_key(key, self._read_keys)
             if close:

@@ -13,7 +13,14 @@ import difflib
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["PIPELINE_INJECTED_KEYS", "ConfigOption", "closest_known_key", "declare_options", "declared_options"]
+__all__ = [
+    "PIPELINE_INJECTED_KEYS",
+    "RETURNN_KEYS_NOT_USED",
+    "ConfigOption",
+    "closest_known_key",
+    "declare_options",
+    "declared_options",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,5 +94,66 @@ PIPELINE_INJECTED_KEYS = frozenset(
         "debug_print_layer_output_template",
         "debug_mode",
         "config",
+    }
+)
+
+# Options of RETURNN and Mini-RETURNN that this trainer does not implement. Existing configs set them (i6 setups
+# write log_batch_size, cache_size, ...), and several are near misses of known keys (log_batch_size, cache_size and
+# batch_size_dev of batch_size): they are reported as unused, never as typos.
+RETURNN_KEYS_NOT_USED = frozenset(
+    {
+        "allow_skipping_seqs_in_forward",
+        "apply_cleanup_old_models_to_optim_states",
+        "batch_size_dev",
+        "batch_size_train",
+        "batching",
+        "cache_size",
+        "calculate_exp_loss",
+        "chunk_eval",
+        "debug_shell_before_train_loop",
+        "decouple_constraints",
+        "default_float_dtype",
+        "dry_run",
+        "dummy_dataset_num_seqs",
+        "epoch",
+        "epoch_end",
+        "epoch_start",
+        "forward_auto_split_batch_on_oom",
+        "forward_callback",
+        "forward_data",
+        "grad_scaler",
+        "ipython",
+        "load_model_post_hooks",
+        "log_batch_size",
+        "log_grad_norm",
+        "multiprocessing",
+        "need_data",
+        "num_allowed_consec_invalid_gradient_steps",
+        "num_inputs",
+        "num_outputs",
+        "on_size_limit",
+        "packed_batch_size",
+        "patch_atfork",
+        "reset_dev_memory_caches",
+        "sort_dataset",
+        "start_batch",
+        "startup_callback",
+        "stop_for_resubmission_safety_factor",
+        "stop_for_resubmission_when_low_time_left",
+        "tensorboard_opts",
+        "torch_batching",
+        "torch_cuda_graph",
+        "torch_log_memory_usage",
+        "torch_profile",
+        "train_dummy_dataset_num_seqs",
+        "truncation",
+        "update_on_device",
+        "use_dummy_datasets",
+        "use_hot_reloading",
+        "use_lovely_tensors",
+        "use_tensorboard",
+        "use_train_proc_manager",
+        "watch_memory",
+        "window",
     }
 )

@@ -381,6 +381,28 @@ def test_unknown_key_other_is_warning(caplog):
     assert [r.getMessage() for r in caplog.records] == ["config key 'my_hidden_dim' is set but not used by anything"]
 
 
+def test_returnn_options_this_trainer_ignores_are_warnings_not_typos(caplog):
+    import returnn.torch.data.options  # noqa: F401  (declares batch_size)
+
+    config = Config({"log_batch_size": True, "cache_size": "0", "bach_size": 5000})
+    with pytest.raises(ConfigError, match=r"never read: 'bach_size' \(did you mean 'batch_size'\?\); fix"):
+        config.check_unknown_keys()
+    del config.typed_dict["bach_size"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="returnn"):
+        config.check_unknown_keys()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"config key {key!r} is a RETURNN option that this trainer does not use; it has no effect"
+        for key in ("cache_size", "log_batch_size")
+    ]
+
+
+def test_returnn_options_not_used_are_really_not_declared():
+    from returnn.tools.config_reference import collect_options
+
+    assert sorted(config_options.RETURNN_KEYS_NOT_USED & set(collect_options())) == []
+
+
 def test_unknown_key_modes(caplog):
     declare_options("Test section", {"test_batch_size_like": (1, "A test option.")})
     config = Config({"test_bach_size_like": 5000, "config_unknown_keys": "warn"})
