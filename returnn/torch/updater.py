@@ -365,6 +365,14 @@ class Updater:
         """
         if "optimizer" not in state and "param_groups" in state:
             state = {"optimizer": state}
+        saved_class, own_class = state.get("optimizer_class_name"), type(self.optimizer).__name__
+        if saved_class is not None and saved_class != own_class:
+            # torch would load it: the parameter groups would then lack the options of the new class
+            raise CheckpointError(
+                f"{source}: the optimizer state is of {saved_class}, but the config's optimizer is {own_class}; set "
+                f"the optimizer class back to {saved_class!r}, or delete that file and set "
+                f"allow_missing_optimizer_checkpoint = True to continue with a fresh {own_class} state"
+            )
         saved_names = state.get("param_names")
         if saved_names is not None and list(saved_names) != self.param_names:
             raise CheckpointError(

@@ -195,9 +195,28 @@ def test_state_round_trip_and_other_parameters():
     assert fresh.optimizer.state_dict()["state"][0]["step"] == 1
     fresh.load_state_dict(state["optimizer"], source="old.opt.pt")  # a bare optimizer state dict, as older files
     bigger = torch.nn.Linear(2, 2)
-    other = _updater(bigger)
+    other = Updater.from_config(
+        Config({"optimizer": {"class": "adam"}, "learning_rate": 0.1}), bigger, device="cpu", amp_dtype=None
+    )
     with pytest.raises(CheckpointError, match=r"a.opt.pt: the optimizer state is for other parameters"):
         other.load_state_dict(state, source="a.opt.pt")
+    with pytest.raises(CheckpointError, match=r"old.opt.pt: cannot load the optimizer state \(.*\); .* delete it"):
+        other.load_state_dict(state["optimizer"], source="old.opt.pt")  # no parameter names to compare
+
+
+def test_state_of_another_optimizer_class():
+    model = _model()
+    adam = Updater.from_config(
+        Config({"optimizer": {"class": "adam"}, "learning_rate": 0.1}), model, device="cpu", amp_dtype=None
+    )
+    _run_step(adam, model, 0, [1.0, 2.0])
+    sgd = _updater(model, optimizer={"class": "sgd", "momentum": 0.9})
+    with pytest.raises(
+        CheckpointError,
+        match=r"a.opt.pt: the optimizer state is of Adam, but the config's optimizer is SGD; set the optimizer class "
+        r"back to 'Adam', or delete that file and set allow_missing_optimizer_checkpoint = True",
+    ):
+        sgd.load_state_dict(adam.state_dict(), source="a.opt.pt")
 
 
 def test_bfloat16_amp_on_cpu_trains(make_config, tmp_path):
