@@ -158,7 +158,10 @@ def _run_config_function(config: Config, task: str) -> int:
         if optional == "optional-config":
             logger.info(f"task={task}: the config defines no {name!r}, skipped")
             return 0
-        raise ConfigError(f"task {task!r}: the config defines no function {name!r}")
+        raise ConfigError(
+            f"task {task!r}: the config defines no function {name!r}; define it, or use 'optional-config:{name}' "
+            "to skip the task when it is missing"
+        )
     if not callable(func):
         raise ConfigError(f"task {task!r}: config key {name!r} is {type(func).__name__}, not a function")
     func()

@@ -164,5 +164,8 @@ def load_learning_rate_file(filename: str) -> dict[int, EpochData]:
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"cannot read learning_rates file {filename!r}: {exc}") from exc
+        raise CheckpointError(
+            f"cannot read learning_rates file {filename!r}: {exc}; check the path and the permissions of the "
+            "file (config key 'learning_rate_file')"
+        ) from exc
     return parse_epoch_data(text, filename)

@@ -148,7 +148,8 @@ def _extents(key: str, arrays: list[np.ndarray]) -> np.ndarray:
     except ValueError:
         shapes = sorted({array.shape for array in arrays}, key=len)
         raise DatasetError(
-            f"key {key!r}: sequences have different numbers of axes ({shapes[0]} and {shapes[-1]})"
+            f"key {key!r}: sequences have different numbers of axes ({shapes[0]} and {shapes[-1]}); every sequence "
+            "of a data key needs the same axes (e.g. [time, feature]): fix the dataset's data of this key"
         ) from None
 
 

@@ -40,7 +40,10 @@ def iterate_dataset(
     keys = list(dataset.get_data_keys())
     clashes = {SEQ_TAG, SEQ_IDX}.intersection(keys)
     if clashes:
-        raise DatasetError(f"{dataset}: data keys {sorted(clashes)} clash with the batch entries of the same name")
+        raise DatasetError(
+            f"{dataset}: data keys {sorted(clashes)} clash with the batch entries of the same name; rename these data "
+            "keys in the dataset"
+        )
     try:
         seq_idx = 0
         while dataset.is_less_than_num_seqs(seq_idx):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
-from returnn.datasets.generating import DummyDataset
+from returnn.datasets.generating import DummyDataset, StaticDataset
 from returnn.errors import ConfigError, DatasetError
 from returnn.log import V4
 from returnn.torch.data import BatchStatistics, DataPipelineOptions, build_data_loader, default_num_workers
@@ -34,6 +35,12 @@ def test_iterate_dataset_shard_holds_every_nth_sequence_with_global_positions(st
     shard = list(iterate_dataset(static_dataset(8, seq_ordering="random"), epoch=2, shard_index=1, num_shards=3))
     assert [item["seq_tag"] for item in shard] == order[1::3]
     assert [item["seq_idx"] for item in shard] == [1, 4, 7]
+
+
+def test_iterate_dataset_data_key_named_like_a_batch_entry_is_an_error():
+    dataset = StaticDataset(data=[{"data": np.zeros((2, 1), "float32"), "seq_idx": np.zeros(1, "int32")}])
+    with pytest.raises(DatasetError, match=r"data keys \['seq_idx'\] clash .*; rename these data keys in the dataset"):
+        next(iterate_dataset(dataset, epoch=1))
 
 
 def test_iterate_dataset_unshardable_dataset_with_shards_is_an_error():
