@@ -118,7 +118,7 @@ def test_i6_core_serialized_config(tmp_path):
         num_epochs = 10
         target = "classes"
         use_horovod = False
-        config = json.loads({payload!r}) if False else {{}}
+        config = {{}}
         import json
         config = json.loads({payload!r})
         locals().update(**config)
