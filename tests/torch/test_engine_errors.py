@@ -113,6 +113,18 @@ def test_checkpoint_of_another_model(make_config, tmp_path):
     assert sorted(os.listdir(tmp_path / "models")) == ["epoch.004.opt.pt", "epoch.004.pt"]
 
 
+def test_checkpoint_without_model_or_epoch_entry(make_config, tmp_path):
+    path = str(tmp_path / "params.pt")
+    torch.save({"params": {}, "epoch": 1}, path)
+    with pytest.raises(
+        CheckpointError, match=r"params.pt' has no 'model' entry \(it has: params, epoch\); .* 'checkpoint_key'"
+    ):
+        Engine(make_config(load=path)).train()
+    torch.save({"model": {}}, path)
+    with pytest.raises(CheckpointError, match=r"params.pt' has no valid 'epoch' entry, .* import_model_train_epoch1"):
+        Engine(make_config(load=path)).train()
+
+
 def test_checkpoint_with_other_shapes(make_config, tmp_path):
     Engine(make_config(num_epochs=1)).train()
 

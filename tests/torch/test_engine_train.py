@@ -44,10 +44,16 @@ def test_train_writes_checkpoints_and_learning_rates_file(make_config, tmp_path)
         assert data.learning_rate == 0.01
         assert sorted(data.error) == ["dev_loss_ce", "train_loss_ce"]
         assert all(isinstance(value, float) and 0 < value < 5 for value in data.error.values())
-    # as pipelines read it
+    # as pipelines read it: EpochData as dict, and as a function of (learningRate, error)
     text = (tmp_path / "learning_rates").read_text()
     as_dict = eval(text, {"EpochData": dict, "nan": float("nan"), "inf": float("inf")})
     assert as_dict[3] == {"learningRate": 0.01, "error": epochs[3].error}
+
+    def EpochData(learningRate, error):  # the names that the file uses
+        return learningRate, error
+
+    as_calls = eval(text, {"EpochData": EpochData, "nan": float("nan"), "inf": float("inf")})
+    assert as_calls == {epoch: (0.01, data.error) for epoch, data in epochs.items()}
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(make_config, tmp_path, assert_same_state):
@@ -179,6 +185,15 @@ def test_initialize_model_then_train_starts_from_it(make_config, tmp_path, asser
     assert_same_state(
         _load(str(tmp_path / "models" / "epoch.001.pt"))["model"], _load(str(fresh_dir / "epoch.001.pt"))["model"]
     )
+
+
+def test_initialize_model_with_import_model_train_epoch1(make_config, tmp_path, assert_same_state):
+    Engine(make_config(model=str(tmp_path / "a" / "epoch"), num_epochs=1, learning_rate_file=None)).train()
+    source = str(tmp_path / "a" / "epoch.001.pt")
+    Engine(make_config(import_model_train_epoch1=source)).initialize_model()
+    initial = _load(str(tmp_path / "models" / "epoch.000.pt"))
+    assert (initial["epoch"], initial["step"]) == (0, 0)
+    assert_same_state(initial["model"], _load(source)["model"])
 
 
 def test_forward_gets_checkpoint_epoch_and_step(make_config, tmp_path):

@@ -236,6 +236,23 @@ def test_bfloat16_amp_on_cpu_trains(make_config, tmp_path):
     assert torch.load(tmp_path / "models" / "epoch.001.opt.pt", weights_only=True)["grad_scaler"] is None
 
 
+def test_float16_amp_scaler_state_is_saved_and_resumed(make_config, tmp_path, assert_same_state):
+    from returnn.torch.engine import Engine
+
+    def config(name: str, num_epochs: int):
+        return make_config(run_dir=name, num_epochs=num_epochs, torch_amp={"dtype": "float16"}, dev=None)
+
+    Engine(config("full", 2)).train()
+    Engine(config("resumed", 1)).train()
+    scaler = torch.load(tmp_path / "resumed" / "epoch.001.opt.pt", weights_only=True)["grad_scaler"]
+    # 4 updates without overflow so far: the resumed run must continue counting from there (the full run's 8)
+    assert (scaler["scale"], scaler["_growth_tracker"]) == (65536.0, 4)
+    Engine(config("resumed", 2)).train()
+    for name in ("epoch.002.pt", "epoch.002.opt.pt"):
+        full = torch.load(tmp_path / "full" / name, weights_only=True)
+        assert_same_state(full, torch.load(tmp_path / "resumed" / name, weights_only=True))
+
+
 def test_float16_amp_options_make_a_grad_scaler(caplog):
     caplog.set_level(logging.WARNING)
     model = _model()
