@@ -108,6 +108,7 @@ class DataPipelineOptions:
     max_seq_length: LengthLimit = None
     chunking: ChunkingSpec | None = None
     shuffle_buffer_size: int | None = None
+    shuffle_seed: int | None = None
     num_workers: int | None = None
     dataloader_opts: Mapping[str, Any] = field(default_factory=dict)
     config_args: tuple[str, ...] = ()
@@ -166,6 +167,7 @@ class DataPipelineOptions:
         :raises ConfigError: listing every problem found.
         """
         problems = list(problems or [])
+        shuffle_buffer_size, shuffle_seed = _online_shuffle_batches(online_shuffle_batches, problems)
         options = cls(
             batch_size=_batch_size(batch_size, problems),
             max_seqs=_max_seqs(max_seqs, problems),
@@ -173,7 +175,8 @@ class DataPipelineOptions:
             min_seq_length=_length_limit("min_seq_length", min_seq_length, problems),
             max_seq_length=_length_limit("max_seq_length", max_seq_length, problems),
             chunking=_chunking(chunking_options, chunking, min_chunk_size, problems),
-            shuffle_buffer_size=_shuffle_buffer_size(online_shuffle_batches, problems),
+            shuffle_buffer_size=shuffle_buffer_size,
+            shuffle_seed=shuffle_seed,
             num_workers=_num_workers(num_workers_per_gpu, torch_dataloader_opts, problems),
             dataloader_opts=_dataloader_opts(torch_dataloader_opts, problems),
             config_args=tuple(config_args),
@@ -238,19 +241,28 @@ def _length_limit(key: str, value: Any, problems: list[str]) -> LengthLimit:
     return None if value is None else _int_or_dict(key, value, 0, problems)
 
 
-def _shuffle_buffer_size(value: Any, problems: list[str]) -> int | None:
+def _online_shuffle_batches(value: Any, problems: list[str]) -> tuple[int | None, int | None]:
+    """(buffer size, seed) from an int or RETURNN's ``{"buffer_size": int, "seed": int}`` (seed optional)."""
     if value is None or value is False or value == 0:
-        return None
+        return None, None
+    seed = None
     if isinstance(value, Mapping):
-        unknown = sorted(set(value) - {"buffer_size"})
+        unknown = sorted(set(value) - {"buffer_size", "seed"})
         if unknown or "buffer_size" not in value:
-            problems.append(f"'online_shuffle_batches': expected {{'buffer_size': int}}, got {dict(value)!r}")
-            return None
+            problems.append(
+                f"'online_shuffle_batches': expected {{'buffer_size': int}} (and optionally 'seed': int), "
+                f"got {dict(value)!r}"
+            )
+            return None, None
+        seed = value.get("seed")
+        if seed is not None and (not _is_int(seed) or seed < 0):
+            problems.append(f"'online_shuffle_batches': 'seed' must be an int >= 0, got {seed!r}")
+            seed = None
         value = value["buffer_size"]
     if not _is_int(value) or value < 1:
         problems.append(f"'online_shuffle_batches': expected a positive int (batches in the buffer), got {value!r}")
-        return None
-    return value
+        return None, None
+    return value, seed
 
 
 def _num_workers(value: Any, dataloader_opts: Any, problems: list[str]) -> int | None:

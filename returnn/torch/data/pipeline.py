@@ -62,11 +62,14 @@ def iterate_batches(
     )
     if mode == "train" and options.shuffle_buffer_size:
         batches = shuffle_batches(
-            batches, buffer_size=options.shuffle_buffer_size, rng=_rng(epoch, shard_index, _SHUFFLE_STREAM)
+            batches,
+            buffer_size=options.shuffle_buffer_size,
+            rng=_rng(epoch, shard_index, _SHUFFLE_STREAM, seed=options.shuffle_seed),
         )
     for batch in batches:
         yield collate_batch(batch, shared_memory=shared_memory)
 
 
-def _rng(epoch: int | None, shard_index: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng([epoch or 0, shard_index, stream])
+def _rng(epoch: int | None, shard_index: int, stream: int, *, seed: int | None = None) -> np.random.Generator:
+    """The random generator of a stage for this epoch and shard (and the configured seed, if any)."""
+    return np.random.default_rng([epoch or 0, shard_index, stream] + ([] if seed is None else [seed]))

@@ -80,6 +80,16 @@ def test_modes_apply_filter_chunking_shuffle_and_drop_last_as_documented(static_
         next(iterate_batches(dataset, options, epoch=1, mode="search"))
 
 
+def test_shuffle_seed_gives_another_reproducible_batch_order(static_dataset):
+    def tags(shuffle) -> list[str]:
+        options = DataPipelineOptions.parse(batch_size=100, max_seqs=1, online_shuffle_batches=shuffle)
+        return [batch.lists["seq_tag"][0] for batch in iterate_batches(static_dataset(8), options, epoch=1)]
+
+    unseeded, seeded = tags(4), tags({"buffer_size": 4, "seed": 7})
+    assert sorted(unseeded) == sorted(seeded) == [f"seq-{i}" for i in range(8)]
+    assert seeded != unseeded and seeded == tags({"buffer_size": 4, "seed": 7})
+
+
 # ------------------------------------------------------------------------------------------------ loader
 
 

@@ -152,6 +152,10 @@ def test_drop_last_alias_conflict():
         ({"chunking": ({"data": 10}, {"classes": 5})}, r"the step dict must have the same keys"),
         ({"online_shuffle_batches": {"size": 10}}, r"'online_shuffle_batches': expected \{'buffer_size': int\}"),
         ({"online_shuffle_batches": -3}, r"'online_shuffle_batches': expected a positive int"),
+        (
+            {"online_shuffle_batches": {"buffer_size": 10, "seed": "x"}},
+            r"'online_shuffle_batches': 'seed' must be an int >= 0, got 'x'",
+        ),
         ({"num_workers_per_gpu": -1}, r"'num_workers_per_gpu' must be an int >= 0, got -1"),
         (
             {"num_workers_per_gpu": 1, "torch_dataloader_opts": {"num_workers": 2}},
@@ -178,6 +182,13 @@ def test_all_problems_are_reported_together():
         DataPipelineOptions.parse(batch_size=1.5, max_seqs=-7, chunking=-1)
     assert str(info.value).count(";") == 2
     assert "'batch_size'" in str(info.value) and "'max_seqs'" in str(info.value) and "'chunking'" in str(info.value)
+
+
+def test_online_shuffle_batches_forms():
+    options = DataPipelineOptions.parse(online_shuffle_batches=8)
+    assert (options.shuffle_buffer_size, options.shuffle_seed) == (8, None)
+    options = DataPipelineOptions.parse(online_shuffle_batches={"buffer_size": 8, "seed": 3})  # RETURNN's dict
+    assert (options.shuffle_buffer_size, options.shuffle_seed) == (8, 3)
 
 
 def test_num_workers_from_torch_dataloader_opts():
