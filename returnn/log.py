@@ -101,7 +101,6 @@ class Log:
         self.error = self.v0
         self.verbose = [self.v0, self.v1, self.v2, self.v3, self.v4, self.v5]
         self._handlers: list[logging.Handler] = []
-        self.initialized = False
 
     def initialize(
         self,
@@ -115,14 +114,17 @@ class Log:
         logs = list(logs or []) or ["stdout"]
         verbosity = list(verbosity or [3])
         formatter = list(formatter or ["default"])
+        unknown = [fmt for fmt in formatter if fmt not in _FORMATS]
+        if unknown:
+            raise ConfigError(
+                f"config key 'log_format': unknown format {unknown[0]!r}; choose one of {sorted(_FORMATS)}"
+            )
         root = logging.getLogger(ROOT_LOGGER_NAME)
         root.propagate = False
         lowest = logging.CRITICAL
         for i, target in enumerate(logs):
             level = level_for_verbosity(verbosity[min(i, len(verbosity) - 1)])
             fmt = formatter[min(i, len(formatter) - 1)]
-            if fmt not in _FORMATS:
-                raise ConfigError(f"config key 'log_format': unknown format {fmt!r}; choose one of {sorted(_FORMATS)}")
             handler = self._make_handler(target, stdout)
             handler.setLevel(level)
             handler.setFormatter(logging.Formatter(_FORMATS[fmt], datefmt="%Y-%m-%d %H:%M:%S"))
@@ -130,7 +132,6 @@ class Log:
             self._handlers.append(handler)
             lowest = min(lowest, level)
         root.setLevel(lowest)
-        self.initialized = True
 
     @staticmethod
     def _make_handler(target: str, stdout: TextIO | None) -> logging.Handler:
@@ -153,6 +154,11 @@ class Log:
         formats = [str(item) for item in config.list("log_format")]
         self.initialize(logs=logs, verbosity=config.int_list("log_verbosity"), formatter=formats, stdout=stdout)
 
+    @property
+    def initialized(self) -> bool:
+        """Whether targets are set up (by :meth:`initialize` or :meth:`init_by_config`, until :meth:`close`)."""
+        return bool(self._handlers)
+
     def has_file_targets(self) -> bool:
         """Whether a target is a file (errors are then also written to it)."""
         return any(isinstance(handler, logging.FileHandler) for handler in self._handlers)
@@ -166,7 +172,6 @@ class Log:
             root.removeHandler(handler)
             handler.close()
         self._handlers = []
-        self.initialized = False
 
 
 log = Log()

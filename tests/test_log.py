@@ -70,7 +70,8 @@ def test_v_streams_for_configs_that_print_to_them():
 
 def test_bad_format_and_target(tmp_path):
     with pytest.raises(ConfigError, match=r"config key 'log_format': unknown format 'fancy'"):
-        log.initialize(formatter=["fancy"])
+        log.initialize(logs=["stdout", "stdout"], formatter=["default", "fancy"])
+    assert not log.initialized  # no target was set up
     with pytest.raises(ConfigError, match="pipe targets"):
         log.initialize(logs=["|gzip > x"])
     with pytest.raises(ConfigError, match="log_verbosity"):
