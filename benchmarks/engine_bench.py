@@ -121,9 +121,7 @@ def _run_loop(impl: str, path: str, epochs: int) -> tuple[dict, object]:
     return {"epochs_s": epoch_seconds, "epochs_cpu_s": epoch_cpu_seconds}, model.state_dict()
 
 
-def _run_engine(path: str, epochs: int, workdir: str) -> tuple[dict, object]:
-    from returnn.config import Config
-    from returnn.log import log
+def _timed_engine_class() -> type:
     from returnn.torch.engine import Engine
 
     class TimedEngine(Engine):
@@ -169,6 +167,14 @@ def _run_engine(path: str, epochs: int, workdir: str) -> tuple[dict, object]:
             loader.iter_epoch = timed_iter_epoch
             return loader
 
+    return TimedEngine
+
+
+def _run_engine(path: str, epochs: int, workdir: str) -> tuple[dict, object]:
+    from returnn.config import Config
+    from returnn.log import log
+
+    TimedEngine = _timed_engine_class()
     config = Config(
         dict(
             get_model=get_model,
