@@ -12,6 +12,10 @@ A config may define ``class CustomEngine(Engine)`` and override these hooks (eac
 - :meth:`Engine.on_epoch_start`, :meth:`Engine.on_epoch_end`
 - :meth:`Engine.save_checkpoint`, :meth:`Engine.load_checkpoint`
 
+The engine's options are read in :mod:`returnn.torch.engine_options`; where a task starts (which checkpoint, and
+``preload_from_files``) is decided in :mod:`returnn.torch.model_loading`; the optimizer step is
+:mod:`returnn.torch.updater`'s; loss bookkeeping and the per-step log line are in :mod:`returnn.torch.scores`.
+
 Log lines have a stable ``key=value`` shape: one per step at verbosity 5 (``epoch=... step=... loss_<name>=...
 seqs=... step_time=... eta=...``), one per evaluated dataset at verbosity 4 and one per epoch at verbosity 3
 (``epoch=... train_loss_<name>=... dev_loss_<name>=... lr=... time=...``).
