@@ -266,23 +266,11 @@ class Config:
 
     def int(self, key: str, default: Any = _UNSET) -> int | None:
         """An int (also from an integral float or a decimal string); None if unset."""
-        value = self._raw(key, default)
-        if value is None:
-            return None
-        try:
-            return _to_int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key {key!r}: expected an int, got {value!r}") from None
+        return self._converted(key, default, _to_int, "an int")
 
     def float(self, key: str, default: Any = _UNSET) -> float | None:
         """A float (also from an int or a string such as ``"1e-3"`` or ``"inf"``); None if unset."""
-        value = self._raw(key, default)
-        if value is None:
-            return None
-        try:
-            return _to_float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}") from None
+        return self._converted(key, default, _to_float, "a number")
 
     def bool(self, key: str, default: Any = _UNSET) -> bool | None:
         """A bool (also from an int or a string such as ``"true"``, ``"off"``); None if unset."""
@@ -308,32 +296,15 @@ class Config:
 
     def list(self, key: str, default: Any = _UNSET) -> list[Any]:
         """A list: lists and tuples as they are, a string split at commas, another value as its only item."""
-        value = self._raw(key, default)
-        if value is None:
-            return []
-        if isinstance(value, str):
-            return [item for item in value.split(",") if item] if value else []
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        return [value]
+        return _list_of(self._raw(key, default))
 
     def int_list(self, key: str, default: Any = _UNSET) -> list[int]:
         """A list (see :meth:`list`) of ints."""
-        items = self.list(key, default)
-        try:
-            return [_to_int(item) for item in items]
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key {key!r}: expected a list of ints, got {self._raw(key, default)!r}") from None
+        return self._converted(key, default, _to_int_list, "a list of ints") or []
 
     def float_list(self, key: str, default: Any = _UNSET) -> list[float]:
         """A list (see :meth:`list`) of floats."""
-        items = self.list(key, default)
-        try:
-            return [_to_float(item) for item in items]
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"config key {key!r}: expected a list of numbers, got {self._raw(key, default)!r}"
-            ) from None
+        return self._converted(key, default, _to_float_list, "a list of numbers") or []
 
     def int_pair(self, key: str, default: Any = _UNSET) -> tuple[int, int] | None:
         """Two ints, from an int (used twice) or a list of one or two ints; None if unset."""
@@ -359,6 +330,16 @@ class Config:
     def callable(self, key: str, default: Any = None) -> Any:
         """A callable from the config (functions, classes, partials), or ``default``; anything else is an error."""
         return self._checked(key, default, callable, "a function")
+
+    def _converted(self, key: str, default: Any, convert: Callable[[Any], Any], expected: str) -> Any:
+        """``convert(value)``, None if unset; a ConfigError naming the key if ``convert`` fails."""
+        value = self._raw(key, default)
+        if value is None:
+            return None
+        try:
+            return convert(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r}: expected {expected}, got {value!r}") from None
 
     def _checked(self, key: str, default: Any, is_valid: Callable[[Any], bool], expected: str) -> Any:
         value = self._raw(key, default)
@@ -418,6 +399,17 @@ class Config:
             logger.warning(message)
 
 
+def _list_of(value: Any) -> list[Any]:
+    """See :meth:`Config.list`."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [item for item in value.split(",") if item]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
 def _to_int(value: Any) -> int:
     """An int from an integer (also numpy's), an integral float or a decimal string; TypeError/ValueError else."""
     if isinstance(value, bool):
@@ -438,6 +430,14 @@ def _to_float(value: Any) -> float:
     if isinstance(value, numbers.Real):
         return float(value)
     raise TypeError(value)
+
+
+def _to_int_list(value: Any) -> list[int]:
+    return [_to_int(item) for item in _list_of(value)]
+
+
+def _to_float_list(value: Any) -> list[float]:
+    return [_to_float(item) for item in _list_of(value)]
 
 
 def _override_value(key: str, text: str, current: Any) -> Any:
