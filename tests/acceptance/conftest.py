@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class TrainedJob:
     killed_output: str  # what the killed run printed
     files_when_killed: dict[str, tuple[int, int]]  # job dir snapshot right after the kill
     completed_when_killed: list[int]  # finished epochs by i6_core's reading of the learning_rates file then
-    resumed: object  # the CompletedProcess of the second run
+    resumed: subprocess.CompletedProcess  # the second run
 
 
 @pytest.fixture(scope="session")

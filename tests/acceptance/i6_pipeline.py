@@ -7,6 +7,7 @@ acceptance tests drive the trainer exactly the way those pipelines do.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import pprint
@@ -148,13 +149,15 @@ def tool_command(tool: str, *args: str) -> list[str]:
     return [PYTHON, str(REPO_ROOT / "tools" / tool), *args]
 
 
-def run(
-    command: Sequence[str], cwd: Path, *, env: dict[str, str] | None = None, timeout: float = 180
-) -> subprocess.CompletedProcess:
-    """Run a job's command as the job does (one thread per process: the tests share a small machine)."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
+def _job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    # jobs set the thread counts to their CPU requirement; one thread each, as the tests share a small machine
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(extra or {})}
+
+
+def run(command: Sequence[str], cwd: Path, *, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run a job's command as the job does."""
     return subprocess.run(
-        list(command), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+        list(command), cwd=cwd, env=_job_env(), capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
@@ -165,11 +168,10 @@ def describe(proc: subprocess.CompletedProcess) -> str:
 def run_until_file_then_kill(command: Sequence[str], cwd: Path, marker: Path, *, env: dict[str, str]) -> str:
     """Start ``command``, wait until ``marker`` appears, then SIGKILL its whole process group (as a cluster ends a
     job that ran out of time). Returns what it printed."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
     log_path = cwd / "killed-run.out"
     with open(log_path, "w") as out:
         proc = subprocess.Popen(
-            list(command), cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            list(command), cwd=cwd, env=_job_env(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             deadline = time.monotonic() + 180
@@ -198,10 +200,11 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
 
 
 def copy_job(job: JobDir, path: Path) -> JobDir:
-    """A copy of a job directory whose config names the copy's own model directory."""
+    """A copy of a job directory whose config and ``rnn.sh`` name the copy's own files."""
     shutil.copytree(job.path, path)
     copy = JobDir(path)
-    copy.config.write_text(copy.config.read_text().replace(str(job.path), str(path)))
+    for name in (copy.config, copy.work / "rnn.sh"):
+        name.write_text(name.read_text().replace(str(job.path), str(path)))
     return copy
 
 
@@ -300,3 +303,16 @@ def forward_job(base: Path, name: str, checkpoint: Path, config: dict[str, Any],
     run_dir = base / f"tmp-{name}"  # the job's tempfile.TemporaryDirectory
     run_dir.mkdir()
     return job, run_dir
+
+
+def reference_model(checkpoint: str | Path) -> Any:
+    """The model code's ``Model`` with a checkpoint's parameters, built in this process (to check what the jobs
+    wrote against what the checkpoint computes)."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("frame_net_reference", FIXTURES / f"{MODEL_MODULE}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.Model(model_config_dict=MODEL_CONFIG)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+    return model.eval()

@@ -9,7 +9,6 @@ checkpoint's model computes in this process.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import i6_pipeline as i6
@@ -22,11 +21,7 @@ from returnn.datasets import init_dataset
 
 def _reference_outputs(checkpoint: str, features_hdf: str) -> tuple[dict[str, str], np.ndarray]:
     """Greedy hypotheses per tag and the log prior, computed directly from the checkpoint's parameters."""
-    spec = importlib.util.spec_from_file_location("frame_net_reference", i6.FIXTURES / f"{i6.MODEL_MODULE}.py")
-    frame_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(frame_net)
-    model = frame_net.Model(model_config_dict=i6.MODEL_CONFIG)
-    model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+    model = i6.reference_model(checkpoint)
     dataset = init_dataset({"class": "HDFDataset", "files": [features_hdf]})
     dataset.init_seq_order(epoch=1)
     hyps, probs = {}, []

@@ -42,7 +42,8 @@ def test_killed_in_epoch_2_then_the_same_command_continues_after_epoch_1(trained
     # each epoch finished exactly once: the partial epoch 2 of the killed run left no trace
     finished = re.findall(r"^epoch=(\d+) train_loss_ce=", _log(trained_job), flags=re.MULTILINE)
     assert finished == ["1", "2", "3", "4", "5", "6"]
-    assert trained_job.resumed.stdout == "" and trained_job.resumed.stderr == ""  # everything went to ./returnn.log
+    # everything went to ./returnn.log
+    assert trained_job.killed_output == "" and trained_job.resumed.stdout == "" and trained_job.resumed.stderr == ""
     assert sorted(str(p.relative_to(trained_job.job.path)) for p in trained_job.job.path.rglob("*.tmp*")) == []
 
 
@@ -92,6 +93,8 @@ def test_checkpoints_kept_and_loadable_as_weights_only(trained_job):
     for epoch in [*i6.KEEP_EPOCHS, i6.NUM_EPOCHS]:
         checkpoint = torch.load(trained_job.job.models / f"epoch.{epoch:03d}.pt", weights_only=True)
         assert (checkpoint["epoch"], checkpoint["step"]) == (epoch, epoch * STEPS_PER_EPOCH)
+        # the prolog's dynamic_learning_rate: its warm-up is over after 4 steps
+        assert checkpoint["effective_learning_rate"] == i6.LEARNING_RATES[epoch - 1]
         assert set(checkpoint["model"]) == PARAMETERS
     optimizer = torch.load(trained_job.job.models / "epoch.006.opt.pt", weights_only=True)
     assert (optimizer["epoch"], optimizer["step"]) == (6, 6 * STEPS_PER_EPOCH)
