@@ -117,3 +117,10 @@ def test_corrupted_file_is_left_as_it_is(tmp_path):
 
 def test_missing_file_reads_empty(tmp_path):
     assert load_learning_rate_file(str(tmp_path / "nothing")) == {}
+
+
+def test_unreadable_file_says_what_to_check(tmp_path):
+    with pytest.raises(
+        CheckpointError, match=r"cannot read learning_rates file .*; check the path and the permissions"
+    ):
+        load_learning_rate_file(str(tmp_path))  # a directory
