@@ -90,7 +90,7 @@ class Config:
 
     def __init__(self, items: dict[str, Any] | None = None):
         # Config files execute in the namespace of a module, so that functions and classes they define can be
-        # pickled by reference (DataLoader worker processes rebuild the config, see :func:`config_from_args`).
+        # pickled by reference (DataLoader worker processes rebuild the config with :func:`load_config`).
         self.module = types.ModuleType(self.MODULE_NAME)
         self.typed_dict: dict[str, Any] = self.module.__dict__
         self.dict: dict[str, str] = {}
@@ -146,7 +146,7 @@ class Config:
         # `config = {}` / `config = json.loads(...)` in i6_core files rebinds the name; keep it as a plain key then.
         if namespace.get("config") is self:
             del namespace["config"]
-        self._apply_overrides(typed=True)
+        self._apply_overrides()
 
     def install_module(self) -> None:
         """Make the config namespace importable as ``__returnn_config__`` (needed to unpickle config functions)."""
@@ -195,18 +195,18 @@ class Config:
                     f"command line: unexpected argument {arg!r}; expected config files first, "
                     "then '++key value' pairs (see --help)"
                 )
-        self._apply_overrides(typed=False)
+        self._apply_overrides()
         return files
 
-    def _apply_overrides(self, *, typed: bool) -> None:
+    def _apply_overrides(self) -> None:
+        """Give each override its value: typed like the Python value the config holds for the key, if any (see
+        :func:`_override_value`), else the string."""
         for key, value in self._overrides:
-            if typed and key in self.typed_dict:
+            if key in self.typed_dict:
                 self.typed_dict[key] = _override_value(key, value, self.typed_dict[key])
                 self.dict.pop(key, None)
-            elif not typed and key not in self.typed_dict:
+            else:
                 self.dict[key] = value
-            elif not typed:
-                self.typed_dict[key] = _override_value(key, value, self.typed_dict[key])
 
     # ---------------------------------------------------------------- access
 
