@@ -76,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
         log.init_by_config(config)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: one log, not one per process
+            log.quiet_non_main_rank(int(os.environ.get("RANK", "0")))
         _log_startup(config)
         return run_task(config)
     except ReturnnError as exc:

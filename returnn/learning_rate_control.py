@@ -76,7 +76,11 @@ declare_options(
         ),
         "learning_rate_decay": (0.5, "newbob: factor (or function lr -> lr) applied when the score got worse."),
         "newbob_learning_rate_decay": (None, "Alias of learning_rate_decay (wins when both are set)."),
-        "learning_rate_growth": (1.0, "newbob_multi_epoch: factor (or function lr -> lr) when the score improved."),
+        "learning_rate_growth": (
+            1.0,
+            "newbob variants: factor (or function lr -> lr) applied when the score improved by more than the "
+            "threshold.",
+        ),
         "newbob_learning_rate_growth": (None, "Alias of learning_rate_growth (wins when both are set)."),
         "newbob_relative_error_threshold": (
             -0.01,

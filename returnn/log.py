@@ -88,6 +88,18 @@ class _VerbosityStream(io.TextIOBase):
             self._buffer = ""
 
 
+class _RankPrefix(logging.Filter):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.prefix = f"rank {rank}: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "_rank_prefixed", False):  # the same record passes several handlers
+            record.msg = f"{self.prefix}{record.msg}"
+            record._rank_prefixed = True
+        return True
+
+
 class Log:
     """The log set-up of the process. There is one instance, :data:`log`."""
 
@@ -158,6 +170,17 @@ class Log:
     def initialized(self) -> bool:
         """Whether targets are set up (by :meth:`initialize` or :meth:`init_by_config`, until :meth:`close`)."""
         return bool(self._handlers)
+
+    def quiet_non_main_rank(self, rank: int) -> None:
+        """On ranks other than 0 of a multi-process run: only warnings and errors, prefixed with ``rank N:`` (else
+        every line of the log would come once per process)."""
+        if rank == 0:
+            return
+        root = logging.getLogger(ROOT_LOGGER_NAME)
+        root.setLevel(max(root.level, logging.WARNING))
+        for handler in root.handlers:
+            if not any(isinstance(f, _RankPrefix) for f in handler.filters):
+                handler.addFilter(_RankPrefix(rank))
 
     def has_file_targets(self) -> bool:
         """Whether a target is a file (errors are then also written to it)."""

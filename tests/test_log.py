@@ -81,3 +81,20 @@ def test_bad_format_and_target(tmp_path):
 def test_level_for_verbosity_clamps():
     assert level_for_verbosity(9) == logging.DEBUG
     assert level_for_verbosity(-1) == logging.ERROR
+
+
+def test_non_main_rank_logs_only_warnings_with_prefix():
+    stream = io.StringIO()
+    log.initialize(verbosity=[5], stdout=stream)
+    log.quiet_non_main_rank(1)
+    log.quiet_non_main_rank(1)  # idempotent: one prefix
+    emit_all_levels()
+    assert stream.getvalue().splitlines() == ["rank 1: warn"]
+
+
+def test_main_rank_is_not_quieted():
+    stream = io.StringIO()
+    log.initialize(verbosity=[3], stdout=stream)
+    log.quiet_non_main_rank(0)
+    emit_all_levels()
+    assert stream.getvalue().splitlines() == ["warn", "info"]

@@ -48,6 +48,7 @@ import torch.distributed as dist
 
 from returnn.config import Config, declare_options
 from returnn.errors import CheckpointError, ConfigError, TrainingError
+from returnn.log import log
 
 __all__ = [
     "rank",
@@ -456,25 +457,6 @@ def _unflatten(flat: torch.Tensor, bucket: list[torch.Tensor]) -> None:
         tensor.copy_(part.view_as(tensor))
 
 
-class _RankPrefix(logging.Filter):
-    def __init__(self, rank_: int):
-        super().__init__()
-        self.prefix = f"rank {rank_}: "
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(record, "_rank_prefixed", False):  # the same record passes several handlers
-            record.msg = f"{self.prefix}{record.msg}"
-            record._rank_prefixed = True
-        return True
-
-
 def quiet_non_main_logging(rank_: int) -> None:
-    """On ranks other than 0, from now on: only warnings and errors, prefixed with the rank (else every line of the
-    log would come once per process)."""
-    if rank_ == 0:
-        return
-    root = logging.getLogger("returnn")
-    root.setLevel(max(root.level, logging.WARNING))
-    prefix = _RankPrefix(rank_)
-    for handler in root.handlers:
-        handler.addFilter(prefix)
+    """On ranks other than 0, from now on: only warnings and errors, prefixed with the rank."""
+    log.quiet_non_main_rank(rank_)

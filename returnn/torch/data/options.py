@@ -53,7 +53,8 @@ declare_options(
         "min_chunk_size": (None, "With chunking: drop chunks shorter than this (int, or {key: int}); default 0."),
         "online_shuffle_batches": (
             None,
-            'Shuffle batches through a buffer of this many batches in training (int, or {"buffer_size": int}).',
+            'Shuffle batches through a buffer of this many batches in training (int, or {"buffer_size": int, '
+            '"seed": int}; the seed is combined with the epoch and shard).',
         ),
         "num_workers_per_gpu": (
             None,
