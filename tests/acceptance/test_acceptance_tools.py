@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -78,8 +79,10 @@ def test_mean_stddev_job_reads_stats_files(trained_job, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="needs the optional package onnx")
 def test_onnx_export_job(trained_job, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    import onnx
+
     job = i6.JobDir.create(tmp_path / "TorchOnnxExportJob")
     shutil.copy(i6.FIXTURES / f"{i6.MODEL_MODULE}.py", job.output)
     epilog = i6.model_epilog() + f"\nfrom {i6.MODEL_MODULE} import export"
