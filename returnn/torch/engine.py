@@ -337,6 +337,8 @@ class Engine:
             raise ConfigError("task 'train' needs the config key 'train': the training dataset")
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         start = train_start_point(self.config, self.load_checkpoint)
+        if start.epoch > self.options.num_epochs and not self._missing_eval_names(start):
+            return start  # a finished run started again: no model, optimizer or datasets needed
         self._init_model(start, for_train=True)
         if self.data_parallel is not None:
             self.data_parallel.check_same((start.kind, start.epoch, start.step), "where training starts")
@@ -368,10 +370,8 @@ class Engine:
         """A run stopped between saving epoch k and evaluating it: evaluate what the learning_rates file lacks,
         with the random state of that moment, exactly as the interrupted run would have."""
         epoch = start.epoch - 1
-        data = self.learning_rate_control.epoch_data.get(epoch)
-        scores = data.scores if data is not None else {}
-        missing = [name for name in self.options.eval_names if not any(k.startswith(f"{name}_loss_") for k in scores)]
-        if not missing or epoch < 1:
+        missing = self._missing_eval_names(start)
+        if not missing:
             return
         logger.info(f"epoch={epoch}: evaluating {missing}, which the interrupted run did not finish")
         if start.content and "rng" in start.content:
@@ -379,6 +379,15 @@ class Engine:
         self.epoch = epoch
         for name in missing:
             self._record_scores(self.evaluate_dataset(name, self.data_loaders[name]))
+
+    def _missing_eval_names(self, start: StartPoint) -> list[str]:
+        """The datasets whose scores of the epoch before ``start`` are not in the learning_rates file (on resume)."""
+        epoch = start.epoch - 1
+        if start.kind != "resume" or epoch < 1:
+            return []
+        data = self.learning_rate_control.epoch_data.get(epoch)
+        scores = data.scores if data is not None else {}
+        return [name for name in self.options.eval_names if not any(k.startswith(f"{name}_loss_") for k in scores)]
 
     @functools.cached_property
     def _pipeline_options(self) -> DataPipelineOptions:
