@@ -337,7 +337,7 @@ class Engine:
             raise ConfigError("task 'train' needs the config key 'train': the training dataset")
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         start = train_start_point(self.config, self.load_checkpoint)
-        if start.epoch > self.options.num_epochs and not self._missing_eval_names(start):
+        if start.kind == "resume" and start.epoch > self.options.num_epochs and not self._missing_eval_names(start):
             return start  # a finished run started again: no model, optimizer or datasets needed
         self._init_model(start, for_train=True)
         if self.data_parallel is not None:
