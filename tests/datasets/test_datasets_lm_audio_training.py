@@ -57,9 +57,10 @@ def ctc_train_step(*, model, data, run_ctx, **kwargs):
     run_ctx.mark_as_loss(loss, "ctc", inv_norm_factor=data["classes:size1"].sum())
 
 
-def train(tmp_path, dataset: dict, model: TokenModel, train_step, num_epochs: int = 2, **options) -> dict:
+def train(tmp_path, dataset: dict, model_args: tuple, train_step, num_epochs: int = 2, **options) -> dict:
+    """Train a :class:`TokenModel` built from ``model_args`` inside get_model, so the engine's seed fixes its init."""
     items = {
-        "get_model": lambda **kwargs: model,
+        "get_model": lambda **kwargs: TokenModel(*model_args),
         "train_step": train_step,
         "model": str(tmp_path / "models" / "epoch"),
         "learning_rate_file": str(tmp_path / "learning_rates"),
@@ -87,7 +88,7 @@ def test_lm_dataset_trains_a_language_model(tmp_path):
         "word_based": True, "seq_end_symbol": "</s>", "unknown_symbol": "<unk>", "add_delayed_seq_data": True,
         "delayed_seq_data_start_symbol": "<s>",
     }  # fmt: skip
-    scores = train(tmp_path, dataset, TokenModel(len(WORDS), len(WORDS)), lm_train_step, num_epochs=3)
+    scores = train(tmp_path, dataset, (len(WORDS), len(WORDS)), lm_train_step, num_epochs=3)
     assert list(scores) == [1, 2, 3]
     assert scores[3]["dev_loss_ce"] < scores[1]["dev_loss_ce"] < np.log(len(WORDS))
 
@@ -99,7 +100,7 @@ def test_translation_dataset_trains(tmp_path):
         with open(tmp_path / f"{side}.vocab.pkl", "wb") as f:
             pickle.dump({word: i for i, word in enumerate(words)}, f)
     dataset = {"class": "TranslationDataset", "path": str(tmp_path), "file_postfix": "train"}
-    scores = train(tmp_path, dataset, TokenModel(len(WORDS), len(WORDS)), translation_train_step)
+    scores = train(tmp_path, dataset, (len(WORDS), len(WORDS)), translation_train_step)
     assert scores[2]["dev_loss_ce"] < scores[1]["dev_loss_ce"]
 
 
@@ -130,7 +131,6 @@ def test_ogg_zip_dataset_trains_ctc_with_worker_processes(tmp_path):
         "audio": {"features": "log_mel_filterbank", "num_feature_filters": 20, "preemphasis": 0.97},
         "targets": {"class": "CharacterTargets", "vocab_file": vocab_file, "unknown_label": None},
     }  # fmt: skip
-    model = TokenModel(20, 3, dense=True)
     # without dev, only the train loader starts a worker process (about 2 s)
-    scores = train(tmp_path, dataset, model, ctc_train_step, num_epochs=3, num_workers_per_gpu=1, dev=None)
+    scores = train(tmp_path, dataset, (20, 3, True), ctc_train_step, num_epochs=3, num_workers_per_gpu=1, dev=None)
     assert scores[3]["train_loss_ctc"] < scores[1]["train_loss_ctc"]
