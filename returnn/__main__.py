@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import returnn
 from returnn.config import Config, declare_options, load_config
+from returnn.config_options import import_option_modules
 from returnn.errors import ConfigError, ReturnnError
 from returnn.log import log
 
@@ -108,9 +109,7 @@ def run_task(config: Config) -> int:
     """Run the config's task (config key ``task``)."""
     task = config.value("task")
     if task == "nop" or task.startswith(("config:", "optional-config:")):
-        import returnn.torch.engine  # noqa: F401  (imports every module that declares options: the known keys)
-
-        config.check_unknown_keys()
+        _check_unknown_keys(config)
         if task == "nop":
             logger.info("task=nop: nothing to do")
             return 0
@@ -127,7 +126,7 @@ def run_task(config: Config) -> int:
     import torch
 
     logger.info(f"torch={torch.__version__} threads={torch.get_num_threads()}")
-    config.check_unknown_keys()
+    _check_unknown_keys(config)
     engine = engine_class(config)
     start = time.monotonic()
     getattr(engine, task)()
@@ -151,6 +150,11 @@ def get_engine_class(config: Config) -> type[Engine]:
             "write 'class CustomEngine(Engine): ...' with 'from returnn.torch.engine import Engine'"
         )
     return custom
+
+
+def _check_unknown_keys(config: Config) -> None:
+    import_option_modules()  # every declared option is a known key of the check
+    config.check_unknown_keys()
 
 
 def _run_config_function(config: Config, task: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,6 +54,17 @@ def declare_options(section: str, options: dict[str, tuple[Any, str]]) -> None:
 def declared_options() -> dict[str, ConfigOption]:
     """All options declared so far (by the modules imported so far)."""
     return dict(_declared_options)
+
+
+# Importing these imports every module that declares options.
+OPTION_MODULES = ("returnn.log", "returnn.__main__", "returnn.torch.engine", "returnn.tools.torch_export_to_onnx")
+
+
+def import_option_modules() -> dict[str, ConfigOption]:
+    """Import every module that declares options, so that all of them are known; returns them all."""
+    for name in OPTION_MODULES:
+        importlib.import_module(name)
+    return declared_options()
 
 
 def declared_option(name: str) -> ConfigOption | None:
