@@ -82,6 +82,10 @@ class StepFunctions:
                 )
             check_accepts_kwargs(func, name, SIGNATURES[name])
             functions[name] = func
+        if config.typed_value("network") is not None:
+            from returnn.torch.network.steps import network_step_functions
+
+            functions.update(network_step_functions(config, defined=functions))
         return cls(**functions)
 
     def require(self, name: str, task: str) -> Callable[..., Any]:

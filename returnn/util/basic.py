@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 
-__all__ = ["cf"]
+__all__ = ["cf", "get_login_username"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,3 +33,13 @@ def cf(filename: str) -> str:
         logger.warning("cf %s printed no path; using the file in place", filename)
         return filename
     return cached
+
+
+def get_login_username() -> str:
+    """The name of the user running the process (RETURNN's demos put it into their output paths)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password database
+        return str(os.getuid())
