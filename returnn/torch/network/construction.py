@@ -207,6 +207,8 @@ class NetworkBuilder:
                 raise ConfigError(f"{where}: a {class_name!r} layer takes no 'from'")
             options["from"] = cls.sources_from_options(options)
         sources = _as_list(options.pop("from", "data"), where)
+        if hasattr(cls, "dependencies_from_options"):  # layers that read another layer besides 'from'
+            sources += cls.dependencies_from_options(options)
         own, common = self._split_options(cls, class_name, options, where)
         source_specs = [self.source_spec(ref, name) for ref in sources]
         if isinstance(common.get("reuse_params"), str):
