@@ -135,7 +135,8 @@ def run_task(config: Config) -> int:
     return 0
 
 
-_ENGINE_TASKS = ("train", "eval", "forward", "compute_priors", "initialize_model", "cleanup_old_models")  # each an Engine method
+# each an Engine method
+_ENGINE_TASKS = ("train", "eval", "forward", "compute_priors", "initialize_model", "cleanup_old_models")
 
 
 def get_engine_class(config: Config) -> type[Engine]:

@@ -26,15 +26,14 @@ _PADDINGS = ("same", "valid")
 
 def _as_tuple(value: Any, n: int, name: str, ctx: LayerContext) -> tuple[int, ...]:
     """``value`` (an int or a sequence of ``n`` positive ints) as a tuple of ``n`` ints."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,) * n
+    values = (value,) * n if isinstance(value, int) else value
     if (
-        not isinstance(value, (list, tuple))
-        or len(value) != n
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        not isinstance(values, (list, tuple))
+        or len(values) != n
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
     ):
         raise ctx.error(f"{name} {value!r}: expected {n} positive int(s), one per axis (time{', spatial' * (n - 1)})")
-    return tuple(value)
+    return tuple(values)
 
 
 def _check_padding(padding: Any, ctx: LayerContext) -> str:

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from returnn.errors import ConfigError
 from returnn.torch.network.data import DataSpec, LayerOutput, sequence_mask
-from returnn.torch.network.layers.base import Layer, LayerContext, concat_spec, register_layer
+from returnn.torch.network.layers.base import Layer, LayerContext, concat_outputs, concat_spec, register_layer
 
 __all__ = ["ChunkedOutput", "ReduceLayer", "SliceLayer", "resolve_axes"]
 
@@ -352,8 +353,9 @@ def _check_chunking(chunk_size: Any, chunk_step: Any, ctx: LayerContext) -> None
 @register_layer("time_chunking")
 class TimeChunkingLayer(Layer):
     """The time axis cut into chunks of ``chunk_size`` frames starting every ``chunk_step`` frames, the chunks moved
-    into the batch axis: ``[B,T,F]`` gives ``[n_chunks*B, chunk_size, F]``, chunk ``i`` of sequence ``b`` at batch
-    index ``i*B + b``, with ``n_chunks`` from the batch's time axis. A chunk past a sequence's end has length 0."""
+    into the batch axis: ``[B,T,F]`` gives ``[B*n_chunks, chunk_size, F]``, chunk ``i`` of sequence ``b`` at batch
+    index ``b*n_chunks + i`` (as RETURNN's native op), with ``n_chunks`` from the batch's time axis. A chunk past a
+    sequence's end has length 0."""
 
     def __init__(self, ctx: LayerContext, *, chunk_size: int, chunk_step: int):
         super().__init__(ctx)
@@ -371,15 +373,15 @@ class TimeChunkingLayer(Layer):
         tensor = x.masked(0.0)
         tensor = torch.cat([tensor, tensor.new_zeros(batch, padded_time - time, *tensor.shape[2:])], dim=1)
         chunks = tensor.unfold(1, self.chunk_size, self.chunk_step).movedim(-1, 2)  # [B, n_chunks, size, ...]
-        chunks = chunks.transpose(0, 1).reshape(n_chunks * batch, self.chunk_size, *tensor.shape[2:])
-        starts = torch.arange(n_chunks, device=x.lengths.device)[:, None] * self.chunk_step
-        lengths = (x.lengths[None, :] - starts).clamp(min=0, max=self.chunk_size).reshape(-1)
+        chunks = chunks.reshape(batch * n_chunks, self.chunk_size, *tensor.shape[2:])
+        starts = torch.arange(n_chunks, device=x.lengths.device)[None, :] * self.chunk_step
+        lengths = (x.lengths[:, None] - starts).clamp(min=0, max=self.chunk_size).reshape(-1)
         return ChunkedOutput(chunks, lengths, self.out_spec, unchunked_lengths=x.lengths, unchunked_time=time)
 
 
 @register_layer("time_unchunking")
 class TimeUnChunkingLayer(Layer):
-    """The inverse of ``time_chunking`` (``chunking_layer`` names it): ``[n_chunks*B, chunk_size, F]`` back to
+    """The inverse of ``time_chunking`` (``chunking_layer`` names it): ``[B*n_chunks, chunk_size, F]`` back to
     ``[B,T,F]`` with the lengths of the chunking layer's input; frames that several chunks cover are averaged."""
 
     concat_sources = False
@@ -394,7 +396,8 @@ class TimeUnChunkingLayer(Layer):
         super().__init__(ctx)
         if not isinstance(chunking_layer, str):
             raise ctx.error(f"chunking_layer {chunking_layer!r}: expected the name of a 'time_chunking' layer")
-        chunking = ctx.builder.entries[chunking_layer].module if ctx.builder is not None else None
+        entry = ctx.builder.entries.get(chunking_layer) if ctx.builder is not None else None
+        chunking = entry.module if entry is not None else None
         if not isinstance(chunking, TimeChunkingLayer):
             raise ctx.error(f"chunking_layer {chunking_layer!r} is not a 'time_chunking' layer")
         if len(ctx.sources) < 2:
@@ -409,24 +412,24 @@ class TimeUnChunkingLayer(Layer):
     def forward(self, sources: list[LayerOutput]) -> LayerOutput:
         *inputs, chunked = sources
         if not isinstance(chunked, ChunkedOutput):
-            raise RuntimeError(
-                f"layer {self.chunking_layer!r} did not deliver its chunking (was its output replaced, e.g. by "
-                "dropout on this layer?)"
+            raise ConfigError(
+                f"network: layer {self.ctx_name!r}: the output of its chunking_layer {self.chunking_layer!r} lost its "
+                "chunking (dropout on this layer replaces it); put the dropout on the layer before"
             )
-        x = inputs[0] if len(inputs) == 1 else LayerOutput(torch.cat([i.tensor for i in inputs], -1), None, self.out_spec)
+        x = concat_outputs(inputs)
         batch, time = chunked.unchunked_lengths.shape[0], chunked.unchunked_time
         n_chunks = x.tensor.shape[0] // batch
         size = x.tensor.shape[1]
         mask = sequence_mask(chunked.lengths, size).to(x.tensor.dtype)
         mask = mask.reshape(mask.shape + (1,) * (x.tensor.dim() - 2))
-        chunks = (x.tensor * mask).reshape(n_chunks, batch, *x.tensor.shape[1:])
-        counts = mask.reshape(n_chunks, batch, *mask.shape[1:])
+        chunks = (x.tensor * mask).reshape(batch, n_chunks, *x.tensor.shape[1:])
+        counts = mask.reshape(batch, n_chunks, *mask.shape[1:])
         padded_time = max((n_chunks - 1) * self.chunk_step + size, time)
         total = x.tensor.new_zeros(batch, padded_time, *x.tensor.shape[2:])
         count = x.tensor.new_zeros(batch, padded_time, *mask.shape[2:])
         for i in range(n_chunks):
             start = i * self.chunk_step
-            total[:, start : start + size] += chunks[i]
-            count[:, start : start + size] += counts[i]
+            total[:, start : start + size] += chunks[:, i]
+            count[:, start : start + size] += counts[:, i]
         y = (total / count.clamp(min=1.0))[:, :time]
         return LayerOutput(y, chunked.unchunked_lengths, self.out_spec)
