@@ -401,7 +401,7 @@ def test_extern_data_and_num_outputs_forms():
             r"feature dims of the sources differ",
         ),
         ({"output": {"class": "eval", "eval": "tf.nn.relu(source(0))", "is_output_layer": True}}, r"TensorFlow code"),
-        ({"output": {"class": "rec", "unit": {"x": {"class": "copy"}}, "loss": "ce"}}, r"recurrent sub-networks"),
+        ({"output": {"class": "rec", "unit": {"x": {"class": "copy"}}, "loss": "ce"}}, r"its unit needs an 'output'"),
         (
             {"output": {"class": "softmax", "loss": "ce", "forward_weights_init": "bogus"}},
             r"unknown initializer 'bogus'",

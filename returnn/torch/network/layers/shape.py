@@ -223,7 +223,7 @@ class SplitDimsLayer(Layer):
         return LayerOutput(y, x.lengths, self.out_spec)
 
 
-@register_layer("merge_dims")
+@register_layer("merge_dims", "combine_dims")
 class MergeDimsLayer(Layer):
     """Axes merged into one, in order: the spatial axes with the feature axis (``"static"``, ``"except_time"``, or
     ``"except_batch"`` on data without time) into the feature axis, or neighbouring spatial axes into one spatial
