@@ -112,8 +112,10 @@ def run_task(config: Config) -> int:
         _check_unknown_keys(config)
         if task == "nop":
             logger.info("task=nop: nothing to do")
-            return 0
-        return _run_config_function(config, task)
+        else:
+            _run_config_function(config, task)
+        config.report_unread_keys()
+        return 0
     if task in _UNSUPPORTED_TASKS:
         raise ConfigError(
             f"task {task!r} is not supported: write a forward_step (with forward_init_hook / forward_finish_hook) "
@@ -130,6 +132,7 @@ def run_task(config: Config) -> int:
     engine = engine_class(config)
     start = time.monotonic()
     getattr(engine, task)()
+    config.report_unread_keys()  # a no-op after training, which reports after its first step
     logger.info(f"task={task} finished time={time.monotonic() - start:.1f}s")
     return 0
 
@@ -157,13 +160,13 @@ def _check_unknown_keys(config: Config) -> None:
     config.check_unknown_keys()
 
 
-def _run_config_function(config: Config, task: str) -> int:
+def _run_config_function(config: Config, task: str) -> None:
     optional, name = task.split(":", 1)
     func = config.typed_value(name, None)
     if func is None:
         if optional == "optional-config":
             logger.info(f"task={task}: the config defines no {name!r}, skipped")
-            return 0
+            return
         raise ConfigError(
             f"task {task!r}: the config defines no function {name!r}; define it, or use 'optional-config:{name}' "
             "to skip the task when it is missing"
@@ -171,7 +174,6 @@ def _run_config_function(config: Config, task: str) -> int:
     if not callable(func):
         raise ConfigError(f"task {task!r}: config key {name!r} is {type(func).__name__}, not a function")
     func()
-    return 0
 
 
 def _log_startup(config: Config) -> None:
