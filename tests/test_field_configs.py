@@ -93,3 +93,97 @@ def test_config_function_reads_the_config_global_and_unread_keys_are_reported_af
     assert result.returncode == 0, result.stderr
     assert "hidden=7" in result.stdout
     assert "config key 'hiden_size' is set but not used by anything" in result.stdout + result.stderr
+
+
+MAINLINE_CONFIG = """
+import torch
+import returnn.frontend as rf
+from returnn.tensor import TensorDict, batch_dim
+
+backend = "torch"
+train = {"class": "Task12AXDataset", "num_seqs": 20}
+dev = {"class": "Task12AXDataset", "num_seqs": 6, "fixed_random_seed": 1}
+forward = {"class": "Task12AXDataset", "num_seqs": 3, "fixed_random_seed": 2}
+extern_data = {"data": {"dim": 9}, "classes": {"dim": 2, "sparse": True, "available_for_inference": False}}
+model_outputs = {"output": {"dim": 2}}
+batch_size = 400
+max_seqs = 5
+optimizer = {"class": "adam"}
+learning_rate = 0.01
+model = "out/model"
+num_epochs = 1
+
+
+def get_model(*, epoch, step, **_kwargs):
+    return torch.nn.Sequential(torch.nn.Linear(9, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+
+def train_step(*, model, extern_data: TensorDict, **_kwargs):
+    data = extern_data["data"]
+    lengths = data.dims[1].dyn_size_ext.raw_tensor
+    logits = model(data.raw_tensor)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(logits, lengths, batch_first=True, enforce_sorted=False)
+    targets = torch.nn.utils.rnn.pack_padded_sequence(
+        extern_data["classes"].raw_tensor, lengths, batch_first=True, enforce_sorted=False
+    )
+    loss = torch.nn.functional.cross_entropy(packed.data, targets.data.long(), reduction="none")
+    rf.get_run_ctx().mark_as_loss(loss, "ce")
+    rf.get_run_ctx().mark_as_loss(packed.data.argmax(-1) != targets.data, "fer", as_error=True)
+
+
+def forward_step(*, model, extern_data: TensorDict):
+    data = extern_data["data"]
+    expected = rf.get_run_ctx().expected_outputs["output"]
+    expected.dims[1].dyn_size_ext.raw_tensor = data.dims[1].dyn_size_ext.raw_tensor
+    rf.get_run_ctx().mark_as_default_output(model(data.raw_tensor))
+"""
+
+CALLBACK_CONFIG = """
+from returnn.forward_iface import ForwardCallbackIface
+
+
+class WriteLengths(ForwardCallbackIface):
+    def init(self, *, model):
+        self.lines = []
+
+    def process_seq(self, *, seq_tag, outputs):
+        out = outputs["output"]
+        size = out.dims[0].dyn_size_ext.raw_tensor
+        self.lines.append(f"{seq_tag} {out.raw_tensor.shape[0]} {out.raw_tensor.shape[1]} {size}")
+
+    def finish(self):
+        with open("lengths.txt", "w") as f:
+            f.write("\\n".join(self.lines) + "\\n")
+
+
+forward_callback = WriteLengths
+"""
+
+
+@pytest.mark.slow
+def test_mainline_extern_data_config_trains_and_forwards(tmp_path):
+    import h5py
+
+    from returnn.datasets import init_dataset
+    from returnn.learning_rate_file import load_learning_rate_file
+
+    trained = run_rnn(tmp_path, MAINLINE_CONFIG + "learning_rate_file = 'lr.txt'\n")
+    assert trained.returncode == 0, trained.stderr
+    scores = load_learning_rate_file(str(tmp_path / "lr.txt"))[1].scores
+    assert sorted(scores) == ["dev_loss_ce", "dev_loss_fer", "train_loss_ce", "train_loss_fer"]
+    assert 0 <= scores["dev_loss_fer"] <= 1 and scores["dev_loss_ce"] > 0
+    forwarded = run_rnn(
+        tmp_path, MAINLINE_CONFIG, "++task", "forward", "++load", "out/model.001.pt", "++output_file", "out.hdf"
+    )
+    assert forwarded.returncode == 0, forwarded.stderr
+    dataset = init_dataset({"class": "Task12AXDataset", "num_seqs": 3, "fixed_random_seed": 2})
+    dataset.init_seq_order(epoch=1)
+    with h5py.File(tmp_path / "out.hdf", "r") as f:
+        lengths = f["seqLengths"][:, 0].tolist()
+        assert f["inputs"].shape == (sum(lengths), 2)
+    assert lengths == [dataset.get_seq_length(i)["data"] for i in range(3)]
+    forward_args = ("++task", "forward", "++load", "out/model.001.pt")
+    called_back = run_rnn(tmp_path, MAINLINE_CONFIG + CALLBACK_CONFIG, *forward_args)
+    assert called_back.returncode == 0, called_back.stderr
+    expected = [f"{dataset.get_tag(i)} {length} 2 {length}" for i, length in enumerate(lengths)]
+    assert sorted((tmp_path / "lengths.txt").read_text().splitlines()) == sorted(expected)

@@ -36,6 +36,7 @@ class Loss:
     name: str
     scale: float = 1.0
     inv_norm_factor: torch.Tensor | float | None = None
+    normalize_for_gradient: bool = True  # False: the gradient uses loss * scale (mainline's use_normalized_loss=False)
 
     def normalized(self) -> torch.Tensor:
         """``loss / inv_norm_factor`` (without scale)."""
@@ -137,7 +138,8 @@ class RunCtx:
         for loss in self.losses.values():
             if loss.scale == 0:
                 continue
-            term = loss.normalized() * loss.scale if loss.scale != 1 else loss.normalized()
+            value = loss.normalized() if loss.normalize_for_gradient else loss.loss
+            term = value * loss.scale if loss.scale != 1 else value
             total = term if total is None else total + term
         if total is None:
             return torch.zeros((), device=self._device)
