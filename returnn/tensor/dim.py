@@ -50,6 +50,9 @@ class Dim:
         self.name = name or description
         self.kind = kind
         self.dyn_size_ext = dyn_size_ext
+        # what i6_core's config serialization (ReturnnConfigV2) reads of a Dim; dims here derive from nothing
+        self.match_priority = 0
+        self.derived_from_op = None
 
     def __repr__(self) -> str:
         size = self.dimension if self.dimension is not None else "?"
@@ -86,7 +89,11 @@ class Dim:
             return int(sizes.max()) if sizes.numel() else 0
         raise ValueError(f"{self!r}: a dynamic dim without sizes has no value yet")
 
-    def copy(self, *, name: str | None = None) -> Dim:
+    def get_same_base(self) -> Dim:
+        """This dim (mainline's dims can be declared the same as another one; these cannot)."""
+        return self
+
+    def copy(self, *, name: str | None = None, match_priority: int = 0) -> Dim:
         """A new Dim of the same size and sizes."""
         return Dim(self.dimension, name or self.name, kind=self.kind, dyn_size_ext=self.dyn_size_ext)
 

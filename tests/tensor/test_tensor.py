@@ -45,3 +45,24 @@ def test_dynamic_dim_sizes_and_values():
     specs = TensorDict({"x": x})
     specs.reset_content()
     assert x.raw_tensor is None and time_dim.dyn_size_ext.raw_tensor is None
+
+
+def test_what_i6_core_config_serialization_reads_of_dims():
+    """ReturnnConfigV2 writes dims as 'Dim(<dimension>, name=..., kind=Dim.Types.<kind>)' and reads these attributes."""
+    import returnn.tensor
+
+    time_dim = Dim(None, name="time", kind=Dim.Types.Spatial)
+    kinds = {Dim.Types.Batch: "Batch", Dim.Types.Spatial: "Spatial", Dim.Types.Feature: "Feature"}
+    assert len(kinds) == 3 and kinds[time_dim.kind] == "Spatial"
+    assert (time_dim.match_priority, time_dim.derived_from_op, time_dim.get_same_base()) == (0, None, time_dim)
+    assert type(time_dim).__module__.startswith("returnn.") and returnn.tensor.batch_dim is batch_dim
+    rebuilt = eval(f"Dim({time_dim.dimension}, name={time_dim.name!r}, kind=Dim.Types.{kinds[time_dim.kind]})")
+    assert (rebuilt.dimension, rebuilt.name, rebuilt.kind) == (None, "time", Dim.Types.Spatial)
+
+
+def test_cached_file_is_the_file_itself(tmp_path):
+    import os
+
+    from returnn.util.file_cache import CachedFile
+
+    assert os.fspath(CachedFile(tmp_path / "a.hdf")) == str(tmp_path / "a.hdf")
