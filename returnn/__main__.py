@@ -13,10 +13,10 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import returnn
-from returnn.config import Config, declare_options, load_config
+from returnn.config import Config, declare_options, get_global_config, load_config, set_global_config
 from returnn.config_options import import_option_modules
 from returnn.errors import ConfigError, ReturnnError
 from returnn.log import log
@@ -103,6 +103,36 @@ def usage() -> str:
     width = max(len(name) for name in TASK_HELP)
     tasks = "\n".join(f"  {name.ljust(width)}  {text}" for name, text in TASK_HELP.items())
     return USAGE.format(tasks=tasks)
+
+
+def init_config(
+    config_filename: str | None = None,
+    command_line_options: Sequence[str] = (),
+    default_config: dict[str, Any] | None = None,
+    extra_updates: dict[str, Any] | None = None,
+) -> Config:
+    """Mainline's set-up of the global config, for scripts that call it: the file and ``++key value`` options are
+    read as by the command line, ``default_config`` fills keys that are not set, ``extra_updates`` overrides keys.
+    The config becomes the global one (``get_global_config()``, also ``returnn.__main__.config``)."""
+    args = ([config_filename] if config_filename else []) + list(command_line_options)
+    if args and not args[0].startswith(("-", "+")):
+        config = load_config(args)
+    else:
+        config = Config()
+        for filename in config.parse_cmd_args(args):
+            config.load_file(filename)
+        set_global_config(config)
+    for key, value in (default_config or {}).items():
+        if key not in config.typed_dict and key not in config.dict:
+            config.set(key, value)
+    config.update(extra_updates or {})
+    return config
+
+
+def __getattr__(name: str) -> Any:
+    if name == "config":  # mainline scripts read returnn.__main__.config after init_config()
+        return get_global_config(raise_exception=False)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_task(config: Config) -> int:

@@ -1,4 +1,7 @@
-"""RETURNN's ``returnn.util.basic`` import path, for the few helpers that configs and pipelines import from it."""
+"""RETURNN's ``returnn.util.basic`` import path, for the few helpers that configs and pipelines import from it.
+
+``cf`` lives here; the others are imported from the modules named after their topic.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,11 @@ import os
 import shutil
 import subprocess
 
-__all__ = ["cf"]
+from returnn.util.behavior_version import BehaviorVersion
+from returnn.util.numbers_dict import NumbersDict
+from returnn.util.user import get_login_username
+
+__all__ = ["BehaviorVersion", "NumbersDict", "cf", "get_login_username"]
 
 logger = logging.getLogger(__name__)
 
