@@ -86,7 +86,7 @@ class RunCtx:
         elif custom_inv_norm_factor is not None:
             count = custom_inv_norm_factor
         self._run_ctx.mark_as_loss(summed, name, scale=0.0 if as_error else scale, inv_norm_factor=count)
-        self._run_ctx.losses[name].normalize_for_gradient = use_normalized_loss
+        self._run_ctx.losses[name].use_normalized_loss = use_normalized_loss
 
     def mark_as_output(self, tensor: Tensor | torch.Tensor, name: str, *, dims: Sequence[Dim] | None = None) -> None:
         """Mark an output of forward_step (the forward task writes it to output_file or gives it to forward_callback).

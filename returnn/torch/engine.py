@@ -285,7 +285,7 @@ class Engine:
                 totals.add(run_ctx.losses, loss_values(run_ctx.losses).tolist())
         self._sum_over_processes(totals)
         _check_not_empty(totals.num_steps, name, self.epoch)
-        scores = totals.scores(f"{name}_loss_")
+        scores = totals.scores(name)
         logger.log(
             V4, f"epoch={self.epoch} dataset={name} {format_scores(scores)} time={time.monotonic() - start_time:.1f}s"
         )
@@ -387,7 +387,7 @@ class Engine:
             return []
         data = self.learning_rate_control.epoch_data.get(epoch)
         scores = data.scores if data is not None else {}
-        return [name for name in self.options.eval_names if not any(k.startswith(f"{name}_loss_") for k in scores)]
+        return [name for name in self.options.eval_names if not any(k.startswith(f"{name}_") for k in scores)]
 
     @functools.cached_property
     def _pipeline_options(self) -> DataPipelineOptions:
@@ -408,7 +408,10 @@ class Engine:
 
     def _init_data_loaders(self, names: Iterable[str], *, mode: str = "eval") -> dict[str, BatchLoader]:
         for name in names:
-            dataset = init_dataset(self.options.datasets[name], default_kwargs={"name": name})
+            defaults = {"name": name}
+            if name == "train" and self.options.train_seq_ordering:
+                defaults["seq_ordering"] = self.options.train_seq_ordering
+            dataset = init_dataset(self.options.datasets[name], default_kwargs=defaults)
             self.datasets[name] = dataset
             self.data_loaders[name] = self.build_data_loader(name, dataset, mode=mode)
         return self.data_loaders
@@ -447,7 +450,7 @@ class Engine:
             self.data_parallel.sync_module(self._model)
         _check_not_empty(totals.num_steps, "train", self.epoch)
         logger.log(V4, f"epoch={self.epoch} part=train steps={totals.num_steps} seqs={num_seqs}")
-        return totals.scores("train_loss_")
+        return totals.scores("train")
 
     def _sum_over_processes(self, totals: LossTotals, num_seqs: int = 0) -> int:
         """With several processes, turn ``totals`` into the sums over all of them. Returns the total ``num_seqs``."""

@@ -30,21 +30,11 @@ __all__ = ["takes_extern_data", "mainline_functions"]
 declare_options(
     "Model and step functions",
     {
-        "extern_data": (
-            None,
-            "Mainline's data specs {key: {'dim': 9}, ...} (or {'dims': [batch_dim, time_dim, feat_dim]}) for step "
-            "functions that take extern_data; default: inferred from the data.",
-        ),
         "model_outputs": (None, "Mainline's specs of the outputs that forward_step marks, like extern_data."),
         "forward_callback": (
             None,
             "With forward_step(*, model, extern_data): a returnn.forward_iface.ForwardCallbackIface (or its class) "
             "that gets each sequence's outputs; default: write them to output_file.",
-        ),
-        "output_file": (
-            None,
-            "With forward_step(*, model, extern_data) and no forward_callback: the HDF file of the outputs "
-            "(default dump-fwd-epoch-<epoch>.hdf); 'output' becomes the inputs, other outputs extra data.",
         ),
     },
 )

@@ -86,6 +86,10 @@ class StepFunctions:
             if not takes_extern_data(func):  # mainline's step functions get exactly mainline's arguments
                 check_accepts_kwargs(func, name, SIGNATURES[name])
             functions[name] = func
+        if config.typed_value("network") is not None:
+            from returnn.torch.network.steps import network_step_functions
+
+            functions.update(network_step_functions(config, defined=functions))
         return cls(**mainline_functions(config, functions))
 
     def require(self, name: str, task: str) -> Callable[..., Any]:

@@ -55,6 +55,14 @@ declare_options(
         ),
         "gradient_noise": (None, "Add Gaussian noise with this standard deviation to the gradients."),
         "accum_grad_multiple_step": (1, "Update every N steps with the summed gradients of those steps."),
+        "adam": (
+            False,
+            "RETURNN's TensorFlow-era form of optimizer = {'class': 'adam'} (used where optimizer is unset).",
+        ),
+        "nadam": (False, "TensorFlow-era form of optimizer = {'class': 'nadam'}."),
+        "adadelta": (False, "TensorFlow-era form of optimizer = {'class': 'adadelta'}."),
+        "rmsprop": (False, "TensorFlow-era form of optimizer = {'class': 'rmsprop'}."),
+        "optimizer_epsilon": (1e-16, "The epsilon of the TensorFlow-era optimizer flags (adam = True, ...)."),
         "dynamic_learning_rate": (
             None,
             "dynamic_learning_rate(*, global_train_step, epoch, learning_rate, **kwargs) -> float: "
@@ -72,6 +80,15 @@ def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
         if isinstance(value, type) and issubclass(value, torch.optim.Optimizer) and value is not torch.optim.Optimizer:
             classes[name.lower()] = value
     return classes
+
+
+def optimizer_from_flags(config: Config) -> dict[str, Any] | None:
+    """The optimizer dict of RETURNN's TensorFlow-era flags (``adam = True`` with ``optimizer_epsilon``), or None."""
+    chosen = [name for name in ("adam", "nadam", "adadelta", "rmsprop") if config.bool(name)]
+    epsilon = config.float("optimizer_epsilon")
+    if len(chosen) > 1:
+        raise ConfigError(f"config keys {', '.join(chosen)} are all True; choose one optimizer")
+    return {"class": chosen[0], "epsilon": epsilon} if chosen else None
 
 
 def _optimizer_class(spec: Any) -> type[torch.optim.Optimizer]:
@@ -193,6 +210,9 @@ class Updater:
     ) -> Updater:
         """The updater of the config's ``optimizer``, ``learning_rate`` and gradient options (see the module doc)."""
         options = config.typed_value("optimizer")
+        flagged = optimizer_from_flags(config)
+        if options is None:
+            options = flagged
         if options is None:
             raise ConfigError(
                 "config key 'optimizer' is not set; training needs one, e.g. optimizer = {'class': 'adam'}"

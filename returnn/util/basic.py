@@ -1,6 +1,6 @@
 """RETURNN's ``returnn.util.basic`` import path, for the few helpers that configs and pipelines import from it.
 
-``cf`` lives here; the others are imported from the modules named after their topic.
+``cf`` and ``get_login_username`` live here; the others are imported from the modules named after their topic.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import subprocess
 
 from returnn.util.behavior_version import BehaviorVersion
 from returnn.util.numbers_dict import NumbersDict
-from returnn.util.user import get_login_username
 
 __all__ = ["BehaviorVersion", "NumbersDict", "cf", "get_login_username"]
 
@@ -40,3 +39,13 @@ def cf(filename: str) -> str:
         logger.warning("cf %s printed no path; using the file in place", filename)
         return filename
     return cached
+
+
+def get_login_username() -> str:
+    """The name of the user running the process (RETURNN's demos put it into their output paths)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password database
+        return str(os.getuid())
