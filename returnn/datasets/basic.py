@@ -289,6 +289,11 @@ class Dataset:
         """From the ordered full epoch to this process's part: partition_epoch or repeat_epoch,
         :meth:`_filter_epoch_order`, then the shard."""
         if epoch is not None and self.partition_epoch > 1:
+            if 0 < len(order) < self.partition_epoch:
+                raise DatasetError(
+                    f"{self}: partition_epoch={self.partition_epoch} splits the {len(order)} sequences of a full "
+                    f"epoch, so some sub-epochs would have none; set partition_epoch to at most {len(order)}"
+                )
             order = np.array_split(order, self.partition_epoch)[(epoch - 1) % self.partition_epoch]
         if epoch is not None and self.repeat_epoch > 1:
             order = np.tile(order, self.repeat_epoch)
