@@ -163,6 +163,8 @@ class Dataset:
         self.num_inputs = 0
         self.num_outputs: dict[str, tuple[int, int]] = {}
         self.labels: dict[str, list[str]] = {}
+        # keys whose number of classes was inferred from the data, not declared (meta datasets may widen it)
+        self.inferred_dims: set[str] = set()
         self._seq_order: list[int] | None = None
         self._last_init_seq_order: tuple[Any, Any, Any] | None = None
         self._num_shards = 1

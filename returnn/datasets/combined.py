@@ -64,19 +64,26 @@ class _SequenceMix(DescribedBySpecs, Dataset):
     def _describe(self, data_dtypes: dict[str, str] | None = None) -> None:
         """Fix each data key's description; every sub-dataset that provides a key must agree on it."""
         providers: dict[str, str] = {}
+        inferred: dict[str, bool] = {}  # whether the dim of the key so far was inferred from the data
         for dataset, name, key_map in zip(self._datasets, self._dataset_names, self._key_maps):
             sub_keys = dataset.get_data_keys()
             for key, sub_key in key_map.items():
                 if sub_key not in sub_keys:
                     raise DatasetError(f"{self}: {name} has no data key {sub_key!r}; it has {sub_keys}")
                 spec = data_spec_of(dataset, sub_key)
+                spec_inferred = sub_key in dataset.inferred_dims
                 if key in self._specs and spec != self._specs[key]:
+                    widened = _widened_sparse_spec(self._specs[key], inferred[key], spec, spec_inferred)
+                    if widened is not None:  # classes counted in the data: the largest count holds them all
+                        self._specs[key], inferred[key] = widened, inferred[key] and spec_inferred
+                        describe_key(self, key, widened)
+                        continue
                     raise DatasetError(
                         f"{self}: data key {key!r} differs between {providers[key]} ({self._specs[key]}) and "
                         f"{name} ({spec}); the sub-datasets must agree on dim, shape, dtype and sparsity"
                     )
                 if key not in self._specs:
-                    self._specs[key], providers[key] = spec, name
+                    self._specs[key], providers[key], inferred[key] = spec, name, spec_inferred
                     describe_key(self, key, spec, dataset, sub_key)
         for key, dtype in (data_dtypes or {}).items():
             if key not in self._specs or self._specs[key].dtype != dtype:
@@ -204,6 +211,15 @@ class _SequenceMix(DescribedBySpecs, Dataset):
 
     def get_target_list(self) -> list[str]:
         return sorted(key for key in self._specs if key != "data")
+
+
+def _widened_sparse_spec(a: DataSpec, a_inferred: bool, b: DataSpec, b_inferred: bool) -> DataSpec | None:
+    """Two sparse specs that differ only in the number of classes, where each smaller one was inferred from the data
+    (not declared): the spec with the larger number; else None (they disagree)."""
+    if not (a.sparse and b.sparse and a._replace(dim=b.dim) == b and a.dim is not None and b.dim is not None):
+        return None
+    smaller_inferred = a_inferred if a.dim < b.dim else b_inferred
+    return (a if a.dim > b.dim else b) if smaller_inferred else None
 
 
 def _stack_pairs(epoch_lists: Sequence[np.ndarray]) -> np.ndarray:

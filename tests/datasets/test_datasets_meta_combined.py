@@ -127,6 +127,18 @@ def test_concat_needs_the_same_data():
         concat(seq_list_filter_file="x.txt")
 
 
+def test_concat_takes_the_largest_inferred_number_of_classes(read_epoch):
+    def labels(values: list[int]) -> dict:  # no output_dim: the classes are counted in the data
+        return {"class": "StaticDataset", "data": [{"data": np.zeros((2, 2), "float32"), "classes": np.array(values)}]}
+
+    dataset = init_dataset({"class": "ConcatDataset", "datasets": [labels([0, 2]), labels([5, 1])]})
+    assert dataset.get_data_dim("classes") == 6 and dataset.num_outputs["classes"] == (6, 1)
+    assert [data["classes"].tolist() for _, data in read_epoch(dataset, 1)] == [[0, 2], [5, 1]]
+    declared_smaller = {**labels([5, 1]), "output_dim": {"classes": (4, 1)}}
+    with pytest.raises(DatasetError, match="data key 'classes' differs between"):
+        init_dataset({"class": "ConcatDataset", "datasets": [labels([0, 7]), declared_smaller]})
+
+
 class _NoLengths(MapDatasetBase):
     def __init__(self):
         super().__init__(data_types={"data": {"dim": 2}, "classes": {"dim": 4, "sparse": True}})
