@@ -44,6 +44,7 @@ DATASET_MODULES = tuple(
         "lm",
         "audio",
         "numpy_dump",
+        "distrib_files",
     )
 )
 
