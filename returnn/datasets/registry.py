@@ -45,6 +45,9 @@ DATASET_MODULES = tuple(
         "audio",
         "numpy_dump",
         "distrib_files",
+        "multi_proc",
+        "multi_epoch",
+        "text_dict",
     )
 )
 

@@ -11,11 +11,10 @@ on bad input.
 from __future__ import annotations
 
 import argparse
-import ast
-import gzip
 import sys
 from collections.abc import Sequence
 
+from returnn.datasets.util.files import read_dict_file
 from returnn.errors import DatasetError
 from returnn.tools.dump_dataset import run_cli
 
@@ -24,15 +23,9 @@ __all__ = ["edit_distance", "load_text_dict", "main", "word_error_rate"]
 
 def load_text_dict(filename: str) -> dict[str, str]:
     """``{seq_tag: text}`` from a Python dict file (see the module docstring)."""
-    opener = gzip.open if filename.endswith(".gz") else open
-    with opener(filename, "rt", encoding="utf-8") as f:
-        text = f.read()
-    try:
-        content = ast.literal_eval(text)
-    except (ValueError, SyntaxError) as exc:
-        raise DatasetError(f"{filename}: not a Python dict literal {{seq_tag: text}}: {exc}") from None
-    if not isinstance(content, dict) or not content:
-        raise DatasetError(f"{filename}: expected a non-empty dict {{seq_tag: text}}, got {type(content).__name__}")
+    content = read_dict_file(filename, "text dict file")
+    if not content:
+        raise DatasetError(f"{filename}: expected a non-empty dict {{seq_tag: text}}, got an empty one")
     result = {}
     for tag, value in content.items():
         if isinstance(value, list) and value and isinstance(value[0], (tuple, list)) and len(value[0]) == 2:

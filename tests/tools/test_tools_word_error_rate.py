@@ -47,5 +47,5 @@ def test_gzipped_n_best_lists(tmp_path):
         f.write(repr({"s": [(-1.0, "best  text"), (-2.0, "worse")]}))
     assert load_text_dict(str(path)) == {"s": "best  text"}
     (tmp_path / "bad.py").write_text("[1, 2]")
-    with pytest.raises(DatasetError, match=r"bad.py: expected a non-empty dict \{seq_tag: text\}, got list"):
+    with pytest.raises(DatasetError, match=r"bad.py': expected a dict, got list"):
         load_text_dict(str(tmp_path / "bad.py"))
