@@ -8,13 +8,13 @@ from typing import Any
 from returnn.datasets.basic import Dataset, DatasetSeq
 from returnn.datasets.cached2 import CachedDataset2
 from returnn.datasets.registry import init_dataset
-from returnn.datasets.util.sub_datasets import DescribedByInner
+from returnn.datasets.util.sub_datasets import CorpusOfInner, DescribedByInner
 from returnn.errors import DatasetError
 
 __all__ = ["MultiEpochDataset"]
 
 
-class MultiEpochDataset(DescribedByInner, CachedDataset2):
+class MultiEpochDataset(CorpusOfInner, DescribedByInner, CachedDataset2):
     """Epoch e visits the inner epochs ``(e - 1) * multi_epoch + 1 ... e * multi_epoch``, one after the other. With an
     inner ``partition_epoch`` of the same value, one epoch covers the whole inner corpus (e.g. to forward all parts
     of a :class:`DistributeFilesDataset`). Without an epoch (forwarding), or with a given seq_list / seq_order, it is
@@ -65,17 +65,3 @@ class MultiEpochDataset(DescribedByInner, CachedDataset2):
     def finish_epoch(self) -> None:
         super().finish_epoch()
         self.inner.finish_epoch()
-
-    def set_sharding(self, shard_index: int, num_shards: int) -> None:
-        super().set_sharding(shard_index, num_shards)
-        self.inner.set_sharding(shard_index, num_shards)
-
-    def supports_sharding(self) -> bool:
-        return self.inner.supports_sharding()
-
-    def get_total_num_seqs(self) -> int:
-        """The inner corpus size (without the repetition over inner epochs)."""
-        return self.inner.get_total_num_seqs()
-
-    def get_all_tags(self) -> list[str]:
-        return self.inner.get_all_tags()

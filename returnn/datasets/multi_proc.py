@@ -7,13 +7,13 @@ from typing import Any
 
 from returnn.datasets.basic import Dataset
 from returnn.datasets.registry import init_dataset
-from returnn.datasets.util.sub_datasets import DescribedByInner, EpochOfInner
+from returnn.datasets.util.sub_datasets import CorpusOfInner, DescribedByInner, EpochOfInner
 from returnn.errors import DatasetError
 
 __all__ = ["MultiProcDataset"]
 
 
-class MultiProcDataset(EpochOfInner, DescribedByInner, Dataset):
+class MultiProcDataset(CorpusOfInner, EpochOfInner, DescribedByInner, Dataset):
     """The sequences of ``dataset``, in its order.
 
     Mainline runs the inner dataset in ``num_workers`` processes of its own. This trainer loads every dataset in the
@@ -47,16 +47,3 @@ class MultiProcDataset(EpochOfInner, DescribedByInner, Dataset):
     ) -> bool:
         super().init_seq_order(epoch=epoch, seq_list=seq_list, seq_order=seq_order)
         return self.inner.init_seq_order(epoch=epoch, seq_list=seq_list, seq_order=seq_order)
-
-    def set_sharding(self, shard_index: int, num_shards: int) -> None:
-        super().set_sharding(shard_index, num_shards)
-        self.inner.set_sharding(shard_index, num_shards)
-
-    def supports_sharding(self) -> bool:
-        return self.inner.supports_sharding()
-
-    def get_total_num_seqs(self) -> int:
-        return self.inner.get_total_num_seqs()
-
-    def get_all_tags(self) -> list[str]:
-        return self.inner.get_all_tags()

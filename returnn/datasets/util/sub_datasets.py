@@ -212,6 +212,25 @@ class EpochOfInner:
         return self.inner.get_seq_length(seq_idx)
 
 
+class CorpusOfInner:
+    """Mixin for a dataset that wraps ``self.inner`` with its corpus: the same tags, and sharding passed on."""
+
+    inner: Dataset
+
+    def set_sharding(self, shard_index: int, num_shards: int) -> None:
+        super().set_sharding(shard_index, num_shards)
+        self.inner.set_sharding(shard_index, num_shards)
+
+    def supports_sharding(self) -> bool:
+        return self.inner.supports_sharding()
+
+    def get_total_num_seqs(self) -> int:
+        return self.inner.get_total_num_seqs()
+
+    def get_all_tags(self) -> list[str]:
+        return self.inner.get_all_tags()
+
+
 class DescribedBySpecs:
     """Mixin for a dataset that describes its data keys by ``self._specs: dict[str, DataSpec]``."""
 
