@@ -7,8 +7,9 @@ How an epoch is made (both classes):
 2. the lists are joined, sub-dataset after sub-dataset (CombinedDataset: in sorted key order; with
    ``sampling_sizes``, a fixed number of sequences from each);
 3. this dataset's own ``seq_ordering`` orders the joined list (``default`` keeps it; ``random``, ``sorted``,
-   ``laplace`` ... mix the sub-datasets; CombinedDataset's ``random_dataset`` interleaves them at random but keeps
-   each one's own order), then its ``partition_epoch``, ``repeat_epoch`` and sharding apply;
+   ``laplace`` ... mix the sub-datasets; CombinedDataset's ``random_dataset`` interleaves them at random and
+   ``interleave`` evenly (next the one least far through its list), both keeping each one's own order), then its
+   ``partition_epoch``, ``repeat_epoch`` and sharding apply;
 4. each sub-dataset is told exactly which of its sequences to visit, in order.
 
 So ``partition_epoch`` or ``repeat_epoch`` on a sub-dataset shrinks or grows its share of the mix.
@@ -300,11 +301,12 @@ class CombinedDataset(_SequenceMix):
         seq_ordering: str = "default",
         **kwargs: Any,
     ):
-        random_dataset = seq_ordering == "random_dataset"
-        super().__init__(seq_ordering="default" if random_dataset else seq_ordering, **kwargs)
-        if random_dataset:
+        mixing = seq_ordering in ("random_dataset", "interleave")  # orders of the mix, not of the joined list
+        super().__init__(seq_ordering="default" if mixing else seq_ordering, **kwargs)
+        if mixing:
             self.seq_ordering = seq_ordering
-        self.random_dataset = random_dataset
+        self.random_dataset = seq_ordering == "random_dataset"
+        self.interleave = seq_ordering == "interleave"
         keys = self._check_data_map(data_map, datasets)
         self.dataset_keys = keys
         self._datasets = [init_dataset(datasets[key], default_kwargs={"name": f"{self.name}_{key}"}) for key in keys]
@@ -379,6 +381,16 @@ class CombinedDataset(_SequenceMix):
         return _stack_pairs(sampled)
 
     def _order_joined(self, epoch: int | None, joined: np.ndarray) -> list[int]:
+        if self.interleave:
+            # Next comes the dataset that is least far through its list (ties: the first key), so all finish
+            # together and each keeps its own order: sort by (fraction done before the sequence, dataset).
+            which = joined[:, 0]
+            counts = np.bincount(which, minlength=len(self._datasets))
+            rank = np.zeros(len(joined), dtype=np.int64)
+            for idx in range(len(self._datasets)):
+                rank[which == idx] = np.arange(counts[idx])
+            order = np.lexsort((which, rank / np.maximum(counts[which], 1)))
+            return self._split_epoch_order(epoch, order)
         if not self.random_dataset:
             return super()._order_joined(epoch, joined)
         # Interleave at random, but keep each sub-dataset's own order: shuffle which dataset comes next.

@@ -217,6 +217,13 @@ def test_combined_random_dataset_keeps_each_datasets_order():
     assert sorted(sources(parted, 1) + sources(parted, 2)) == sorted(order)
 
 
+def test_combined_interleave_spreads_each_dataset_over_the_epoch():
+    # asr has 5 sequences, lm 3: next comes the one least far through its list (asr first on ties)
+    dataset = combined(seq_ordering="interleave")
+    assert sources(dataset, 1) == ["asr0", "lm0", "asr1", "lm1", "asr2", "asr3", "lm2", "asr4"]
+    assert dataset.seq_ordering == "interleave"
+
+
 def test_combined_joint_ordering_and_sub_dataset_options():
     dataset = combined(seq_ordering="sorted_reverse")
     lens = dict(zip([f"asr{i}" for i in range(5)] + [f"lm{i}" for i in range(3)], A_LENS + B_LENS))
