@@ -27,8 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 USAGE = """\
-usage: rnn.py CONFIG [CONFIG ...] [--config FILE] [++key value ...]
-       python -m returnn CONFIG ...      returnn CONFIG ...
+usage: {prog} CONFIG [CONFIG ...] [--config FILE] [++key value ...]
 
 Runs the experiment that the Python config file(s) describe. Later files and '++key value' overrides win over
 earlier ones. An override value is read as a Python literal of the kind the config already holds for the key
@@ -99,10 +98,22 @@ def console_main() -> None:
 
 
 def usage() -> str:
-    """The --help text, with the list of tasks."""
+    """The --help text, with the list of tasks, naming the program as it was started."""
     width = max(len(name) for name in TASK_HELP)
     tasks = "\n".join(f"  {name.ljust(width)}  {text}" for name, text in TASK_HELP.items())
-    return USAGE.format(tasks=tasks)
+    return USAGE.format(prog=program_name(), tasks=tasks)
+
+
+def program_name(argv0: str | None = None) -> str:
+    """How the command line was started: ``rnn.py`` (also ``returnn/rnn.py``), ``python -m returnn`` or ``returnn``
+    (the console script); ``rnn.py`` when called from other code."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    base = os.path.basename(argv0)
+    if base == "__main__.py" and os.path.basename(os.path.dirname(argv0)) == "returnn":
+        return "python -m returnn"
+    if base == "returnn":
+        return "returnn"
+    return argv0 if base == "rnn.py" else "rnn.py"
 
 
 def init_config(
