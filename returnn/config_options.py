@@ -145,7 +145,6 @@ RETURNN_KEYS_NOT_USED = frozenset(
         "epoch_end",
         "epoch_start",
         "forward_auto_split_batch_on_oom",
-        "forward_callback",
         "forward_data",
         "grad_scaler",
         "ipython",

@@ -470,6 +470,7 @@ class Engine:
                     self._check_finite(step_losses, values)
                 self.global_step += 1
                 progress.step(self.global_step, step_losses, data)
+                self.config.report_unread_keys()  # after the first step, everything has read its options
         num_seqs = self._sum_over_processes(totals, progress.num_seqs)
         if self.data_parallel is not None:
             self.data_parallel.sync_module(self._model)

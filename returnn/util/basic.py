@@ -1,4 +1,7 @@
-"""RETURNN's ``returnn.util.basic`` import path, for the few helpers that configs and pipelines import from it."""
+"""RETURNN's ``returnn.util.basic`` import path, for the few helpers that configs and pipelines import from it.
+
+``cf`` and ``get_login_username`` live here; the others are imported from the modules named after their topic.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ import os
 import shutil
 import subprocess
 
-__all__ = ["cf", "get_login_username"]
+from returnn.util.behavior_version import BehaviorVersion
+from returnn.util.numbers_dict import NumbersDict
+
+__all__ = ["BehaviorVersion", "NumbersDict", "cf", "get_login_username"]
 
 logger = logging.getLogger(__name__)
 

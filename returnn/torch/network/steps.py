@@ -41,12 +41,20 @@ declare_options(
             None,
             "RETURNN's network dict {name: {'class': ..., 'from': ..., ...}}: the model, instead of get_model.",
         ),
-        "extern_data": (None, "The data keys of a network: {key: {'dim': ..., 'sparse': ..., 'shape': ...}}."),
+        "extern_data": (
+            None,
+            "The data keys of a network, and of step functions that take extern_data (default there: inferred from "
+            "the data): {key: {'dim': ..., 'sparse': ..., 'shape': ...}} or {key: {'dims': [batch_dim, ...]}}.",
+        ),
         "num_inputs": (None, "Old form of extern_data: the feature dim of 'data'."),
         "num_outputs": (None, "Old form of extern_data: the classes of 'classes' (int), or {key: [dim, ndim]}."),
         "target": ("classes", "The data key of a loss's target where the layer sets no 'target'."),
         "forward_output_layer": ("output", "Task forward of a network: the layer written to output_file."),
-        "output_file": (None, "Task forward of a network: the HDF file; task compute_priors: the priors file."),
+        "output_file": (
+            None,
+            "Task forward of a network, or of a forward_step(*, model, extern_data) without forward_callback: the HDF "
+            "file (mainline forward_step default: dump-fwd-epoch-<epoch>.hdf); task compute_priors: the priors file.",
+        ),
     },
 )
 
