@@ -60,6 +60,7 @@ from returnn.torch.model_loading import (
     train_start_point,
 )
 from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
+from returnn.torch.run_control import RunControl
 from returnn.torch.scores import LossTotals, Progress, format_scores, loss_values
 from returnn.torch.step_functions import StepFunctions
 from returnn.torch.updater import Updater
@@ -88,6 +89,7 @@ class Engine:
         self.data_loaders: dict[str, BatchLoader] = {}
         self.datasets: dict[str, Dataset] = {}
         self.data_parallel: distributed.DataParallel | None = None  # while a task runs in several processes
+        self.run_control = RunControl.from_config(config)  # mid-epoch checkpoints, stops on signals and time limits
 
     @property
     def device(self) -> str:
@@ -107,18 +109,20 @@ class Engine:
 
     def train(self) -> None:
         """Task train: epochs from the start epoch (after the newest checkpoint) up to ``num_epochs``."""
-        with self._running_task():
+        with self._running_task(), self.run_control.running():
             start = self._init_train()
             if start.epoch > self.options.num_epochs:
                 logger.info(
                     f"train: nothing to do, epochs 1..{start.epoch - 1} are done (num_epochs={self.options.num_epochs})"
                 )
                 return
+            first_epoch = self.run_control.resume_point(self, start, explicit_start=_explicit_start(self.config))
             logger.info(
-                f"train: epochs={start.epoch}..{self.options.num_epochs} start={start.kind} "
+                f"train: epochs={first_epoch}..{self.options.num_epochs} start={start.kind} "
                 f"global_step={self.global_step} device={self.device} processes={distributed.world_size()}"
             )
-            for epoch in range(start.epoch, self.options.num_epochs + 1):
+            for epoch in range(first_epoch, self.options.num_epochs + 1):
+                self.run_control.before_epoch(self, epoch)
                 self.train_epoch(epoch)
 
     def train_epoch(self, epoch: int) -> None:
@@ -128,6 +132,7 @@ class Engine:
         scores = self._record_scores(self._train_steps(self.data_loaders["train"]))
         if epoch % self.options.save_interval == 0 or epoch == self.options.num_epochs:
             self.save_checkpoint(epoch)
+        self.run_control.epoch_saved(self)
         for name in self.options.eval_names:
             scores.update(self._record_scores(self.evaluate_dataset(name, self.data_loaders[name])))
         self.on_epoch_end(epoch, scores)
@@ -427,7 +432,7 @@ class Engine:
         )
         totals = LossTotals()
         progress = Progress(self.epoch, _expected_num_seqs(self.datasets["train"], data_loader))
-        batches = data_loader.iter_epoch(self.epoch)
+        batches = self.run_control.resumed_batches(self, totals, progress, data_loader.iter_epoch(self.epoch))
         with using_run_ctx(run_ctx):
             for data in batches if self.data_parallel is None else self.data_parallel.in_step(batches):
                 run_ctx.init_step(self.global_step)
@@ -441,6 +446,7 @@ class Engine:
                     self._check_finite(step_losses, values)
                 self.global_step += 1
                 progress.step(self.global_step, step_losses, data)
+                self.run_control.after_step(self, totals, progress)
         num_seqs = self._sum_over_processes(totals, progress.num_seqs)
         if self.data_parallel is not None:
             self.data_parallel.sync_module(self._model)
@@ -499,6 +505,11 @@ def _expected_num_seqs(dataset: Dataset, data_loader: BatchLoader) -> int | None
         return -(-dataset.get_total_num_seqs() // (max(1, dataset.partition_epoch) * distributed.world_size()))
     except (DatasetError, AttributeError, NotImplementedError):
         return dataset.estimated_num_seqs
+
+
+def _explicit_start(config: Config) -> bool:
+    """``start_epoch`` or ``load_epoch`` choose where training starts (then no mid-epoch checkpoint is used)."""
+    return config.typed_value("start_epoch") not in ("auto", None) or config.typed_value("load_epoch") is not None
 
 
 def _check_not_empty(num_batches: int, name: str, epoch: int | None) -> None:
