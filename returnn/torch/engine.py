@@ -439,6 +439,7 @@ class Engine:
                 if data is None:  # this process's data is done, others' not: their steps go on with it
                     self.optimizer_step(None)
                     self.global_step += 1
+                    self.run_control.after_step(self, totals, progress)
                     continue
                 values = self.optimizer_step(self.run_train_step(self._to_device(data), run_ctx))
                 step_losses = totals.add(run_ctx.losses, values)

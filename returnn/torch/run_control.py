@@ -6,16 +6,21 @@ steps and/or ``checkpoint_interval_minutes`` minutes and when training stops ear
 see it). Content (plain types, ``weights_only`` loadable)::
 
     {"kind": "mid_epoch", "model": state_dict, "updater": Updater.state_dict(), "epoch": int, "step": int,
-     "epoch_start_step": int, "num_batches": int, "loss_sums": {name: [Σloss, Σinv_norm]}, "num_seqs": int,
-     "rng": random state, "returnn_version": str}
+     "epoch_start_step": int, "returnn_version": str,
+     "processes": [{"num_batches": int, "loss_sums": {name: [Σloss, Σinv_norm]}, "num_seqs": int, "rng": ...}]}
 
-``step`` is the global step after the last finished step, ``num_batches`` the batches of the epoch consumed so far.
+``step`` is the global step after the last finished step; ``processes`` holds, by rank, what differs between the
+processes of a training with several (torchrun): the batches of the epoch this process consumed so far, its loss
+sums and sequences of the epoch, and its random state. A restart needs the same number of processes.
 
 Training restarted with the same config continues from it when it belongs to the epoch that would be trained next
 (or a later one, with ``save_interval`` > 1): the model and optimizer state are loaded, the epoch starts as usual
 (seed, learning rate), its first ``num_batches`` batches are read again and skipped, then the random state of the
 moment of saving is restored. As the data pipeline's order depends only on the epoch, the resumed run then sees the
 same batches and random numbers as one that ran through, and ends bit-identical to it.
+
+With several processes, they agree after every step (one small all_reduce) on whether to save and stop, so all
+save and stop at the same step, whichever of them got the signal.
 
 Stopping (each writes the mid-epoch checkpoint, logs one line, and ends the task with :class:`RunInterrupted`, exit
 code 75): SIGTERM / SIGUSR1 after the current step (:mod:`returnn.torch.signals`); ``max_wall_time`` after the step
@@ -35,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 
 import returnn
 from returnn.config import Config, declare_options
@@ -74,6 +80,9 @@ declare_options(
         "stop_for_resubmission_safety_factor": (1.2, "See stop_for_resubmission_when_low_time_left."),
     },
 )
+
+_GO, _SAVE, _STOP = 0, 1, 2  # after a step: go on, write the mid-epoch checkpoint, write it and stop
+_OTHER_PROCESS = "another training process was asked to stop"
 
 _DURATION = re.compile(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)")
 
@@ -192,9 +201,16 @@ class RunControl:
         checkpoints.load_model_state(engine.model, content["model"], source=path)
         engine.updater.load_state_dict(content["updater"], source=path)
         engine.global_step = _int_entry(content, "epoch_start_step", path)
-        self._resume = content
+        processes = content.get("processes") or []
+        if len(processes) != distributed.world_size():
+            raise CheckpointError(
+                f"{path} was written by a training with {len(processes)} process(es), this one has "
+                f"{distributed.world_size()}; restart it with {len(processes)}, or delete the file to start epoch "
+                f"{epoch} from its beginning"
+            )
+        self._resume = {**content, **processes[distributed.rank()]}
         logger.info(
-            f"train: resuming epoch={epoch} after {content['num_batches']} batches "
+            f"train: resuming epoch={epoch} after {self._resume['num_batches']} batches "
             f"(global_step={content['step']}) from {path}"
         )
         return epoch
@@ -229,9 +245,10 @@ class RunControl:
             needed = self._last_epoch_duration * self.options.stop_for_resubmission_safety_factor
             if time_left is not None and time_left < needed:
                 reason = f"the SLURM job has {time_left:.0f}s left, the next epoch needs about {needed:.0f}s"
-        if reason is not None:
+        if self._agreed(engine, _STOP if reason is not None else _GO) == _STOP:
             raise RunInterrupted(
-                f"{reason}: stopped before epoch {epoch}; start the same command again to continue with it"
+                f"{reason or _OTHER_PROCESS}: stopped before epoch {epoch}; start the same command again to "
+                "continue with it"
             )
 
     def after_step(self, engine: Engine, totals: LossTotals, progress: Progress) -> None:
@@ -242,12 +259,13 @@ class RunControl:
             self.options.checkpoint_interval_sec is not None
             and self._clock() - self._last_save_time >= self.options.checkpoint_interval_sec
         )
-        if reason is None and not due:
+        decision = self._agreed(engine, _STOP if reason is not None else _SAVE if due else _GO)
+        if decision == _GO:
             return
         path = self._save(engine, totals, progress)
-        if reason is not None:
+        if decision == _STOP:
             raise RunInterrupted(
-                f"{reason}: stopped in epoch {engine.epoch} after step {totals.num_steps} of it "
+                f"{reason or _OTHER_PROCESS}: stopped in epoch {engine.epoch} after step {totals.num_steps} of it "
                 f"(global_step={engine.global_step}), saved {path}; start the same command again to resume from there"
             )
 
@@ -263,20 +281,32 @@ class RunControl:
             return f"max_wall_time={limit:g}s reached"
         return None
 
+    @staticmethod
+    def _agreed(engine: Engine, decision: int) -> int:
+        """The strongest decision of all processes (a collective with several)."""
+        if engine.data_parallel is None:
+            return decision
+        flag = torch.tensor([decision], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag[0])
+
     def _save(self, engine: Engine, totals: LossTotals, progress: Progress) -> str:
         path = mid_epoch_filename(engine.options.model_prefix)
-        content = {
-            "kind": "mid_epoch",
-            "model": engine.model.state_dict(),
-            "updater": engine.updater.state_dict(),
-            "epoch": engine.epoch,
-            "step": engine.global_step,
-            "epoch_start_step": self._epoch_start_step,
+        process = {
             "num_batches": totals.num_steps,
             "loss_sums": {name: list(values) for name, values in totals.sums.items()},
             "num_seqs": progress.num_seqs,
             "rng": get_rng_state(include_cuda=torch.device(engine.device).type == "cuda"),
+        }
+        content = {
+            "kind": "mid_epoch",
+            "model": engine.model.state_dict(),
+            "updater": engine.updater.state_dict(),  # with several processes a collective
+            "epoch": engine.epoch,
+            "step": engine.global_step,
+            "epoch_start_step": self._epoch_start_step,
             "returnn_version": returnn.__version__,
+            "processes": [process] if engine.data_parallel is None else engine.data_parallel.gather_to_main(process),
         }
         checkpoints.save_checkpoint(path, content)
         self._last_save_time = self._clock()
