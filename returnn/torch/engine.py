@@ -59,9 +59,10 @@ from returnn.torch.model_loading import (
     load_model_params,
     train_start_point,
 )
+from returnn.torch.progress import Progress, ProgressOptions
 from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
 from returnn.torch.run_control import RunControl
-from returnn.torch.scores import LossTotals, Progress, format_scores, loss_values
+from returnn.torch.scores import LossTotals, format_scores, loss_values
 from returnn.torch.step_functions import StepFunctions
 from returnn.torch.updater import Updater
 
@@ -90,6 +91,7 @@ class Engine:
         self.datasets: dict[str, Dataset] = {}
         self.data_parallel: distributed.DataParallel | None = None  # while a task runs in several processes
         self.run_control = RunControl.from_config(config)  # mid-epoch checkpoints, stops on signals and time limits
+        self.progress_options = ProgressOptions.from_config(config)
 
     @property
     def device(self) -> str:
@@ -431,8 +433,11 @@ class Engine:
             stage="train_step", device=self.device, engine=self, epoch=self.epoch, global_step=self.global_step
         )
         totals = LossTotals()
-        progress = Progress(self.epoch, _expected_num_seqs(self.datasets["train"], data_loader))
+        expected_num_seqs = _expected_num_seqs(self.datasets["train"], data_loader)
+        progress = Progress(self.epoch, expected_num_seqs, self.progress_options, device=self.device)
         batches = self.run_control.resumed_batches(self, totals, progress, data_loader.iter_epoch(self.epoch))
+        batches = progress.timed(batches)
+        skipped_before = self.updater.num_skipped_updates
         with using_run_ctx(run_ctx):
             for data in batches if self.data_parallel is None else self.data_parallel.in_step(batches):
                 run_ctx.init_step(self.global_step)
@@ -446,13 +451,21 @@ class Engine:
                 if self.options.stop_on_nonfinite_train_score:
                     self._check_finite(step_losses, values)
                 self.global_step += 1
-                progress.step(self.global_step, step_losses, data)
+                progress.step(
+                    self.global_step,
+                    step_losses,
+                    data,
+                    learning_rate=self.updater.learning_rate,
+                    grad_norm=self.updater.last_grad_norm,
+                )
                 self.run_control.after_step(self, totals, progress)
+        progress.close()
         num_seqs = self._sum_over_processes(totals, progress.num_seqs)
         if self.data_parallel is not None:
             self.data_parallel.sync_module(self._model)
         _check_not_empty(totals.num_steps, "train", self.epoch)
-        logger.log(V4, f"epoch={self.epoch} part=train steps={totals.num_steps} seqs={num_seqs}")
+        skipped = self.updater.num_skipped_updates - skipped_before
+        logger.info(progress.epoch_summary(num_steps=totals.num_steps, num_seqs=num_seqs, skipped_updates=skipped))
         return totals.scores("train_loss_")
 
     def _sum_over_processes(self, totals: LossTotals, num_seqs: int = 0) -> int:

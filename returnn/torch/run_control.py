@@ -52,7 +52,8 @@ from returnn.torch.signals import StopSignals
 if TYPE_CHECKING:
     from returnn.torch.engine import Engine
     from returnn.torch.model_loading import StartPoint
-    from returnn.torch.scores import LossTotals, Progress
+    from returnn.torch.progress import Progress
+    from returnn.torch.scores import LossTotals
 
 logger = logging.getLogger(__name__)
 

@@ -1,18 +1,17 @@
-"""Reporting losses: a step's loss values in one tensor, epoch scores, and the per-step log line."""
+"""Reporting losses: a step's loss values in one tensor, and epoch scores (the per-step line is in
+:mod:`returnn.torch.progress`)."""
 
 from __future__ import annotations
 
 import logging
 import math
-import time
-from typing import Any
 
 import torch
 
 from returnn.errors import StepFunctionError
 from returnn.torch.context import Loss
 
-__all__ = ["loss_values", "LossTotals", "Progress", "format_scores"]
+__all__ = ["loss_values", "LossTotals", "format_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,41 +60,6 @@ class LossTotals:
         :param prefix: e.g. ``"train_loss_"`` or ``"dev_loss_"``
         """
         return {prefix + name: (value / norm if norm else math.nan) for name, (value, norm) in self.sums.items()}
-
-
-class Progress:
-    """The per-step log line (verbosity 5), with an ETA for the epoch from its expected number of sequences."""
-
-    def __init__(self, epoch: int, expected_num_seqs: int | None):
-        self.epoch = epoch
-        self.expected_num_seqs = expected_num_seqs
-        self.enabled = logger.isEnabledFor(logging.DEBUG)
-        self.num_seqs = 0
-        self.num_steps = 0
-        self.start_time = self.last_time = time.monotonic()
-
-    def step(self, global_step: int, step_losses: dict[str, float], data: dict[str, Any]) -> None:
-        """Count a finished step and log its line.
-
-        :param global_step: the steps done so far in the run, this one included
-        :param step_losses: the step's normalized losses by name
-        :param data: the step's batch (for its number of sequences)
-        """
-        self.num_steps += 1
-        self.num_seqs += len(data.get("seq_tag", ()))
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        losses = " ".join(f"loss_{name}={value:.6g}" for name, value in step_losses.items())
-        eta = "?"
-        if self.expected_num_seqs and self.num_seqs:
-            remaining = max(self.expected_num_seqs - self.num_seqs, 0)
-            eta = f"{(now - self.start_time) * remaining / self.num_seqs:.1f}s"
-        logger.debug(
-            f"epoch={self.epoch} step={self.num_steps} global_step={global_step} {losses} "
-            f"seqs={len(data.get('seq_tag', ()))} step_time={now - self.last_time:.4f}s eta={eta}"
-        )
-        self.last_time = now
 
 
 def format_scores(scores: dict[str, float]) -> str:

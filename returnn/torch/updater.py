@@ -180,6 +180,8 @@ class Updater:
         self.data_parallel = data_parallel
         self.noise_seed = noise_seed
         self.has_local_gradients = False  # since the last update, in this process
+        self.last_grad_norm: float | None = None  # of the last step, before clipping; None if it made no update
+        self.num_skipped_updates = 0  # non-finite gradient norm, over the updater's life
 
     @classmethod
     def from_config(
@@ -266,6 +268,7 @@ class Updater:
         :param fetch: a 1-d tensor of values wanted on the host
         :raise TrainingError: too many non-finite gradient norms in a row
         """
+        self.last_grad_norm = None
         if not self.is_update_step(global_step):
             return fetch.tolist() if fetch is not None else []
         if self.dynamic_learning_rate is not None:
@@ -282,14 +285,16 @@ class Updater:
             norm_is_finite = True
         else:
             fetched = torch.cat([values, grad_norm.detach().float().reshape(1).to(values.device)]).tolist()
-            norm_is_finite = math.isfinite(fetched.pop())
+            self.last_grad_norm = fetched.pop()
+            # without gradient_clip_norm the norm is only reported; the update happens as before
+            norm_is_finite = math.isfinite(self.last_grad_norm) or self.gradient_clip_norm is None
         self._apply_gradients(global_step, norm_is_finite)
         if self.data_parallel is not None:
             self.data_parallel.after_update(self.params, num_updates=(global_step + 1) // self.accum_grad_multiple_step)
         return fetched
 
     def _prepare_gradients(self, global_step: int) -> torch.Tensor | None:
-        """Unscale, add noise, clip. Returns the global gradient norm (before clipping) when norm clipping is on."""
+        """Unscale, add noise, clip. Returns the global gradient norm (before clipping), None without gradients."""
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
         if self.gradient_noise is not None:
@@ -300,7 +305,8 @@ class Updater:
             torch.nn.utils.clip_grad_value_(self.params, self.gradient_clip)
         if self.gradient_clip_norm is not None:
             return torch.nn.utils.clip_grad_norm_(self.params, self.gradient_clip_norm)
-        return None
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else None
 
     def _noise_like(
         self, grad: torch.Tensor, global_step: int, generators: dict[torch.device, torch.Generator]
@@ -324,6 +330,7 @@ class Updater:
             self.num_consecutive_invalid = 0
         else:
             self.num_consecutive_invalid += 1
+            self.num_skipped_updates += 1
             logger.warning(
                 f"global_step={global_step} non-finite gradient norm, update skipped "
                 f"({self.num_consecutive_invalid} in a row, stop at {self.invalid_gradient_threshold})"
