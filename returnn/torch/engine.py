@@ -59,6 +59,7 @@ from returnn.torch.model_loading import (
     load_model_params,
     train_start_point,
 )
+from returnn.torch.output_files import output_locations, prepare_outputs, remove_stale_temporary_files
 from returnn.torch.progress import Progress, ProgressOptions
 from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
 from returnn.torch.run_control import RunControl
@@ -114,6 +115,8 @@ class Engine:
         with self._running_task(), self.run_control.running():
             start = self._init_train()
             if start.epoch > self.options.num_epochs:
+                if self.options.cleanup is not None:  # the run may have stopped before its last cleanup
+                    self._cleanup(self.options.cleanup)
                 logger.info(
                     f"train: nothing to do, epochs 1..{start.epoch - 1} are done (num_epochs={self.options.num_epochs})"
                 )
@@ -205,6 +208,7 @@ class Engine:
     def cleanup_old_models(self) -> None:
         """Task cleanup_old_models: delete checkpoints as ``cleanup_old_models`` says (its defaults when unset)."""
         self.options.require_model_prefix("task 'cleanup_old_models'")
+        remove_stale_temporary_files(output_locations(self.config))
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         self._cleanup(self.options.cleanup or checkpoints.CleanupPolicy())
 
@@ -342,6 +346,7 @@ class Engine:
         self.options.require_model_prefix("task 'train'")
         if "train" not in self.options.datasets:
             raise ConfigError("task 'train' needs the config key 'train': the training dataset")
+        prepare_outputs(self.config)
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         start = train_start_point(self.config, self.load_checkpoint)
         if start.kind == "resume" and start.epoch > self.options.num_epochs and not self._missing_eval_names(start):
