@@ -7,6 +7,7 @@ whose process is gone (at the start of training and in task cleanup_old_models).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -39,7 +40,8 @@ def prepare_outputs(config: Config) -> None:
 
 
 def check_output_locations(locations: dict[str, str]) -> None:
-    """Create the directories of the outputs and check that files can be written there (main process only).
+    """Check that the outputs' directories can be created and written (main process only; nothing is created: a
+    probe file in the nearest existing directory is written and removed).
 
     :raise ConfigError: a directory cannot be created or written, naming the config key and the path
     """
@@ -47,9 +49,13 @@ def check_output_locations(locations: dict[str, str]) -> None:
         return
     for key, path in locations.items():
         directory = os.path.dirname(os.path.abspath(path))
+        existing = directory
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
         try:
-            os.makedirs(directory, exist_ok=True)
-            probe = os.path.join(directory, f".returnn-write-test.tmp{os.getpid()}")
+            if not os.path.isdir(existing):
+                raise NotADirectoryError(errno.ENOTDIR, f"{existing!r} is a file, not a directory")
+            probe = os.path.join(existing, f".returnn-write-test.tmp{os.getpid()}")
             with open(probe, "w"):
                 pass
             os.remove(probe)

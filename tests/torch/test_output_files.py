@@ -72,7 +72,9 @@ def test_restart_after_stop_in_last_evaluation_runs_the_missed_cleanup(make_conf
 
 def test_output_location_that_cannot_be_created(make_config, tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(ConfigError, match=r"config key 'model': cannot write to '.*file/models' \(for '.*'\): Not a"):
+    with pytest.raises(
+        ConfigError, match=r"config key 'model': cannot write to '.*file/models' \(for '.*'\): '.*file' is a file"
+    ):
         Engine(make_config(model=str(tmp_path / "file" / "models" / "epoch"))).train()
     with pytest.raises(ConfigError, match=r"config key 'learning_rate_file': cannot write to '.*file'"):
         Engine(make_config(learning_rate_file=str(tmp_path / "file" / "learning_rates"))).train()
