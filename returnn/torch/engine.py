@@ -63,7 +63,7 @@ from returnn.torch.output_files import output_locations, prepare_outputs, remove
 from returnn.torch.progress import Progress, ProgressOptions
 from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
 from returnn.torch.run_control import RunControl
-from returnn.torch.scores import LossTotals, format_scores, loss_values
+from returnn.torch.scores import LossTotals, empty_sequences, format_scores, loss_values
 from returnn.torch.step_functions import StepFunctions
 from returnn.torch.updater import Updater
 
@@ -454,7 +454,7 @@ class Engine:
                 values = self.optimizer_step(self.run_train_step(self._to_device(data), run_ctx))
                 step_losses = totals.add(run_ctx.losses, values)
                 if self.options.stop_on_nonfinite_train_score:
-                    self._check_finite(step_losses, values)
+                    self._check_finite(step_losses, values, data)
                 self.global_step += 1
                 progress.step(
                     self.global_step,
@@ -482,8 +482,15 @@ class Engine:
         )
         return num_seqs
 
-    def _check_finite(self, step_losses: dict[str, float], values: list[float]) -> None:
+    def _check_finite(self, step_losses: dict[str, float], values: list[float], data: dict[str, Any]) -> None:
         for i, (name, value) in enumerate(step_losses.items()):
+            if not math.isfinite(value) and empty_sequences(data):
+                listed = ", ".join(f"{tag!r} ({', '.join(keys)})" for tag, keys in empty_sequences(data).items())
+                raise DatasetError(
+                    f"epoch={self.epoch} step={self.global_step}: the batch holds sequences of length 0: {listed}, "
+                    f"and loss {name!r} became {value}; remove them from the data, or drop them with "
+                    "min_seq_length = 1"
+                )
             if not math.isfinite(value):
                 raise TrainingError(
                     f"epoch={self.epoch} step={self.global_step}: loss {name!r} is {value} (sum {values[2 * i]}, "

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 
 from returnn.errors import StepFunctionError
 from returnn.torch.context import Loss
 
-__all__ = ["loss_values", "LossTotals", "format_scores"]
+__all__ = ["loss_values", "LossTotals", "format_scores", "empty_sequences"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +66,16 @@ class LossTotals:
 def format_scores(scores: dict[str, float]) -> str:
     """``key=value ...`` for log lines."""
     return " ".join(f"{key}={value:.6g}" for key, value in scores.items())
+
+
+def empty_sequences(data: dict[str, Any]) -> dict[str, list[str]]:
+    """The sequences of a batch with length 0 in some data key: ``{seq tag: [keys]}`` (a loss normalized by such a
+    length divides by 0)."""
+    tags = data.get("seq_tag") or []
+    empty: dict[str, list[str]] = {}
+    for key, lengths in data.items():
+        if key.endswith(":size1") and isinstance(lengths, torch.Tensor) and lengths.dim() == 1:
+            for index in torch.nonzero(lengths == 0).flatten().tolist():
+                tag = tags[index] if index < len(tags) else f"#{index}"
+                empty.setdefault(tag, []).append(key[: -len(":size1")])
+    return empty
