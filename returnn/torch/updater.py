@@ -30,6 +30,7 @@ import torch
 import returnn
 from returnn.config import Config, declare_options
 from returnn.errors import CheckpointError, ConfigError, TrainingError
+from returnn.lr_schedules import schedule_from_config
 from returnn.torch.distributed import DataParallel
 from returnn.torch.random_state import derive_seed
 from returnn.torch.step_functions import check_accepts_kwargs
@@ -214,6 +215,14 @@ class Updater:
                 "dynamic_learning_rate",
                 "dynamic_learning_rate(*, global_train_step, epoch, learning_rate, **kwargs)",
             )
+        schedule = schedule_from_config(config)
+        if schedule is not None and dynamic_learning_rate is not None:
+            if config.typed_value("learning_rate_schedule") is not None:
+                raise ConfigError(
+                    "config keys 'learning_rate_schedule' and 'dynamic_learning_rate' are both set; keep one"
+                )
+        elif schedule is not None:  # (with a dynamic_learning_rate, mainline's piecewise keys are the function's)
+            dynamic_learning_rate = schedule.dynamic_learning_rate
         return cls(
             model,
             optimizer_options=options,
