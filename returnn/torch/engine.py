@@ -50,6 +50,7 @@ from returnn.torch.data.loader import BatchLoader, build_data_loader
 from returnn.torch.data.options import DataPipelineOptions
 from returnn.torch.device import autocast
 from returnn.torch.engine_options import EngineOptions
+from returnn.torch.metrics_log import MetricsLog
 from returnn.torch.model_loading import (
     PreloadSpec,
     StartPoint,
@@ -93,6 +94,7 @@ class Engine:
         self.data_parallel: distributed.DataParallel | None = None  # while a task runs in several processes
         self.run_control = RunControl.from_config(config)  # mid-epoch checkpoints, stops on signals and time limits
         self.progress_options = ProgressOptions.from_config(config)
+        self.metrics_log = MetricsLog()  # while training: metrics_csv, tensorboard_dir
 
     @property
     def device(self) -> str:
@@ -126,9 +128,12 @@ class Engine:
                 f"train: epochs={first_epoch}..{self.options.num_epochs} start={start.kind} "
                 f"global_step={self.global_step} device={self.device} processes={distributed.world_size()}"
             )
-            for epoch in range(first_epoch, self.options.num_epochs + 1):
-                self.run_control.before_epoch(self, epoch)
-                self.train_epoch(epoch)
+            resume_step = self.run_control.resume_step(default=self.global_step)
+            with MetricsLog.from_config(self.config, resume_step=resume_step, first_epoch=first_epoch) as metrics_log:
+                self.metrics_log = metrics_log
+                for epoch in range(first_epoch, self.options.num_epochs + 1):
+                    self.run_control.before_epoch(self, epoch)
+                    self.train_epoch(epoch)
 
     def train_epoch(self, epoch: int) -> None:
         """One epoch: train steps, learning_rates file, checkpoint, evaluation, cleanup."""
@@ -145,6 +150,7 @@ class Engine:
             f"epoch={epoch} {format_scores(scores)} lr={self.updater.learning_rate:.6g} "
             f"time={time.monotonic() - start_time:.1f}s"
         )
+        self.metrics_log.epoch(epoch, self.global_step, {**scores, "learning_rate": self.updater.epoch_learning_rate})
 
     def eval(self) -> None:
         """Task eval: score a checkpoint on ``dev`` and ``eval_datasets``; the scores go to the learning_rates
@@ -439,7 +445,9 @@ class Engine:
         )
         totals = LossTotals()
         expected_num_seqs = _expected_num_seqs(self.datasets["train"], data_loader)
-        progress = Progress(self.epoch, expected_num_seqs, self.progress_options, device=self.device)
+        progress = Progress(
+            self.epoch, expected_num_seqs, self.progress_options, device=self.device, metrics_log=self.metrics_log
+        )
         batches = self.run_control.resumed_batches(self, totals, progress, data_loader.iter_epoch(self.epoch))
         batches = progress.timed(batches)
         skipped_before = self.updater.num_skipped_updates

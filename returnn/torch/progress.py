@@ -32,6 +32,7 @@ import torch
 from returnn.config import Config, declare_options
 from returnn.errors import ConfigError
 from returnn.torch import distributed
+from returnn.torch.metrics_log import MetricsLog
 
 __all__ = ["Progress", "ProgressOptions", "peak_memory_mb"]
 
@@ -91,6 +92,7 @@ class Progress:
 
     :param expected_num_seqs: the sequences expected in this process's epoch (for percentage and ETA), if known
     :param clock: the time source (tests pass their own)
+    :param metrics_log: gets the step metrics
     """
 
     def __init__(
@@ -101,11 +103,13 @@ class Progress:
         *,
         device: str = "cpu",
         clock: Callable[[], float] = time.monotonic,
+        metrics_log: MetricsLog | None = None,
     ):
         self.epoch = epoch
         self.expected_num_seqs = expected_num_seqs
         self.options = options or ProgressOptions(bar=False)
         self.device = device
+        self.metrics_log = metrics_log
         self.per_step = logger.isEnabledFor(logging.DEBUG)
         self.num_seqs = 0
         self.num_steps = 0
@@ -160,6 +164,11 @@ class Progress:
         if grad_norm is not None and math.isfinite(grad_norm):
             self.grad_norm_sum += grad_norm
             self.num_grad_norms += 1
+        if self.metrics_log is not None:
+            values = {f"loss_{name}": value for name, value in step_losses.items()}
+            self.metrics_log.step(
+                self.epoch, global_step, {**values, "learning_rate": learning_rate, "grad_norm": grad_norm}
+            )
         now = self._clock()
         if self.per_step:
             losses = " ".join(f"loss_{name}={value:.6g}" for name, value in step_losses.items())

@@ -216,6 +216,10 @@ class RunControl:
         )
         return epoch
 
+    def resume_step(self, *, default: int) -> int:
+        """The global step training continues after: the mid-epoch checkpoint's if it resumes from one."""
+        return int(self._resume["step"]) if self._resume is not None else default
+
     def resumed_batches(
         self, engine: Engine, totals: LossTotals, progress: Progress, batches: Iterable[Any]
     ) -> Iterable[Any]:
@@ -310,6 +314,7 @@ class RunControl:
             "processes": [process] if engine.data_parallel is None else engine.data_parallel.gather_to_main(process),
         }
         checkpoints.save_checkpoint(path, content)
+        engine.metrics_log.flush()
         self._last_save_time = self._clock()
         return path
 
