@@ -98,9 +98,12 @@ def test_per_step_line_at_verbosity_5_has_grad_norm_and_learning_rate(make_confi
     assert re.search(r" grad_norm=[\d.]+ lr=0.01 data_time=[\d.]+s$", step_lines[1]), step_lines[1]
 
 
-def test_live_bar_with_tqdm():
+def test_live_bar_with_tqdm(caplog, capsys):
     pytest.importorskip("tqdm")
-    progress = Progress(1, 4, ProgressOptions(1.0, bar=True))
-    progress.step(1, {"ce": 1.0}, _batch(2, 3), learning_rate=0.1)
-    assert progress._bar.n == 2
-    progress.close()
+    with caplog.at_level(logging.INFO, logger="returnn.torch.progress"):
+        progress = Progress(1, 4, ProgressOptions(1.0, bar=True))
+        progress.step(1, {"ce": 1.0}, _batch(2, 3), learning_rate=0.1)
+        assert progress._bar.n == 2
+        progress.close()
+    assert not caplog.records  # the bar replaces the progress lines
+    assert "epoch 1" in capsys.readouterr().err
