@@ -66,6 +66,7 @@ from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set
 from returnn.torch.run_control import RunControl
 from returnn.torch.scores import LossTotals, empty_sequences, format_scores, loss_values
 from returnn.torch.step_functions import StepFunctions
+from returnn.torch.training_switches import TrainingSwitches, compile_model
 from returnn.torch.updater import Updater
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Engine:
 
     def __init__(self, config: Config):
         self.config = config
+        self.switches = TrainingSwitches(config)  # first: fast_dev_run redirects the outputs
         self.options = EngineOptions.from_config(config)
         self.functions = StepFunctions.from_config(config)
         self._model: torch.nn.Module | None = None
@@ -132,6 +134,9 @@ class Engine:
             with MetricsLog.from_config(self.config, resume_step=resume_step, first_epoch=first_epoch) as metrics_log:
                 self.metrics_log = metrics_log
                 for epoch in range(first_epoch, self.options.num_epochs + 1):
+                    if (reason := self.switches.early_stop_reason(self.learning_rate_control.epoch_data)) is not None:
+                        logger.info(f"{reason}: training ends before epoch {epoch}")
+                        break
                     self.run_control.before_epoch(self, epoch)
                     self.train_epoch(epoch)
 
@@ -236,7 +241,8 @@ class Engine:
         num_params = sum(p.numel() for p in model.parameters())
         logger.info(f"model: class={type(model).__name__} params={num_params}")
         logger.log(V4, f"{model}")
-        return model.to(self.device)
+        model = model.to(self.device)
+        return compile_model(model, self.switches.torch_compile) if self.switches.torch_compile is not None else model
 
     def build_updater(self, model: torch.nn.Module) -> Updater:
         """Hook: the updater (optimizer, gradient clipping, accumulation, AMP scaler) from the config."""
@@ -295,7 +301,7 @@ class Engine:
         )
         totals = LossTotals()
         with using_run_ctx(run_ctx), torch.no_grad():
-            for data in data_loader.iter_epoch(self.epoch):
+            for data in self.switches.eval_batches(data_loader.iter_epoch(self.epoch)):
                 run_ctx.init_step(self.global_step)
                 with autocast(self.device, self.options.amp_dtype):
                     self.functions.train_step(model=self._model, data=self._to_device(data), run_ctx=run_ctx)
@@ -448,7 +454,8 @@ class Engine:
         progress = Progress(
             self.epoch, expected_num_seqs, self.progress_options, device=self.device, metrics_log=self.metrics_log
         )
-        batches = self.run_control.resumed_batches(self, totals, progress, data_loader.iter_epoch(self.epoch))
+        batches = self.switches.train_batches(data_loader.iter_epoch(self.epoch))
+        batches = self.run_control.resumed_batches(self, totals, progress, batches)
         batches = progress.timed(batches)
         skipped_before = self.updater.num_skipped_updates
         with using_run_ctx(run_ctx):
