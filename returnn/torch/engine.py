@@ -150,6 +150,9 @@ class Engine:
         self.run_control.epoch_saved(self)
         for name in self.options.eval_names:
             scores.update(self._record_scores(self.evaluate_dataset(name, self.data_loaders[name])))
+            if self.updater.ema is not None:  # the same data with the averaged weights: <name>_ema_loss_...
+                with self.updater.ema.swapped_into(self._model):
+                    scores.update(self._record_scores(self.evaluate_dataset(f"{name}_ema", self.data_loaders[name])))
         self.on_epoch_end(epoch, scores)
         logger.info(
             f"epoch={epoch} {format_scores(scores)} lr={self.updater.learning_rate:.6g} "
@@ -342,6 +345,8 @@ class Engine:
             "returnn_version": returnn.__version__,
             "rng": get_rng_state(include_cuda=torch.device(self.device).type == "cuda"),
         }
+        if self.updater is not None and self.updater.ema is not None:
+            content["model_ema"] = self.updater.ema.state_dict()
         checkpoints.save_checkpoint(checkpoints.checkpoint_filename(prefix, epoch), content)
         if self.updater is not None:
             checkpoints.delete_old_optimizer_files(prefix)

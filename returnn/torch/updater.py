@@ -32,6 +32,7 @@ from returnn.config import Config, declare_options
 from returnn.errors import CheckpointError, ConfigError, TrainingError
 from returnn.lr_schedules import schedule_from_config
 from returnn.torch.distributed import DataParallel
+from returnn.torch.ema import WeightAverage
 from returnn.torch.random_state import derive_seed
 from returnn.torch.step_functions import check_accepts_kwargs
 
@@ -163,6 +164,7 @@ class Updater:
         dynamic_learning_rate: Callable[..., float] | None = None,
         data_parallel: DataParallel | None = None,
         noise_seed: int = 0,
+        ema_decay: float | None = None,
     ):
         self.model = model
         self.param_names = [name for name, _ in model.named_parameters()]
@@ -183,6 +185,7 @@ class Updater:
         self.has_local_gradients = False  # since the last update, in this process
         self.last_grad_norm: float | None = None  # of the last step, before clipping; None if it made no update
         self.num_skipped_updates = 0  # non-finite gradient norm, over the updater's life
+        self.ema = WeightAverage(model, ema_decay) if ema_decay is not None else None
 
     @classmethod
     def from_config(
@@ -237,6 +240,7 @@ class Updater:
             dynamic_learning_rate=dynamic_learning_rate,
             data_parallel=data_parallel,
             noise_seed=config.int("random_seed"),
+            ema_decay=WeightAverage.decay_from_config(config),
         )
 
     # ---------------------------------------------------------------- learning rate
@@ -300,6 +304,8 @@ class Updater:
         self._apply_gradients(global_step, norm_is_finite)
         if self.data_parallel is not None:
             self.data_parallel.after_update(self.params, num_updates=(global_step + 1) // self.accum_grad_multiple_step)
+        if self.ema is not None:
+            self.ema.update(self.model)
         return fetched
 
     def _prepare_gradients(self, global_step: int) -> torch.Tensor | None:
@@ -369,6 +375,8 @@ class Updater:
             "num_consecutive_invalid": self.num_consecutive_invalid,
             "returnn_version": returnn.__version__,
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         if self.data_parallel is not None:
             own = {name: grad.cpu() for name, grad in pending.items()} or None
             state["pending_grads_by_rank"] = self.data_parallel.gather_to_main(own)
@@ -412,6 +420,8 @@ class Updater:
             param.grad = pending.to(param.device) if pending is not None else None
         self.has_local_gradients = bool(pending_grads)
         self.num_consecutive_invalid = int(state.get("num_consecutive_invalid", 0))
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"], source=source)
 
     def _own_pending_grads(self, state: dict[str, Any], *, source: str) -> dict[str, torch.Tensor] | None:
         """The accumulated gradients that this process continues with."""
