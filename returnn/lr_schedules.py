@@ -14,7 +14,9 @@ warmup (s < W)     ``(s + 1) / W`` (every schedule but one_cycle and piecewise)
 ``one_cycle``      linear from ``initial_scale`` to 1 over the first ``pct_start T`` steps, back to
                    ``initial_scale`` over as many, then linear to ``e`` at ``T``; ``e`` afterwards
 ``piecewise``      linear interpolation through ``(0, values[0]), (steps[0], values[1]), ...``; the last value
-                   after the last step (mainline's learning_rate_piecewise_steps / _values)
+                   after the last step (mainline's learning_rate_piecewise_steps / _values); with
+                   ``by_epoch_continuous`` (``learning_rate_piecewise_by_epoch_continuous``) over ``epoch - 1 +
+                   the share of the epoch done`` instead of steps
 =================  ======================================================================================
 
 Config: ``learning_rate_schedule = {"class": "cosine", "warmup_steps": 1000, "total_steps": 100000}``, or a class name
@@ -54,6 +56,10 @@ declare_options(
             "Steps of the piecewise linear schedule (mainline's key); with learning_rate_piecewise_values.",
         ),
         "learning_rate_piecewise_values": (None, "Values at step 0 and at each learning_rate_piecewise_steps entry."),
+        "learning_rate_piecewise_by_epoch_continuous": (
+            False,
+            "learning_rate_piecewise_steps are (fractional) epochs: epoch - 1 + the share of the epoch done.",
+        ),
     },
 )
 
@@ -71,6 +77,7 @@ class LearningRateSchedule:
     initial_scale: float = 0.04
     steps: tuple[float, ...] = ()
     values: tuple[float, ...] = ()
+    by_epoch_continuous: bool = False
 
     def __post_init__(self) -> None:
         where = f"config key 'learning_rate_schedule' ({self.kind})"
@@ -94,10 +101,13 @@ class LearningRateSchedule:
                 f"steps={list(self.steps)}, values={list(self.values)} (learning_rate_piecewise_steps / _values)"
             )
 
-    def factor(self, step: int) -> float:
-        """The factor on the epoch's learning rate at global step ``step`` (0-based)."""
+    def factor(self, step: int, epoch_continuous: float = 0.0) -> float:
+        """The factor on the epoch's learning rate at global step ``step`` (0-based).
+
+        :param epoch_continuous: epoch - 1 + the share of the epoch done (for piecewise ``by_epoch_continuous``)
+        """
         if self.kind == "piecewise":
-            return _interpolate((0.0, *self.steps), self.values, step)
+            return _interpolate((0.0, *self.steps), self.values, epoch_continuous if self.by_epoch_continuous else step)
         if self.kind == "one_cycle":
             rise = self.pct_start * self.total_steps
             points = (0.0, rise, 2 * rise, float(self.total_steps))
@@ -113,9 +123,11 @@ class LearningRateSchedule:
             return 1.0 - (1.0 - self.final_scale) * progress
         return self.final_scale + (1.0 - self.final_scale) * (1.0 + math.cos(math.pi * progress)) / 2  # cosine
 
-    def dynamic_learning_rate(self, *, global_train_step: int, learning_rate: float, **kwargs: Any) -> float:
+    def dynamic_learning_rate(
+        self, *, global_train_step: int, learning_rate: float, epoch_continuous: float = 0.0, **kwargs: Any
+    ) -> float:
         """The schedule as a ``dynamic_learning_rate`` function."""
-        return learning_rate * self.factor(global_train_step)
+        return learning_rate * self.factor(global_train_step, epoch_continuous)
 
 
 def _interpolate(points: tuple[float, ...], values: tuple[float, ...], x: float) -> float:
@@ -147,6 +159,9 @@ def schedule_from_config(config: Config) -> LearningRateSchedule | None:
     if kind == "piecewise":
         options.setdefault("steps", piecewise_steps or ())
         options.setdefault("values", config.typed_value("learning_rate_piecewise_values") or ())
+        options.setdefault(
+            "by_epoch_continuous", bool(config.typed_value("learning_rate_piecewise_by_epoch_continuous"))
+        )
     if kind == "invsqrt":
         options.setdefault("warmup_steps", config.typed_value("learning_rate_warmup_steps") or 0)
         options.setdefault("norm", config.typed_value("learning_rate_invsqrt_norm"))

@@ -74,7 +74,10 @@ def test_piecewise_from_mainline_keys():
             {"class": "cosine", "warmup_steps": 10},
             r"\(cosine\): needs total_steps > warmup_steps, got total_steps=None",
         ),
-        ({"class": "linear", "total_steps": 10, "decay": 1}, r"unknown option\(s\) 'decay'; choose from: final_scale"),
+        (
+            {"class": "linear", "total_steps": 10, "decay": 1},
+            r"unknown option\(s\) 'decay'; choose from: by_epoch_continuous, final_scale",
+        ),
         ({"class": "piecewise", "steps": [2, 1], "values": [1, 2, 3]}, r"expected ascending steps"),
         ({"class": "invsqrt"}, r"needs warmup_steps >= 1 \(learning_rate_warmup_steps\) or a norm"),
         (3, r"expected a class name or a dict with 'class', got 3"),
@@ -87,3 +90,17 @@ def test_bad_schedules(value, match):
 
 def test_no_schedule():
     assert schedule_from_config(Config({})) is None
+
+
+def test_piecewise_by_epoch_continuous():
+    config = Config(
+        {
+            "learning_rate_piecewise_steps": [0.5, 2],
+            "learning_rate_piecewise_values": [0.1, 1.0, 0.01],
+            "learning_rate_piecewise_by_epoch_continuous": True,
+        }
+    )
+    schedule = schedule_from_config(config)
+    assert schedule.factor(10**6, epoch_continuous=0.25) == pytest.approx(0.55)
+    assert schedule.factor(0, epoch_continuous=1.25) == pytest.approx(1.0 - 0.99 * 0.5)
+    assert schedule.factor(0, epoch_continuous=7.0) == pytest.approx(0.01)

@@ -466,6 +466,7 @@ class Engine:
         with using_run_ctx(run_ctx):
             for data in batches if self.data_parallel is None else self.data_parallel.in_step(batches):
                 run_ctx.init_step(self.global_step)
+                self.updater.epoch_continuous = self.epoch - 1 + progress.epoch_fraction()
                 if data is None:  # this process's data is done, others' not: their steps go on with it
                     self.optimizer_step(None)
                     self.global_step += 1

@@ -187,6 +187,12 @@ class Progress:
             self._last_line_time = now
             logger.info(f"epoch={self.epoch} progress {self._fields(learning_rate, with_counts=True)}")
 
+    def epoch_fraction(self) -> float:
+        """The share of the epoch's expected sequences done so far (0 when the epoch's size is not known)."""
+        if not self.expected_num_seqs:
+            return 0.0
+        return min(1.0, self.num_seqs / self.expected_num_seqs)
+
     def close(self) -> None:
         """The epoch's steps are done (closes the bar)."""
         if self._bar is not None:

@@ -179,6 +179,7 @@ class Updater:
         self.dynamic_learning_rate = dynamic_learning_rate
         self.epoch = 0
         self.epoch_learning_rate = learning_rate
+        self.epoch_continuous: float | None = None  # epoch - 1 + the share of the epoch done; set by the engine
         self.num_consecutive_invalid = 0
         self.data_parallel = data_parallel
         self.noise_seed = noise_seed
@@ -286,7 +287,10 @@ class Updater:
             return fetch.tolist() if fetch is not None else []
         if self.dynamic_learning_rate is not None:
             learning_rate = self.dynamic_learning_rate(
-                global_train_step=global_step, epoch=self.epoch, learning_rate=self.epoch_learning_rate
+                global_train_step=global_step,
+                epoch=self.epoch,
+                epoch_continuous=self.epoch_continuous if self.epoch_continuous is not None else self.epoch - 1.0,
+                learning_rate=self.epoch_learning_rate,
             )
             self._set_learning_rate(float(learning_rate))
         if self.data_parallel is not None:

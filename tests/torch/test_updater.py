@@ -308,3 +308,17 @@ def test_learning_rate_schedule_and_dynamic_learning_rate_exclude_each_other(mak
     config = make_config(learning_rate_schedule="constant", dynamic_learning_rate=lambda **kwargs: 0.1)
     with pytest.raises(ConfigError, match=r"'learning_rate_schedule' and 'dynamic_learning_rate' are both set"):
         Updater.from_config(config, torch.nn.Linear(2, 2), device="cpu", amp_dtype=None)
+
+
+def test_dynamic_learning_rate_gets_the_continuous_epoch(make_config):
+    from returnn.torch.engine import Engine
+
+    seen = []
+
+    def dynamic_learning_rate(*, global_train_step, epoch, epoch_continuous, learning_rate, **kwargs):
+        seen.append((global_train_step, epoch, epoch_continuous))
+        return learning_rate
+
+    Engine(make_config(dynamic_learning_rate=dynamic_learning_rate, dev=None)).train()
+    # 12 sequences per epoch, 3 per step: the share of the epoch done before each step
+    assert seen == [(s, 1 + s // 4, 0.25 * s) for s in range(8)]
