@@ -2,7 +2,8 @@
 
 :func:`main` loads the config, sets up logging, picks the engine class and runs the config's ``task``.
 Exit codes: 0 success, 2 bad user input (one line on stderr naming the key, file or value and the fix),
-1 internal error (with a traceback), 130 interrupted.
+1 internal error (with a traceback), 75 training stopped early on purpose (SIGTERM / SIGUSR1, a time limit) after
+saving what a restart resumes from, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import returnn
 from returnn.config import Config, declare_options, get_global_config, load_config, set_global_config
 from returnn.config_options import import_option_modules
-from returnn.errors import ConfigError, ReturnnError
+from returnn.errors import EXIT_INTERRUPTED, ConfigError, ReturnnError, RunInterrupted
 from returnn.log import log
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ earlier ones. An override value is read as a Python literal of the kind the conf
 The config key 'task' selects what runs (default: train):
 {tasks}
 
-Exit codes: 0 success, 2 bad config or data (one line on stderr says what to fix), 1 internal error.
+Exit codes: 0 success, 2 bad config or data (one line on stderr says what to fix), 1 internal error,
+75 training stopped early on purpose (SIGTERM, SIGUSR1, max_wall_time): start the same command again to resume.
 """
 
 TASK_HELP = {
@@ -86,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.error(f"error: {exc}")
         print(f"returnn: error: {exc}", file=sys.stderr)
         return 2
+    except RunInterrupted as exc:
+        if log.has_file_targets():
+            logger.warning(f"{exc}")
+        print(f"returnn: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("returnn: interrupted", file=sys.stderr)
         return 130

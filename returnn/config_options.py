@@ -161,8 +161,6 @@ RETURNN_KEYS_NOT_USED = frozenset(
         "sort_dataset",
         "start_batch",
         "startup_callback",
-        "stop_for_resubmission_safety_factor",
-        "stop_for_resubmission_when_low_time_left",
         "tensorboard_opts",
         "torch_batching",
         "torch_cuda_graph",

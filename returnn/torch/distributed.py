@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import hashlib
 import logging
 import os
@@ -141,6 +142,7 @@ def write_file_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], None],
     :param write: writes the content into the given file object
     :param binary: open the temporary file in binary mode (else text, utf-8)
     :return: whether the file was written (False on ranks other than 0)
+    :raise TrainingError: the disk is full or read-only (one line naming the file)
     """
     if not is_main_process():
         return False
@@ -156,9 +158,14 @@ def write_file_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], None],
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
+    except BaseException as exc:
+        if os.path.lexists(tmp_path):
             os.remove(tmp_path)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise TrainingError(
+                f"cannot write {path!r}: {exc.strerror}; make room (or make it writable) and start the same command "
+                "again: it resumes from the last complete checkpoint, nothing written before is lost"
+            ) from None
         raise
     return True
 

@@ -50,6 +50,7 @@ from returnn.torch.data.loader import BatchLoader, build_data_loader
 from returnn.torch.data.options import DataPipelineOptions
 from returnn.torch.device import autocast
 from returnn.torch.engine_options import EngineOptions
+from returnn.torch.metrics_log import MetricsLog
 from returnn.torch.model_loading import (
     PreloadSpec,
     StartPoint,
@@ -59,9 +60,13 @@ from returnn.torch.model_loading import (
     load_model_params,
     train_start_point,
 )
+from returnn.torch.output_files import output_locations, prepare_outputs, remove_stale_temporary_files
+from returnn.torch.progress import Progress, ProgressOptions
 from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
-from returnn.torch.scores import LossTotals, Progress, format_scores, loss_values
+from returnn.torch.run_control import RunControl
+from returnn.torch.scores import LossTotals, empty_sequences, format_scores, loss_values
 from returnn.torch.step_functions import StepFunctions
+from returnn.torch.training_switches import TrainingSwitches, compile_model
 from returnn.torch.updater import Updater
 
 logger = logging.getLogger(__name__)
@@ -78,6 +83,7 @@ class Engine:
 
     def __init__(self, config: Config):
         self.config = config
+        self.switches = TrainingSwitches(config)  # first: fast_dev_run redirects the outputs
         self.options = EngineOptions.from_config(config)
         self.functions = StepFunctions.from_config(config)
         self._model: torch.nn.Module | None = None
@@ -88,6 +94,9 @@ class Engine:
         self.data_loaders: dict[str, BatchLoader] = {}
         self.datasets: dict[str, Dataset] = {}
         self.data_parallel: distributed.DataParallel | None = None  # while a task runs in several processes
+        self.run_control = RunControl.from_config(config)  # mid-epoch checkpoints, stops on signals and time limits
+        self.progress_options = ProgressOptions.from_config(config)
+        self.metrics_log = MetricsLog()  # while training: metrics_csv, tensorboard_dir
 
     @property
     def device(self) -> str:
@@ -107,19 +116,29 @@ class Engine:
 
     def train(self) -> None:
         """Task train: epochs from the start epoch (after the newest checkpoint) up to ``num_epochs``."""
-        with self._running_task():
+        with self._running_task(), self.run_control.running():
             start = self._init_train()
             if start.epoch > self.options.num_epochs:
+                if self.options.cleanup is not None:  # the run may have stopped before its last cleanup
+                    self._cleanup(self.options.cleanup)
                 logger.info(
                     f"train: nothing to do, epochs 1..{start.epoch - 1} are done (num_epochs={self.options.num_epochs})"
                 )
                 return
+            first_epoch = self.run_control.resume_point(self, start, explicit_start=_explicit_start(self.config))
             logger.info(
-                f"train: epochs={start.epoch}..{self.options.num_epochs} start={start.kind} "
+                f"train: epochs={first_epoch}..{self.options.num_epochs} start={start.kind} "
                 f"global_step={self.global_step} device={self.device} processes={distributed.world_size()}"
             )
-            for epoch in range(start.epoch, self.options.num_epochs + 1):
-                self.train_epoch(epoch)
+            resume_step = self.run_control.resume_step(default=self.global_step)
+            with MetricsLog.from_config(self.config, resume_step=resume_step, first_epoch=first_epoch) as metrics_log:
+                self.metrics_log = metrics_log
+                for epoch in range(first_epoch, self.options.num_epochs + 1):
+                    if (reason := self.switches.early_stop_reason(self.learning_rate_control.epoch_data)) is not None:
+                        logger.info(f"{reason}: training ends before epoch {epoch}")
+                        break
+                    self.run_control.before_epoch(self, epoch)
+                    self.train_epoch(epoch)
 
     def train_epoch(self, epoch: int) -> None:
         """One epoch: train steps, learning_rates file, checkpoint, evaluation, cleanup."""
@@ -128,13 +147,18 @@ class Engine:
         scores = self._record_scores(self._train_steps(self.data_loaders["train"]))
         if epoch % self.options.save_interval == 0 or epoch == self.options.num_epochs:
             self.save_checkpoint(epoch)
+        self.run_control.epoch_saved(self)
         for name in self.options.eval_names:
             scores.update(self._record_scores(self.evaluate_dataset(name, self.data_loaders[name])))
+            if self.updater.ema is not None:  # the same data with the averaged weights: <name>_ema_loss_...
+                with self.updater.ema.swapped_into(self._model):
+                    scores.update(self._record_scores(self.evaluate_dataset(f"{name}_ema", self.data_loaders[name])))
         self.on_epoch_end(epoch, scores)
         logger.info(
             f"epoch={epoch} {format_scores(scores)} lr={self.updater.learning_rate:.6g} "
             f"time={time.monotonic() - start_time:.1f}s"
         )
+        self.metrics_log.epoch(epoch, self.global_step, {**scores, "learning_rate": self.updater.epoch_learning_rate})
 
     def eval(self) -> None:
         """Task eval: score a checkpoint on ``dev`` and ``eval_datasets``; the scores go to the learning_rates
@@ -224,6 +248,7 @@ class Engine:
     def cleanup_old_models(self) -> None:
         """Task cleanup_old_models: delete checkpoints as ``cleanup_old_models`` says (its defaults when unset)."""
         self.options.require_model_prefix("task 'cleanup_old_models'")
+        remove_stale_temporary_files(output_locations(self.config))
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         self._cleanup(self.options.cleanup or checkpoints.CleanupPolicy())
 
@@ -245,7 +270,8 @@ class Engine:
         num_params = sum(p.numel() for p in model.parameters())
         logger.info(f"model: class={type(model).__name__} params={num_params}")
         logger.log(V4, f"{model}")
-        return model.to(self.device)
+        model = model.to(self.device)
+        return compile_model(model, self.switches.torch_compile) if self.switches.torch_compile is not None else model
 
     def build_updater(self, model: torch.nn.Module) -> Updater:
         """Hook: the updater (optimizer, gradient clipping, accumulation, AMP scaler) from the config."""
@@ -304,7 +330,7 @@ class Engine:
         )
         totals = LossTotals()
         with using_run_ctx(run_ctx), torch.no_grad():
-            for data in data_loader.iter_epoch(self.epoch):
+            for data in self.switches.eval_batches(data_loader.iter_epoch(self.epoch)):
                 run_ctx.init_step(self.global_step)
                 with autocast(self.device, self.options.amp_dtype):
                     self.functions.train_step(model=self._model, data=self._to_device(data), run_ctx=run_ctx)
@@ -345,6 +371,8 @@ class Engine:
             "returnn_version": returnn.__version__,
             "rng": get_rng_state(include_cuda=torch.device(self.device).type == "cuda"),
         }
+        if self.updater is not None and self.updater.ema is not None:
+            content["model_ema"] = self.updater.ema.state_dict()
         checkpoints.save_checkpoint(checkpoints.checkpoint_filename(prefix, epoch), content)
         if self.updater is not None:
             checkpoints.delete_old_optimizer_files(prefix)
@@ -361,6 +389,7 @@ class Engine:
         self.options.require_model_prefix("task 'train'")
         if "train" not in self.options.datasets:
             raise ConfigError("task 'train' needs the config key 'train': the training dataset")
+        prepare_outputs(self.config)
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         start = train_start_point(self.config, self.load_checkpoint)
         if start.kind == "resume" and start.epoch > self.options.num_epochs and not self._missing_eval_names(start):
@@ -455,27 +484,44 @@ class Engine:
             stage="train_step", device=self.device, engine=self, epoch=self.epoch, global_step=self.global_step
         )
         totals = LossTotals()
-        progress = Progress(self.epoch, _expected_num_seqs(self.datasets["train"], data_loader))
-        batches = data_loader.iter_epoch(self.epoch)
+        expected_num_seqs = _expected_num_seqs(self.datasets["train"], data_loader)
+        progress = Progress(
+            self.epoch, expected_num_seqs, self.progress_options, device=self.device, metrics_log=self.metrics_log
+        )
+        batches = self.switches.train_batches(data_loader.iter_epoch(self.epoch))
+        batches = self.run_control.resumed_batches(self, totals, progress, batches)
+        batches = progress.timed(batches)
+        skipped_before = self.updater.num_skipped_updates
         with using_run_ctx(run_ctx):
             for data in batches if self.data_parallel is None else self.data_parallel.in_step(batches):
                 run_ctx.init_step(self.global_step)
+                self.updater.epoch_continuous = self.epoch - 1 + progress.epoch_fraction()
                 if data is None:  # this process's data is done, others' not: their steps go on with it
                     self.optimizer_step(None)
                     self.global_step += 1
+                    self.run_control.after_step(self, totals, progress)
                     continue
                 values = self.optimizer_step(self.run_train_step(self._to_device(data), run_ctx))
                 step_losses = totals.add(run_ctx.losses, values)
                 if self.options.stop_on_nonfinite_train_score:
-                    self._check_finite(step_losses, values)
+                    self._check_finite(step_losses, values, data)
                 self.global_step += 1
-                progress.step(self.global_step, step_losses, data)
+                progress.step(
+                    self.global_step,
+                    step_losses,
+                    data,
+                    learning_rate=self.updater.learning_rate,
+                    grad_norm=self.updater.last_grad_norm,
+                )
                 self.config.report_unread_keys()  # after the first step, everything has read its options
+                self.run_control.after_step(self, totals, progress)
+        progress.close()
         num_seqs = self._sum_over_processes(totals, progress.num_seqs)
         if self.data_parallel is not None:
             self.data_parallel.sync_module(self._model)
         _check_not_empty(totals.num_steps, "train", self.epoch)
-        logger.log(V4, f"epoch={self.epoch} part=train steps={totals.num_steps} seqs={num_seqs}")
+        skipped = self.updater.num_skipped_updates - skipped_before
+        logger.info(progress.epoch_summary(num_steps=totals.num_steps, num_seqs=num_seqs, skipped_updates=skipped))
         return totals.scores("train")
 
     def _sum_over_processes(self, totals: LossTotals, num_seqs: int = 0) -> int:
@@ -487,8 +533,15 @@ class Engine:
         )
         return num_seqs
 
-    def _check_finite(self, step_losses: dict[str, float], values: list[float]) -> None:
+    def _check_finite(self, step_losses: dict[str, float], values: list[float], data: dict[str, Any]) -> None:
         for i, (name, value) in enumerate(step_losses.items()):
+            if not math.isfinite(value) and empty_sequences(data):
+                listed = ", ".join(f"{tag!r} ({', '.join(keys)})" for tag, keys in empty_sequences(data).items())
+                raise DatasetError(
+                    f"epoch={self.epoch} step={self.global_step}: the batch holds sequences of length 0: {listed}, "
+                    f"and loss {name!r} became {value}; remove them from the data, or drop them with "
+                    "min_seq_length = 1"
+                )
             if not math.isfinite(value):
                 raise TrainingError(
                     f"epoch={self.epoch} step={self.global_step}: loss {name!r} is {value} (sum {values[2 * i]}, "
@@ -529,6 +582,11 @@ def _expected_num_seqs(dataset: Dataset, data_loader: BatchLoader) -> int | None
         return -(-dataset.get_total_num_seqs() // (max(1, dataset.partition_epoch) * distributed.world_size()))
     except (DatasetError, AttributeError, NotImplementedError):
         return dataset.estimated_num_seqs
+
+
+def _explicit_start(config: Config) -> bool:
+    """``start_epoch`` or ``load_epoch`` choose where training starts (then no mid-epoch checkpoint is used)."""
+    return config.typed_value("start_epoch") not in ("auto", None) or config.typed_value("load_epoch") is not None
 
 
 def _check_not_empty(num_batches: int, name: str, epoch: int | None) -> None:
