@@ -81,7 +81,13 @@ class DdpStep:
         if comm_hook is not None:
             from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-            self.ddp.register_comm_hook(None, getattr(default_hooks, f"{comm_hook}_hook"))
+            try:
+                self.ddp.register_comm_hook(None, getattr(default_hooks, f"{comm_hook}_hook"))
+            except TypeError as exc:  # torch's check of what the backend supports (bf16 needs NCCL)
+                raise ConfigError(
+                    f"config key 'torch_distributed': comm_hook {comm_hook!r} cannot be used here ({exc}); use "
+                    "another comm_hook or none"
+                ) from exc
         self._params = [param for param in module.parameters() if param.requires_grad]
         self._prepared = False  # whether the current step's loss went through before_backward
         self._sync = True  # whether the current step all-reduces

@@ -14,6 +14,8 @@ from tests.torch.test_distributed import run_in_processes
 
 pytestmark = pytest.mark.slow
 
+EXPLICIT = {"reduce_type": "grad_explicit"}
+
 
 class TwoPartModel(torch.nn.Module):
     """The step calls ``encode`` and ``out`` itself, never ``forward``; ``unused`` never gets a gradient."""
@@ -78,7 +80,7 @@ def test_ddp_equals_the_explicit_all_reduce_and_one_process_accumulating(make_co
     )  # fmt: skip
     explicit = _train(
         make_config, "explicit", processes=2, train=train, accum_grad_multiple_step=2, learning_rate=0.2,
-        torch_distributed={"reduce_type": "grad_explicit"},
+        torch_distributed=EXPLICIT,
     )  # fmt: skip
     assert not torch.equal(one[1]["out.weight"], one[2]["out.weight"])  # it trained
     assert torch.equal(one[2]["unused.weight"], ddp[2]["unused.weight"])  # initial values: the same seed
@@ -93,8 +95,7 @@ def test_ddp_uneven_last_round_and_bucket_views_equal_the_explicit_all_reduce(ma
     options = {"find_unused_parameters": True, "gradient_as_bucket_view": True}
     common = dict(train=train, accum_grad_multiple_step=2, learning_rate=0.2)
     ddp = _train(make_config, "ddp", processes=2, torch_distributed={"options": options}, **common)
-    explicit_options = {"reduce_type": "grad_explicit"}
-    explicit = _train(make_config, "explicit", processes=2, torch_distributed=explicit_options, **common)
+    explicit = _train(make_config, "explicit", processes=2, torch_distributed=EXPLICIT, **common)
     _assert_close(ddp, explicit)
     optimizer_file = torch.load(tmp_path / "ddp/epoch.002.opt.pt", weights_only=True)
     assert optimizer_file["pending_grads_by_rank"] == [None, None]  # the last step was an update step
@@ -108,3 +109,16 @@ def test_ddp_hooks_fire_when_the_step_calls_submodules(make_config):
     train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 4, "seq_len": 4}
     with pytest.raises(AssertionError, match=r"TrainingError: .* set torch_distributed = \{'options': \{'find_unused"):
         _train(make_config, "ddp", processes=2, train=train, learning_rate=0.1)
+
+
+def test_ddp_static_graph_and_fp16_compression_stay_close_to_the_explicit_all_reduce(make_config):
+    # static_graph finds the unused parameter in the first step by itself; fp16 compression rounds the gradients
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 8, "seq_len": 4}
+    common = dict(train=train, learning_rate=0.2)
+    ddp_options = {"options": {"static_graph": True}, "comm_hook": "fp16_compress"}
+    ddp = _train(make_config, "ddp", processes=2, torch_distributed=ddp_options, **common)
+    explicit = _train(make_config, "explicit", processes=2, torch_distributed=EXPLICIT, **common)
+    assert not torch.equal(ddp[2]["out.weight"], explicit[2]["out.weight"])  # rounded
+    for epoch in ddp:
+        for name, value in ddp[epoch].items():
+            torch.testing.assert_close(value, explicit[epoch][name], rtol=1e-3, atol=1e-4)
