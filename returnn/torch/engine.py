@@ -21,9 +21,10 @@ seqs=... step_time=... eta=...``), one per evaluated dataset at verbosity 4 and 
 (``epoch=... train_loss_<name>=... dev_loss_<name>=... lr=... time=...``).
 
 Started by torchrun as several processes, tasks train and eval run data-parallel (see :mod:`returnn.torch.distributed`):
-each process reads its shard of the data, gradients are averaged at every update, the scores are summed over the
-processes, and only rank 0 writes files. Hooks that a ``CustomEngine`` overrides then run in every process; an
-overridden :meth:`Engine.evaluate_dataset` sums its scores over the processes itself (as the default one does).
+each process reads its share of the batches, gradients are averaged at every update (by torch's DDP by default),
+the scores are summed over the processes, and only rank 0 writes files. Hooks that a ``CustomEngine`` overrides then
+run in every process; an overridden :meth:`Engine.evaluate_dataset` sums its scores over the processes itself (as the
+default one does); an overridden :meth:`Engine.run_train_step` must call ``self.updater.backward(loss)``.
 """
 
 from __future__ import annotations
@@ -398,6 +399,7 @@ class Engine:
         if self.data_parallel is not None:
             self.data_parallel.check_same((start.kind, start.epoch, start.step), "where training starts")
             self.data_parallel.broadcast_module(self._model)
+            self.data_parallel.wrap_model(self._model, self.device)
         self.updater = self.build_updater(self._model)
         if start.optimizer_file is not None:
             self.updater.load_state_dict(self.load_checkpoint(start.optimizer_file), source=start.optimizer_file)
@@ -497,11 +499,15 @@ class Engine:
                 run_ctx.init_step(self.global_step)
                 self.updater.epoch_continuous = self.epoch - 1 + progress.epoch_fraction()
                 if data is None:  # this process's data is done, others' not: their steps go on with it
+                    with self._gradient_step():
+                        self.data_parallel.backward_without_data()
                     self.optimizer_step(None)
                     self.global_step += 1
                     self.run_control.after_step(self, totals, progress)
                     continue
-                values = self.optimizer_step(self.run_train_step(self._to_device(data), run_ctx))
+                with self._gradient_step():
+                    step_values = self.run_train_step(self._to_device(data), run_ctx)
+                values = self.optimizer_step(step_values)
                 step_losses = totals.add(run_ctx.losses, values)
                 if self.options.stop_on_nonfinite_train_score:
                     self._check_finite(step_losses, values, data)
@@ -523,6 +529,12 @@ class Engine:
         skipped = self.updater.num_skipped_updates - skipped_before
         logger.info(progress.epoch_summary(num_steps=totals.num_steps, num_seqs=num_seqs, skipped_updates=skipped))
         return totals.scores("train")
+
+    def _gradient_step(self) -> contextlib.AbstractContextManager[None]:
+        """Around a train step's forward and backward pass: with several processes, whether DDP all-reduces."""
+        if self.data_parallel is None:
+            return contextlib.nullcontext()
+        return self.data_parallel.gradient_step(sync=self.updater.is_update_step(self.global_step))
 
     def _sum_over_processes(self, totals: LossTotals, num_seqs: int = 0) -> int:
         """With several processes, turn ``totals`` into the sums over all of them. Returns the total ``num_seqs``."""

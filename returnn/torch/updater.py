@@ -11,8 +11,9 @@ A non-finite gradient norm (only computed with ``gradient_clip_norm``) skips the
 scaler handles non-finite gradients itself (it skips the update and lowers its scale), so they do not count there.
 
 With several processes (a :class:`~returnn.torch.distributed.DataParallel`), the gradients are averaged over the
-processes first thing in an update step, so that the scaler, the clipping and the optimizer see the same gradients
-in every process and the parameters stay equal; ``gradient_noise`` then draws the same noise in every process.
+processes (by DDP during the backward pass, or explicitly) before anything else in an update step uses them, so that
+the scaler, the clipping and the optimizer see the same gradients in every process and the parameters stay equal;
+``gradient_noise`` then draws the same noise in every process.
 Accumulated gradients are each process's own: the optimizer file keeps those of every process, and each process
 gets its own back when training resumes.
 """
@@ -284,7 +285,10 @@ class Updater:
     # ---------------------------------------------------------------- the step
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Add this step's gradients (scaled with float16 AMP)."""
+        """Add this step's gradients (scaled with float16 AMP). With several processes, call it inside
+        ``data_parallel.gradient_step`` (DDP all-reduces the gradients during this backward pass)."""
+        if self.data_parallel is not None:
+            loss = self.data_parallel.before_backward(loss)
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
         self.has_local_gradients = True
 
