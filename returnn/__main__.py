@@ -45,6 +45,7 @@ TASK_HELP = {
     "train": "train the model, evaluating dev/eval_datasets after each epoch; resumes from the newest checkpoint",
     "eval": "score the loaded checkpoint on dev and eval_datasets, write the scores to the learning_rates file",
     "forward": "run forward_step over the 'forward' dataset (with forward_init_hook / forward_finish_hook)",
+    "search": "network dicts: beam search over search_data (default dev) into search_output_file",
     "compute_priors": "network dicts: the output layer's average softmax over 'train' as log priors in output_file",
     "initialize_model": "write a freshly initialized model as epoch-0 checkpoint",
     "cleanup_old_models": "delete old checkpoints according to cleanup_old_models",
@@ -53,7 +54,7 @@ TASK_HELP = {
     "optional-config:<name>": "the same, skipped when the config does not define <name>",
 }
 
-_UNSUPPORTED_TASKS = ("search",)
+_UNSUPPORTED_TASKS = ()
 
 declare_options(
     "General",
@@ -187,7 +188,7 @@ def run_task(config: Config) -> int:
 
 
 # each an Engine method
-_ENGINE_TASKS = ("train", "eval", "forward", "compute_priors", "initialize_model", "cleanup_old_models")
+_ENGINE_TASKS = ("train", "eval", "forward", "search", "compute_priors", "initialize_model", "cleanup_old_models")
 
 
 def get_engine_class(config: Config) -> type[Engine]:

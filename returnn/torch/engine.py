@@ -209,6 +209,34 @@ class Engine:
             _check_not_empty(num_batches, "forward", None)
             logger.info(f"forward: batches={num_batches} epoch={self.epoch}")
 
+    def search(self) -> None:
+        """Task search (network dicts): beam search over ``search_data`` (else ``dev``), the hypotheses written to
+        ``search_output_file`` (see :mod:`returnn.torch.network.search_task`)."""
+        from returnn.torch.network.search_task import SearchOptions, search_hypotheses, write_search_output
+
+        if self.config.typed_value("network") is None:
+            raise ConfigError(
+                "task 'search' is for network dicts; with get_model, write a forward_step that decodes (e.g. with "
+                "returnn.torch.network.search.beam_search) and run task 'forward'"
+            )
+        options = SearchOptions(self.config)
+        definition = options.dataset or self.options.datasets.get("dev")
+        if not definition:
+            raise ConfigError("task 'search' needs a dataset: set 'search_data' (or 'dev')")
+        self.options.datasets["search"] = definition
+        with self._running_task():
+            self._init_model_for_task("search")
+            loader = self._init_data_loaders(["search"], mode="forward")["search"]
+            self._model.eval()
+            target = self.config.value("target")
+            with torch.no_grad(), autocast(self.device, self.options.amp_dtype):
+                batches = (self._to_device(data) for data in loader.iter_epoch(None))
+                hyps, (errors, ref_length) = search_hypotheses(self._model, batches, options.output_layer, target)
+            dataset = self.datasets["search"]
+            write_search_output(options, hyps, dataset.labels.get(target))
+            error_rate = f" label_error_rate={errors / ref_length:.6g}" if ref_length else ""
+            logger.info(f"search: seqs={len(hyps)}{error_rate} wrote {options.output_file}")
+
     def compute_priors(self) -> None:
         """Task compute_priors (network dicts): the average softmax of ``forward_output_layer`` over all frames of
         the ``train`` dataset (else ``forward``), written as log priors to ``output_file``."""
