@@ -431,11 +431,17 @@ def _pretrain_of(config: Config) -> Pretrain | None:
         raise ConfigError(
             f"config key 'pretrain': unknown option(s) {', '.join(map(repr, unknown))}; options: {', '.join(_OPTIONS)}"
         )
-    for key in ("construction_algo", "repetitions", "copy_output_layer", "greedy"):
-        if config.has(f"pretrain_{key}"):
-            option = config.bool_or_other(f"pretrain_{key}")
+    old_keys = {
+        "construction_algo": "pretrain_construction_algo",
+        "repetitions": "pretrain_repetitions",
+        "copy_output_layer": "pretrain_copy_output_layer",
+        "greedy": "pretrain_greedy",
+    }
+    for key, config_key in old_keys.items():
+        if config.has(config_key):
+            option = config.bool_or_other(config_key)
             if key == "repetitions" and isinstance(option, str):  # "2" or "1,2,3" from the command line
-                option = config.int_list("pretrain_repetitions")
+                option = config.int_list(config_key)
             options.setdefault(key, option)
     network = config.typed_value("network")
     if not isinstance(network, dict):
