@@ -192,6 +192,11 @@ class Pretrain:
                     f"pretrain: the network of epoch {epoch} has the key(s) {', '.join(map(repr, unknown))}, which "
                     f"this trainer does not support; supported: '#repetition', {', '.join(map(repr, _STAGE_KEYS))}"
                 )
+            if stage.get("#copy_param_mode") not in COPY_PARAM_MODES:
+                raise ConfigError(
+                    f"pretrain: the network of epoch {epoch} has '#copy_param_mode': {stage['#copy_param_mode']!r}; "
+                    f"choose one of: {', '.join(map(repr, COPY_PARAM_MODES))}"
+                )
 
     def __str__(self) -> str:
         algo = self.construction_algo if isinstance(self.construction_algo, str) else "custom function"
@@ -470,7 +475,8 @@ def build_pretrain_network(config: Config, pretrain: Pretrain, epoch: int) -> to
 def train_start_model_epoch(config: Config, start: StartPoint) -> int:
     """The epoch whose model a training that starts at ``start`` builds: ``start.epoch``, but a checkpoint of a
     pretraining holds the network of its own epoch (the next epoch's network grows from it at the epoch start)."""
-    if start.kind in ("resume", "load") and pretrain_from_config(config) is not None:
+    pretrain = pretrain_from_config(config)  # read now: a mistake in it stops the run before anything is built
+    if start.kind in ("resume", "load") and pretrain is not None:
         return max(start.epoch - 1, 1)
     return start.epoch
 

@@ -313,6 +313,10 @@ def test_copy_output_layer_false_keeps_the_output_fresh_and_a_function_algo_trai
         ({"pretrain": {"construction_algo": lambda idx, net_dict: [idx]}}, "the function returned list for idx 0"),
         ({"pretrain": {"output_layers": ["out"]}}, "no output layer 'out'"),
         ({"pretrain": {"construction_algo": lambda idx, net_dict: {"#config": {}} if idx == 0 else None}}, "'#config'"),
+        (
+            {"pretrain": {"construction_algo": lambda idx, net_dict: {"#copy_param_mode": "x"} if idx == 0 else None}},
+            "has '#copy_param_mode': 'x'",
+        ),
         ({"pretrain": "default", "network": None}, "needs network = {...}"),
     ],
 )
