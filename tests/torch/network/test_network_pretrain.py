@@ -280,6 +280,15 @@ def test_the_network_grows_a_layer_per_epoch_keeping_params_and_optimizer_state(
     saved = torch.load(tmp_path / "out" / "model.002.pt", weights_only=True)["model"]
     assert sorted(saved) == ["l0.W", "l0.b", "l1.W", "l1.b", "output.W", "output.b"]
 
+    # restarted after the pretrain phase: the whole network, loaded from the checkpoint, not rebuilt
+    restarted = RecordingEngine(_engine_config(tmp_path, num_epochs=5))
+    restarted.train()
+    saved = torch.load(tmp_path / "out" / "model.004.pt", weights_only=True)["model"]
+    record = restarted.records[5]
+    assert list(restarted.records) == [5] and record["after"]["model"] is record["before"]["model"]
+    assert record["before"]["params"].keys() == saved.keys()
+    assert all(torch.equal(value, saved[name]) for name, value in record["before"]["params"].items())
+
 
 def test_copy_output_layer_false_keeps_the_output_fresh_and_a_function_algo_trains(tmp_path):
     pretrain = {"construction_algo": _grow_one_layer_per_idx, "copy_output_layer": False}
