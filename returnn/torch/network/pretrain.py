@@ -154,6 +154,7 @@ class Pretrain:
             if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) for name in value):
                 raise ConfigError(f"pretrain {key!r}: expected a list of layer names, got {value!r}")
         self.network = network
+        self.data_specs: dict[str, Any] | None = None  # of the input data, once a stage was built
         self.construction_algo = construction_algo
         self.copy_param_mode = copy_param_mode
         self.copy_output_layer = copy_output_layer not in (False, "reset")
@@ -467,7 +468,10 @@ def build_pretrain_network(config: Config, pretrain: Pretrain, epoch: int) -> to
     from returnn.torch.network.steps import build_network
 
     net_dict = pretrain.network_for_epoch(epoch)
-    network = build_network(config, net_dict={k: v for k, v in net_dict.items() if not k.startswith("#")})
+    layers = {name: layer for name, layer in net_dict.items() if not name.startswith("#")}
+    # the data specs of the first build serve the later ones (without extern_data they come from the train dataset)
+    network = build_network(config, data_specs=pretrain.data_specs, net_dict=layers)
+    pretrain.data_specs = network.data_specs
     network.net_dict = net_dict
     return network
 
