@@ -59,7 +59,7 @@ from returnn.torch.model_loading import (
     load_model_params,
     train_start_point,
 )
-from returnn.torch.network.pretrain import pretrain_epoch_start, train_start_model_epoch
+from returnn.torch.network.growth import pretrain_epoch_start, train_start_model_epoch
 from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
 from returnn.torch.scores import LossTotals, Progress, format_scores, loss_values
 from returnn.torch.step_functions import StepFunctions

@@ -129,7 +129,8 @@ def _network_of(model: torch.nn.Module) -> Network:
 def network_get_model(*, config: Config, epoch: int, step: int, **kwargs) -> Network:
     """``get_model`` of a network config (with ``pretrain``: the network of ``epoch``, see
     :mod:`returnn.torch.network.pretrain`)."""
-    from returnn.torch.network.pretrain import build_pretrain_network, pretrain_from_config
+    from returnn.torch.network.growth import build_pretrain_network
+    from returnn.torch.network.pretrain import pretrain_from_config
 
     pretrain = pretrain_from_config(config)
     if pretrain is not None:

@@ -16,13 +16,8 @@ from returnn.config import Config
 from returnn.errors import ConfigError
 from returnn.torch.engine import Engine
 from returnn.torch.model_loading import StartPoint
-from returnn.torch.network.pretrain import (
-    Pretrain,
-    WrapEpochValue,
-    copy_params,
-    pretrain_from_config,
-    train_start_model_epoch,
-)
+from returnn.torch.network.growth import copy_params, train_start_model_epoch
+from returnn.torch.network.pretrain import Pretrain, WrapEpochValue, pretrain_from_config
 from tests.torch.network.helpers import build
 
 REPO = Path(__file__).resolve().parents[3]
