@@ -30,19 +30,17 @@ CHAIN = {
 }
 
 
-def _only(net: dict[str, Any], *names: str, output_from: str) -> dict[str, Any]:
-    stage = {name: net[name] for name in names}
-    return {**stage, "output": {**net["output"], "from": [output_from]}}
+L0, L1, L2 = CHAIN["l0"], CHAIN["l1"], CHAIN["l2"]
+SOFTMAX = {"class": "softmax", "loss": "ce"}
 
-
-# What RETURNN's returnn/pretrain.py gives for CHAIN (the same for both algorithms: a chain).
+# What RETURNN's returnn/pretrain.py gives for CHAIN (printed from it; the same for both algorithms on a chain).
 CHAIN_STAGES = [
-    _only(CHAIN, "l0", output_from="l0"),
-    _only(CHAIN, "l0", "l1", output_from="l1"),
-    CHAIN,
+    {"l0": L0, "output": {**SOFTMAX, "from": ["l0"]}},
+    {"l0": L0, "l1": L1, "output": {**SOFTMAX, "from": ["l1"]}},
+    {"l0": L0, "l1": L1, "l2": L2, "output": {**SOFTMAX, "from": ["l2"]}},
 ]
 
-# A non-trainable layer at the input and a second output (RETURNN's 'from_input' stages of it).
+# A non-trainable layer at the input and a second output; RETURNN's 'from_input' stages of it.
 WINDOW = {
     "win": {"class": "window", "window_size": 3, "trainable": False},
     "l0": {"class": "linear", "n_out": 8, "from": ["win"]},
@@ -55,11 +53,16 @@ WINDOW_FROM_INPUT = [
     {
         "win": WINDOW["win"],
         "l0": WINDOW["l0"],
-        "output": {**WINDOW["output"], "from": ["l0"]},
-        "ctc": {**WINDOW["ctc"], "from": ["l0"]},
+        "output": {"class": "softmax", "loss": "ce", "from": ["l0"]},
+        "ctc": {"class": "softmax", "loss": "ctc", "from": ["l0"], "target": "classes"},
     },
-    {"win": WINDOW["win"], "l0": WINDOW["l0"], "l1": WINDOW["l1"], "output": {**WINDOW["output"], "from": ["l1"]}}
-    | {"ctc": WINDOW["ctc"]},
+    {
+        "win": WINDOW["win"],
+        "l0": WINDOW["l0"],
+        "l1": WINDOW["l1"],
+        "output": {"class": "softmax", "loss": "ce", "from": ["l1"]},
+        "ctc": WINDOW["ctc"],
+    },
     WINDOW,
 ]
 
