@@ -300,6 +300,23 @@ def test_copy_output_layer_false_keeps_the_output_fresh_and_a_function_algo_trai
     assert "output.W" not in after["adam"] and "l0.W" in after["adam"]
 
 
+def test_a_layer_resized_by_wrap_epoch_value_keeps_its_old_part_with_subset(tmp_path):
+    network = {
+        "l0": {"class": "linear", "activation": "tanh", "n_out": WrapEpochValue(lambda epoch: 4 + 2 * epoch)},
+        "output": {"class": "softmax", "loss": "ce", "from": ["l0"]},
+    }
+    pretrain = {"construction_algo": "no_network_modifications", "repetitions": 2, "copy_param_mode": "subset"}
+    engine = RecordingEngine(_engine_config(tmp_path, network=network, pretrain=pretrain, num_epochs=3))
+    engine.train()
+    before, after = engine.records[2]["before"], engine.records[2]["after"]
+    assert (before["params"]["l0.W"].shape, after["params"]["l0.W"].shape) == ((5, 6), (5, 8))
+    assert torch.equal(after["params"]["l0.W"][:, :6], before["params"]["l0.W"])
+    assert torch.equal(after["params"]["output.W"][:6], before["params"]["output.W"])
+    assert torch.equal(after["params"]["output.b"], before["params"]["output.b"])
+    assert set(after["adam"]) == {"output.b"}  # only what was copied whole keeps its optimizer state
+    assert engine.records[3]["after"]["model"] is engine.records[3]["before"]["model"]  # the last stage stays
+
+
 # ---------------------------------------------------------------- bad input
 
 
