@@ -54,8 +54,6 @@ TASK_HELP = {
     "optional-config:<name>": "the same, skipped when the config does not define <name>",
 }
 
-_UNSUPPORTED_TASKS = ()
-
 declare_options(
     "General",
     {
@@ -166,11 +164,6 @@ def run_task(config: Config) -> int:
             _run_config_function(config, task)
         config.report_unread_keys()
         return 0
-    if task in _UNSUPPORTED_TASKS:
-        raise ConfigError(
-            f"task {task!r} is not supported: write a forward_step (with forward_init_hook / forward_finish_hook) "
-            "that computes and writes what you need, and run task 'forward'"
-        )
     if task not in _ENGINE_TASKS:
         choices = ", ".join(TASK_HELP)
         raise ConfigError(f"config key 'task': unknown task {task!r}; choose one of: {choices}")

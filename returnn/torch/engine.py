@@ -61,6 +61,7 @@ from returnn.torch.model_loading import (
     load_model_params,
     train_start_point,
 )
+from returnn.torch.network.growth import pretrain_epoch_start, train_start_model_epoch
 from returnn.torch.output_files import output_locations, prepare_outputs, remove_stale_temporary_files
 from returnn.torch.progress import Progress, ProgressOptions
 from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
@@ -373,8 +374,11 @@ class Engine:
         return scores
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Hook: before the epoch's first step: seed, learning rate, train mode."""
+        """Hook: before the epoch's first step: the network of a pretrain epoch, seed, learning rate, train mode."""
         self.epoch = epoch
+        grown = pretrain_epoch_start(self, epoch)  # a network dict with 'pretrain': this epoch's network
+        if grown is not None:
+            self._model, self.updater = grown
         seed_all(distributed.process_seed(derive_seed(self.options.random_seed, epoch, self.global_step)))
         learning_rate = self.learning_rate_control.get_learning_rate_for_epoch(epoch)
         self.updater.set_epoch_learning_rate(epoch, learning_rate)
@@ -445,7 +449,8 @@ class Engine:
         """Build the model of ``start`` and load its parameters, then ``preload_from_files``: in training only when
         it starts anew (``init_for_train`` entries), in the other tasks always (the other entries)."""
         self.epoch, self.global_step = start.epoch, start.step
-        self._model = self.build_model(epoch=start.epoch, step=start.step)
+        model_epoch = train_start_model_epoch(self.config, start) if for_train else start.epoch
+        self._model = self.build_model(epoch=model_epoch, step=start.step)
         load_model_params(self._model, start, ignore_missing=self.options.load_ignore_missing_vars)
         if not for_train or start.kind in ("fresh", "import"):
             specs = PreloadSpec.list_from_config(self.config)

@@ -182,12 +182,12 @@ class _GradFilter(torch.autograd.Function):
     is above the threshold."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, threshold: float) -> torch.Tensor:  # noqa: D102
+    def forward(ctx, x: torch.Tensor, threshold: float) -> torch.Tensor:
         ctx.threshold = threshold
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+    def backward(ctx, grad: torch.Tensor):
         norm = grad.norm(dim=-1, keepdim=True)
         return torch.where(norm > ctx.threshold, torch.zeros_like(grad), grad), None
 
