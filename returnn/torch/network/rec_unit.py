@@ -45,7 +45,7 @@ def _refs_of(layer: dict[str, Any]) -> list[str]:
     """Every reference a unit layer makes (its ``from`` and the options that name layers)."""
     sources = layer.get("from", "data")
     refs = [sources] if isinstance(sources, str) else list(sources or [])
-    for key in ("base", "weights", "position", "keys", "values", "chunking_layer"):
+    for key in ("base", "base_ctx", "weights", "position", "keys", "values", "chunking_layer"):
         value = layer.get(key)
         if isinstance(value, str):
             refs.append(value)
@@ -209,7 +209,7 @@ class UnitBuilder(NetworkBuilder):
             for name, options in self.flat.items():
                 if name in specs:
                     continue
-                side = _TemplateBuilder(self, specs)
+                side = _TemplateBuilder(self, specs, name)
                 try:
                     side._build_layer(name, dict(options))
                 except _UnknownSpec:
@@ -226,10 +226,11 @@ class _UnknownSpec(Exception):
 class _TemplateBuilder(NetworkBuilder):
     """Builds one unit layer on the side, from known specs only (see :meth:`UnitBuilder._template_specs`)."""
 
-    def __init__(self, unit: UnitBuilder, known: dict[str, DataSpec]):
+    def __init__(self, unit: UnitBuilder, known: dict[str, DataSpec], layer: str):
         super().__init__(unit.flat, unit.data_specs, unit.default_target)
         self.unit = unit
         self.known = known
+        self.layer = layer
 
     def source_spec(self, ref: str, needed_by: str) -> DataSpec:
         name = _strip(ref) if ref.startswith("prev:") else ref
@@ -237,6 +238,15 @@ class _TemplateBuilder(NetworkBuilder):
             return self.unit.source_spec(ref, needed_by)
         if name in self.known:
             return self.known[name]
+        if ref == f"prev:{self.layer}":
+            # the layer's own previous output (an accumulator): assume the spec of its other sources; the built
+            # layer is checked against it
+            for other in _refs_of(self.flat[self.layer]):
+                if other != ref:
+                    try:
+                        return self.source_spec(other, needed_by)
+                    except _UnknownSpec:
+                        continue
         raise _UnknownSpec(name)
 
     def _build(self, name: str, *, needed_by: str | None) -> None:
@@ -293,11 +303,15 @@ class RecUnitLayer(Layer):
         if max_seq_len is not None and not isinstance(max_seq_len, (int, str)):
             raise ctx.error("max_seq_len must be an int or an expression like \"max_len_from('base:encoder') * 2\"")
         self.phases = loop_phases(self.entries)
-        self.order = run_order(self.entries, teacher_forcing=True)
+        self.order = run_order(self.entries, teacher_forcing=True, phases=self.phases)
         self.inner_losses: dict[str, LossSpec] = {e.name: e.loss for e in self.entries if e.loss is not None}
         self.out_spec = builder.specs["output"].copy(time=True)
         if n_out is not None and self.out_spec.dim != n_out:
             raise ctx.error(f"n_out={n_out}, but the unit's output is {self.out_spec.describe()}")
+
+    def layer(self, name: str) -> Layer:
+        """The unit layer ``name``."""
+        return self._modules[name]
 
     def _time_key(self, size_target: str | None, ctx: LayerContext, input_spec: DataSpec | None) -> str | None:
         """The data key whose lengths are the loop's in training (None: the input's)."""
@@ -341,9 +355,18 @@ def current_edges(entries: list[LayerEntry], *, teacher_forcing: bool) -> dict[s
     return edges
 
 
-def run_order(entries: list[LayerEntry], *, teacher_forcing: bool) -> list[LayerEntry]:
-    """The unit layers in an order in which each comes after the layers it reads at the same step."""
+def run_order(
+    entries: list[LayerEntry], *, teacher_forcing: bool, phases: dict[str, str] | None = None
+) -> list[LayerEntry]:
+    """The unit layers in an order in which each comes after the layers it reads at the same step; with
+    ``phases``, a layer that runs over the whole sequence also after the layers whose previous output it reads
+    (outside the loop, ``prev:x`` is ``x`` shifted by one step)."""
     edges = current_edges(entries, teacher_forcing=teacher_forcing)
+    if phases is not None:
+        for entry in entries:
+            if phases[entry.name] != "loop":
+                prev = {r[len("prev:") :] for r in entry.sources if r.startswith("prev:")}
+                edges[entry.name] |= {name for name in prev if phases[name] != "loop" and name != entry.name}
     by_name = {e.name: e for e in entries}
     order: list[LayerEntry] = []
     done: set[str] = set()

@@ -86,7 +86,7 @@ def finish(state: BeamState, beam: int, *, length_normalization: bool) -> Search
     steps = len(state.tokens)
     tokens = torch.stack(state.tokens, dim=1) if steps else state.ended.new_zeros((batch * beam, 0), dtype=torch.int64)
     lengths = state.lengths.reshape(batch, beam)
-    scores = state.scores
+    scores = state.scores.detach()
     if length_normalization:
         scores = scores / lengths.clamp(min=1).to(scores.dtype)
     order = scores.argsort(dim=-1, descending=True)

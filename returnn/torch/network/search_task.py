@@ -71,7 +71,7 @@ def search_hypotheses(
         for b, tag in enumerate(data["seq_tag"]):
             if nbest is not None:
                 hyps[tag] = [
-                    (float(nbest.scores[b, k]), nbest.tokens[b, k, : int(nbest.lengths[b, k])].tolist())
+                    (nbest.scores[b, k].item(), nbest.tokens[b, k, : int(nbest.lengths[b, k])].tolist())
                     for k in range(nbest.tokens.shape[1])
                 ]
             else:
