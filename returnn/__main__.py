@@ -43,6 +43,7 @@ TASK_HELP = {
     "train": "train the model, evaluating dev/eval_datasets after each epoch; resumes from the newest checkpoint",
     "eval": "score the loaded checkpoint on dev and eval_datasets, write the scores to the learning_rates file",
     "forward": "run forward_step over the 'forward' dataset (with forward_init_hook / forward_finish_hook)",
+    "compute_priors": "network dicts: the output layer's average softmax over 'train' as log priors in output_file",
     "initialize_model": "write a freshly initialized model as epoch-0 checkpoint",
     "cleanup_old_models": "delete old checkpoints according to cleanup_old_models",
     "nop": "load the config and do nothing",
@@ -50,7 +51,7 @@ TASK_HELP = {
     "optional-config:<name>": "the same, skipped when the config does not define <name>",
 }
 
-_UNSUPPORTED_TASKS = ("search", "compute_priors")
+_UNSUPPORTED_TASKS = ("search",)
 
 declare_options(
     "General",
@@ -178,7 +179,8 @@ def run_task(config: Config) -> int:
     return 0
 
 
-_ENGINE_TASKS = ("train", "eval", "forward", "initialize_model", "cleanup_old_models")  # each an Engine method
+# each an Engine method
+_ENGINE_TASKS = ("train", "eval", "forward", "compute_priors", "initialize_model", "cleanup_old_models")
 
 
 def get_engine_class(config: Config) -> type[Engine]:

@@ -184,6 +184,32 @@ class Engine:
             _check_not_empty(num_batches, "forward", None)
             logger.info(f"forward: batches={num_batches} epoch={self.epoch}")
 
+    def compute_priors(self) -> None:
+        """Task compute_priors (network dicts): the average softmax of ``forward_output_layer`` over all frames of
+        the ``train`` dataset (else ``forward``), written as log priors to ``output_file``."""
+        from returnn.torch.network.priors import accumulate_priors, write_log_priors
+
+        if self.config.typed_value("network") is None:
+            raise ConfigError(
+                "task 'compute_priors' is for network dicts; with get_model, write a forward_step that accumulates "
+                "the priors (and a forward_finish_hook that writes them), and run task 'forward'"
+            )
+        filename = self.config.value("output_file")
+        if not filename:
+            raise ConfigError("task 'compute_priors' needs 'output_file': where to write the log priors")
+        name = "train" if "train" in self.options.datasets else "forward"
+        if name not in self.options.datasets:
+            raise ConfigError("task 'compute_priors' needs a dataset: set 'train' (or 'forward')")
+        with self._running_task():
+            self._init_model_for_task("compute_priors")
+            loader = self._init_data_loaders([name], mode="forward")[name]
+            self._model.eval()
+            with torch.no_grad():
+                batches = (self._to_device(data) for data in loader.iter_epoch(None))
+                priors = accumulate_priors(self._model, batches, self.config.value("forward_output_layer"))
+            write_log_priors(filename, priors)
+            logger.info(f"compute_priors: dataset={name} dim={len(priors)} wrote {filename}")
+
     def initialize_model(self) -> None:
         """Task initialize_model: save a freshly initialized model (with ``import_model_train_epoch1``, ``load`` and
         the ``init_for_train`` entries of ``preload_from_files`` applied) as epoch 0, ``<model>.000.pt``. Training

@@ -1,4 +1,5 @@
-"""RETURNN's ``activation`` option: a name, or names joined by ``+`` (applied from left to right)."""
+"""RETURNN's ``activation`` option: a name, ``factor*name`` (``"2*sigmoid"``), or such terms joined by ``+``
+(applied from left to right)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ def get_activation(spec: str | None, where: str) -> Callable[[torch.Tensor], tor
     functions = []
     for name in spec.split("+"):
         name = name.strip()
+        factor, _, rest = name.partition("*")
+        if rest and _is_number(factor):  # RETURNN's "2*sigmoid": a factor times an activation
+            inner = get_activation(rest, where) or ACTIVATIONS["identity"]
+            functions.append(lambda x, f=float(factor), g=inner: f * g(x))
+            continue
         if name not in ACTIVATIONS:
             raise ConfigError(
                 f"{where}: unknown activation {name!r}{did_you_mean(name, ACTIVATIONS)}; "
@@ -60,6 +66,10 @@ def get_activation(spec: str | None, where: str) -> Callable[[torch.Tensor], tor
         functions.append(ACTIVATIONS[name])
     if len(functions) == 1:
         return functions[0]
+    return _chain(functions)
+
+
+def _chain(functions: list[Callable[[torch.Tensor], torch.Tensor]]) -> Callable[[torch.Tensor], torch.Tensor]:
 
     def chained(x: torch.Tensor) -> torch.Tensor:
         for function in functions:
@@ -67,3 +77,11 @@ def get_activation(spec: str | None, where: str) -> Callable[[torch.Tensor], tor
         return x
 
     return chained
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from typing import Any
 
@@ -48,6 +49,8 @@ class LayerEntry:
     :param sources: where its inputs come from: layer names or ``"data:KEY"``
     :param options: the common options (dropout, L2, loss, ...)
     :param loss: its loss, if it has one
+    :param num_from: how many of ``sources`` are its ``from`` (the rest are layers it reads otherwise, e.g. ``base``;
+        dropout applies to the ``from`` sources only)
     """
 
     name: str
@@ -55,6 +58,7 @@ class LayerEntry:
     sources: list[str]
     options: dict[str, Any]
     loss: LossSpec | None = None
+    num_from: int = 0
 
 
 def flatten_subnetworks(net_dict: dict[str, Any], prefix: str = "", parent_prefix: str = "") -> dict[str, Any]:
@@ -202,18 +206,26 @@ class NetworkBuilder:
         if class_name is None:
             raise ConfigError(f"{where}: needs 'class' (e.g. 'linear', 'rec', 'softmax')")
         cls = get_layer_class(class_name, where)
+        if hasattr(cls, "select_class"):  # e.g. rec: a cell unit or a unit of layers
+            cls = cls.select_class(options)
         if hasattr(cls, "sources_from_options"):
             if options.get("from") not in (None, [], ()):
                 raise ConfigError(f"{where}: a {class_name!r} layer takes no 'from'")
             options["from"] = cls.sources_from_options(options)
         sources = _as_list(options.pop("from", "data"), where)
+        num_from = len(sources)
+        if hasattr(cls, "dependencies_from_options"):  # layers that read another layer besides 'from'
+            takes_builder = "builder" in inspect.signature(cls.dependencies_from_options).parameters
+            sources += cls.dependencies_from_options(options, **({"builder": self} if takes_builder else {}))
         own, common = self._split_options(cls, class_name, options, where)
         source_specs = [self.source_spec(ref, name) for ref in sources]
         if isinstance(common.get("reuse_params"), str):
             self._build(common["reuse_params"], needed_by=name)
         target_spec, target_key = self._target(name, common)
         loss_name = common.get("loss")
-        ctx = LayerContext(name=name, sources=source_specs, target=target_spec, loss=loss_name, builder=self)
+        ctx = LayerContext(
+            name=name, sources=source_specs, target=target_spec, loss=loss_name, builder=self, source_refs=sources
+        )
         params = layer_options(cls)
         n_out = common.get("n_out", _out_type_dim(common))
         if "n_out" in params and n_out is not None:
@@ -237,7 +249,9 @@ class NetworkBuilder:
         if loss_name:
             loss = loss_spec_from_options(name, common, spec, target_spec, target_key)
             loss = dataclasses.replace(loss, activation=getattr(module, "activation_name", None))
-        self.entries[name] = LayerEntry(name=name, module=module, sources=sources, options=common, loss=loss)
+        self.entries[name] = LayerEntry(
+            name=name, module=module, sources=sources, options=common, loss=loss, num_from=num_from
+        )
         self.specs[name] = spec
         registered = common.get("register_as_extern_data")
         if registered:

@@ -106,13 +106,18 @@ def loss_spec_from_options(
     return LossSpec(layer=layer, kind=kind, target=target_key, scale=scale, normalized=normalized, options=opts)
 
 
-def _log_probs(spec: LossSpec, output: LayerOutput) -> torch.Tensor:
-    """Log probabilities of the layer's output, from the logits where the layer has a softmax."""
+def _log_probs(spec: LossSpec, output: LayerOutput, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Log probabilities of the layer's output (of the frames in ``mask``, if given), from the logits where the layer
+    has a softmax."""
+
+    def frames(x: torch.Tensor) -> torch.Tensor:
+        return x if mask is None else x[mask]
+
     if spec.activation == "softmax" and output.pre_activation is not None:
-        return torch.log_softmax(output.pre_activation.float(), dim=-1)
+        return torch.log_softmax(frames(output.pre_activation).float(), dim=-1)
     if spec.activation == "log_softmax":
-        return output.tensor.float()
-    return torch.log(output.tensor.float().clamp(min=1e-30))
+        return frames(output.tensor).float()
+    return torch.log(frames(output.tensor).float().clamp(min=1e-30))
 
 
 def _frame_mask(output: LayerOutput, target: LayerOutput, spec: LossSpec) -> torch.Tensor:
@@ -129,7 +134,7 @@ def _frame_mask(output: LayerOutput, target: LayerOutput, spec: LossSpec) -> tor
 
 def _ce(spec: LossSpec, output: LayerOutput, target: LayerOutput) -> LossValues:
     mask = _frame_mask(output, target, spec)
-    log_probs = _log_probs(spec, output)[mask]  # [N, C]
+    log_probs = _log_probs(spec, output, mask)  # [N, C]
     labels = target.tensor[mask].long()
     smoothing = float(spec.options.get("label_smoothing", 0.0))
     nll = -log_probs.gather(-1, labels[:, None])[:, 0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -12,7 +13,7 @@ from returnn.errors import DatasetError
 from returnn.torch.network.construction import LayerEntry
 from returnn.torch.network.data import DataSpec, LayerOutput
 from returnn.torch.network.layers.base import concat_outputs
-from returnn.torch.network.losses import LossValues
+from returnn.torch.network.losses import LossSpec, LossValues
 
 __all__ = ["Network"]
 
@@ -52,15 +53,14 @@ class Network(torch.nn.Module):
         outputs = self.inputs(data)
         for entry in self.entries:
             sources = [outputs[ref if ref in outputs else _data_ref(ref)] for ref in entry.sources]
-            rate = entry.options.get("dropout")
-            if rate and (self.training or entry.options.get("dropout_on_forward")):
-                noise_shape = entry.options.get("dropout_noise_shape")
-                sources = [_dropout(source, rate, noise_shape) for source in sources]
+            sources = dropout_sources(entry, sources, self.training)
             if entry.module.concat_sources:
                 out = entry.module(concat_outputs(sources))
             else:
                 out = entry.module(sources)
             outputs[entry.name] = out
+            for name, inner in getattr(out, "inner", {}).items():  # the layers of a rec unit, over time
+                outputs[f"{entry.name}/{name}"] = inner
             registered = entry.options.get("register_as_extern_data")
             if registered:
                 outputs[f"data:{registered}"] = out
@@ -81,26 +81,34 @@ class Network(torch.nn.Module):
             inputs[f"data:{key}"] = LayerOutput(tensor, lengths, spec)
         return inputs
 
-    def losses(self, outputs: dict[str, LayerOutput]) -> dict[str, LossValues]:
-        """The loss of every layer that has one, by layer name."""
-        values = {}
+    def loss_specs(self) -> dict[str, LossSpec]:
+        """The loss of every layer that has one, by layer name (``rec/inner`` for the layers of a rec unit)."""
+        specs = {}
         for entry in self.entries:
-            if entry.loss is None:
-                continue
-            key = entry.loss.target
+            if entry.loss is not None:
+                specs[entry.name] = entry.loss
+            for name, spec in getattr(entry.module, "inner_losses", {}).items():
+                specs[f"{entry.name}/{name}"] = spec
+        return specs
+
+    def losses(self, outputs: dict[str, LayerOutput]) -> dict[str, LossValues]:
+        """The loss values of every layer that has a loss, by layer name."""
+        values = {}
+        for name, spec in self.loss_specs().items():
+            key = spec.target
             target = outputs.get(key[len("layer:") :] if key.startswith("layer:") else f"data:{key}")
             if target is None:
                 raise DatasetError(
-                    f"network: layer {entry.name!r}: the batch has no data key {key!r} for its loss; the dataset's "
+                    f"network: layer {name!r}: the batch has no data key {key!r} for its loss; the dataset's "
                     f"keys: {sorted(k[5:] for k in outputs if k.startswith('data:'))}"
                 )
-            values[entry.name] = entry.loss.compute(outputs[entry.name], target)
+            values[name] = spec.compute(outputs[name], target)
         return values
 
     def constraints(self, outputs: dict[str, LayerOutput]) -> torch.Tensor | None:
         """Σ of the layers' ``L2``, ``darc1`` and ``spatial_smoothing`` terms (None if no layer has one)."""
         total = None
-        for entry in self.entries:
+        for entry in _with_unit_entries(self.entries):
             terms = []
             l2 = entry.options.get("L2")
             if l2:
@@ -117,7 +125,28 @@ class Network(torch.nn.Module):
 
     def loss_layers(self) -> list[str]:
         """The names of the layers with a loss, in order."""
-        return [entry.name for entry in self.entries if entry.loss is not None]
+        return list(self.loss_specs())
+
+
+def _with_unit_entries(entries: list[LayerEntry]) -> list[LayerEntry]:
+    """``entries`` and the layers of their rec units (named ``rec/inner``, as the outputs are)."""
+    result = []
+    for entry in entries:
+        result.append(entry)
+        for inner in getattr(entry.module, "entries", []):
+            result.append(dataclasses.replace(inner, name=f"{entry.name}/{inner.name}"))
+    return result
+
+
+def dropout_sources(entry: LayerEntry, sources: list[LayerOutput], training: bool) -> list[LayerOutput]:
+    """The sources of a layer with its ``dropout`` applied to its ``from`` sources (in training, or always with
+    ``dropout_on_forward``)."""
+    rate = entry.options.get("dropout")
+    if not rate or not (training or entry.options.get("dropout_on_forward")):
+        return sources
+    noise_shape = entry.options.get("dropout_noise_shape")
+    num_from = entry.num_from if entry.num_from else len(sources)
+    return [_dropout(s, rate, noise_shape) if i < num_from else s for i, s in enumerate(sources)]
 
 
 def _data_ref(ref: str) -> str:

@@ -102,8 +102,9 @@ def mark_losses(network: Network, outputs: dict[str, Any], run_ctx: Any) -> None
     ``<dataset>_error...``) are normalized per frame (per target label for ctc).
     """
     keys = score_keys(network)
+    specs = network.loss_specs()
     for layer, values in network.losses(outputs).items():
-        spec = next(entry.loss for entry in network.entries if entry.name == layer)
+        spec = specs[layer]
         score_key, error_key = keys[layer]
         run_ctx.mark_as_loss(
             values.loss,

@@ -92,7 +92,8 @@ class LayerContext:
     :param sources: the specs of its ``from`` layers, in order
     :param target: the spec of its loss target, if it has one
     :param loss: the name of its loss, if it has one (e.g. ``"ctc"``: the output gets the target dim + 1)
-    :param builder: the construction (subnetworks build their own layers through it)
+    :param builder: the construction (its ``entries`` are the layers built so far)
+    :param source_refs: the references the sources came from (layer names, ``data:KEY``, ...)
     """
 
     name: str
@@ -100,6 +101,7 @@ class LayerContext:
     target: DataSpec | None = None
     loss: str | None = None
     builder: NetworkBuilder | None = None
+    source_refs: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def where(self) -> str:
@@ -225,4 +227,4 @@ def concat_outputs(outputs: list[LayerOutput]) -> LayerOutput:
 
 
 def _import_layer_modules() -> None:
-    from returnn.torch.network.layers import basic, conv, norm, rec, shape  # noqa: F401 (registers the classes)
+    from returnn.torch.network.layers import attention, basic, conv, loop, norm, rec, shape  # noqa: F401 (registers)
