@@ -2,7 +2,8 @@
 
 :func:`main` loads the config, sets up logging, picks the engine class and runs the config's ``task``.
 Exit codes: 0 success, 2 bad user input (one line on stderr naming the key, file or value and the fix),
-1 internal error (with a traceback), 130 interrupted.
+1 internal error (with a traceback), 75 training stopped early on purpose (SIGTERM / SIGUSR1, a time limit) after
+saving what a restart resumes from, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import returnn
 from returnn.config import Config, declare_options, get_global_config, load_config, set_global_config
 from returnn.config_options import import_option_modules
-from returnn.errors import ConfigError, ReturnnError
+from returnn.errors import EXIT_INTERRUPTED, ConfigError, ReturnnError, RunInterrupted
 from returnn.log import log
 
 if TYPE_CHECKING:
@@ -36,13 +37,15 @@ earlier ones. An override value is read as a Python literal of the kind the conf
 The config key 'task' selects what runs (default: train):
 {tasks}
 
-Exit codes: 0 success, 2 bad config or data (one line on stderr says what to fix), 1 internal error.
+Exit codes: 0 success, 2 bad config or data (one line on stderr says what to fix), 1 internal error,
+75 training stopped early on purpose (SIGTERM, SIGUSR1, max_wall_time): start the same command again to resume.
 """
 
 TASK_HELP = {
     "train": "train the model, evaluating dev/eval_datasets after each epoch; resumes from the newest checkpoint",
     "eval": "score the loaded checkpoint on dev and eval_datasets, write the scores to the learning_rates file",
     "forward": "run forward_step over the 'forward' dataset (with forward_init_hook / forward_finish_hook)",
+    "search": "network dicts: beam search over search_data (default dev) into search_output_file",
     "compute_priors": "network dicts: the output layer's average softmax over 'train' as log priors in output_file",
     "initialize_model": "write a freshly initialized model as epoch-0 checkpoint",
     "cleanup_old_models": "delete old checkpoints according to cleanup_old_models",
@@ -50,8 +53,6 @@ TASK_HELP = {
     "config:<name>": "call the function <name> defined in the config",
     "optional-config:<name>": "the same, skipped when the config does not define <name>",
 }
-
-_UNSUPPORTED_TASKS = ("search",)
 
 declare_options(
     "General",
@@ -86,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.error(f"error: {exc}")
         print(f"returnn: error: {exc}", file=sys.stderr)
         return 2
+    except RunInterrupted as exc:
+        if log.has_file_targets():
+            logger.warning(f"{exc}")
+        print(f"returnn: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("returnn: interrupted", file=sys.stderr)
         return 130
@@ -158,11 +164,6 @@ def run_task(config: Config) -> int:
             _run_config_function(config, task)
         config.report_unread_keys()
         return 0
-    if task in _UNSUPPORTED_TASKS:
-        raise ConfigError(
-            f"task {task!r} is not supported: write a forward_step (with forward_init_hook / forward_finish_hook) "
-            "that computes and writes what you need, and run task 'forward'"
-        )
     if task not in _ENGINE_TASKS:
         choices = ", ".join(TASK_HELP)
         raise ConfigError(f"config key 'task': unknown task {task!r}; choose one of: {choices}")
@@ -180,7 +181,7 @@ def run_task(config: Config) -> int:
 
 
 # each an Engine method
-_ENGINE_TASKS = ("train", "eval", "forward", "compute_priors", "initialize_model", "cleanup_old_models")
+_ENGINE_TASKS = ("train", "eval", "forward", "search", "compute_priors", "initialize_model", "cleanup_old_models")
 
 
 def get_engine_class(config: Config) -> type[Engine]:

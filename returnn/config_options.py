@@ -62,6 +62,7 @@ OPTION_MODULES = (
     "returnn.__main__",
     "returnn.torch.engine",
     "returnn.torch.network.steps",
+    "returnn.torch.network.search_task",
     "returnn.tools.torch_export_to_onnx",
 )
 
@@ -161,8 +162,6 @@ RETURNN_KEYS_NOT_USED = frozenset(
         "sort_dataset",
         "start_batch",
         "startup_callback",
-        "stop_for_resubmission_safety_factor",
-        "stop_for_resubmission_when_low_time_left",
         "tensorboard_opts",
         "torch_batching",
         "torch_cuda_graph",

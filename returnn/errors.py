@@ -29,3 +29,13 @@ class StepFunctionError(ReturnnError):
 
 class TrainingError(ReturnnError):
     """Training cannot go on (e.g. the loss became nan or inf)."""
+
+
+class RunInterrupted(Exception):
+    """Training stopped early on purpose (SIGTERM / SIGUSR1, ``max_wall_time``, too little time left in the cluster
+    job), after writing what a restart resumes from. Not an error: ``returnn.__main__.main`` prints the message as one
+    line and exits with :data:`EXIT_INTERRUPTED`, so that scripts can tell it from a crash and start the same command
+    again."""
+
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL of sysexits.h: "temporary failure, the user is invited to retry"

@@ -19,6 +19,8 @@ import h5py
 import numpy as np
 import pytest
 
+from returnn.torch.metrics_log import read_metrics_csv
+
 REPO = Path(__file__).resolve().parent.parent
 DEMOS = REPO / "demos"
 
@@ -92,6 +94,8 @@ def test_frame_classification(tmp_path):
     ]
     assert log_values(stdout, "dev_loss_fer") == pytest.approx(dev_fer, rel=1e-4)
     assert "epoch=3 dataset=dev" in (out / "log").read_text(encoding="utf-8")  # the log file has verbosity 4
+    metrics = read_metrics_csv(str(out / "metrics.csv"))
+    assert [row["value"] for row in metrics if row["key"] == "dev_loss_fer"] == pytest.approx(dev_fer, rel=1e-12)
 
 
 def _octal_hyp(binary_digits: list[int]) -> str:

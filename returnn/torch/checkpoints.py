@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from collections.abc import Iterable
@@ -90,15 +91,18 @@ def load_checkpoint(path: str, *, map_location: str | torch.device = "cpu") -> d
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file not found: {path!r}") from None
     except pickle.UnpicklingError as exc:
-        # torch's message is long; the line that matters follows "WeightsUnpickler error:"
-        detail = str(exc).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0].strip()
-        if "Unsupported global" not in detail:
+        # Whether torch refused an object or the file is broken is decided from the file, not from torch's message.
+        refused = _foreign_globals(path)
+        if refused is None:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
                 f"cannot read checkpoint {path!r} (truncated or not a torch file?): {detail}"
             ) from None
         raise CheckpointError(
             f"checkpoint {path!r} holds objects other than tensors, numbers, strings, lists and dicts, which are "
-            f"not loaded for safety ({detail.splitlines()[0]}); re-save it with plain types only"
+            "not loaded for safety (refused by loading with weights_only=True)"
+            + (f": {', '.join(refused)}" if refused else "")
+            + "; re-save it with plain types only (e.g. torch.save({'model': model.state_dict(), ...}))"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"cannot read checkpoint {path!r} (truncated or not a torch file?): {exc}") from exc
@@ -108,6 +112,29 @@ def load_checkpoint(path: str, *, map_location: str | torch.device = "cpu") -> d
             "torch.save({'model': model.state_dict(), 'epoch': ..., ...}, path)"
         )
     return content
+
+
+def _foreign_globals(path: str) -> list[str] | None:
+    """The classes and functions other than torch's and ``collections``' that the checkpoint's pickle refers to,
+    read without unpickling anything; None if the file is not an intact torch zip file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if name.endswith("/data.pkl") or name == "data.pkl"]
+            data = archive.read(names[0]) if names else None
+        if data is None:
+            return None
+        found, strings = [], []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                found.append(arg.replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return None
+    own = ("torch.", "collections.")
+    return sorted({name for name in found if not name.startswith(own)})
 
 
 def existing_epochs(model_prefix: str) -> list[int]:

@@ -21,9 +21,10 @@ seqs=... step_time=... eta=...``), one per evaluated dataset at verbosity 4 and 
 (``epoch=... train_loss_<name>=... dev_loss_<name>=... lr=... time=...``).
 
 Started by torchrun as several processes, tasks train and eval run data-parallel (see :mod:`returnn.torch.distributed`):
-each process reads its shard of the data, gradients are averaged at every update, the scores are summed over the
-processes, and only rank 0 writes files. Hooks that a ``CustomEngine`` overrides then run in every process; an
-overridden :meth:`Engine.evaluate_dataset` sums its scores over the processes itself (as the default one does).
+each process reads its share of the batches, gradients are averaged at every update (by torch's DDP by default),
+the scores are summed over the processes, and only rank 0 writes files. Hooks that a ``CustomEngine`` overrides then
+run in every process; an overridden :meth:`Engine.evaluate_dataset` sums its scores over the processes itself (as the
+default one does); an overridden :meth:`Engine.run_train_step` must call ``self.updater.backward(loss)``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from returnn.torch.data.loader import BatchLoader, build_data_loader
 from returnn.torch.data.options import DataPipelineOptions
 from returnn.torch.device import autocast
 from returnn.torch.engine_options import EngineOptions
+from returnn.torch.metrics_log import MetricsLog
 from returnn.torch.model_loading import (
     PreloadSpec,
     StartPoint,
@@ -59,9 +61,14 @@ from returnn.torch.model_loading import (
     load_model_params,
     train_start_point,
 )
+from returnn.torch.network.growth import pretrain_epoch_start, train_start_model_epoch
+from returnn.torch.output_files import output_locations, prepare_outputs, remove_stale_temporary_files
+from returnn.torch.progress import Progress, ProgressOptions
 from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
-from returnn.torch.scores import LossTotals, Progress, format_scores, loss_values
+from returnn.torch.run_control import RunControl
+from returnn.torch.scores import LossTotals, empty_sequences, format_scores, loss_values
 from returnn.torch.step_functions import StepFunctions
+from returnn.torch.training_switches import TrainingSwitches, compile_model
 from returnn.torch.updater import Updater
 
 logger = logging.getLogger(__name__)
@@ -78,6 +85,7 @@ class Engine:
 
     def __init__(self, config: Config):
         self.config = config
+        self.switches = TrainingSwitches(config)  # first: fast_dev_run redirects the outputs
         self.options = EngineOptions.from_config(config)
         self.functions = StepFunctions.from_config(config)
         self._model: torch.nn.Module | None = None
@@ -88,6 +96,9 @@ class Engine:
         self.data_loaders: dict[str, BatchLoader] = {}
         self.datasets: dict[str, Dataset] = {}
         self.data_parallel: distributed.DataParallel | None = None  # while a task runs in several processes
+        self.run_control = RunControl.from_config(config)  # mid-epoch checkpoints, stops on signals and time limits
+        self.progress_options = ProgressOptions.from_config(config)
+        self.metrics_log = MetricsLog()  # while training: metrics_csv, tensorboard_dir
 
     @property
     def device(self) -> str:
@@ -107,19 +118,29 @@ class Engine:
 
     def train(self) -> None:
         """Task train: epochs from the start epoch (after the newest checkpoint) up to ``num_epochs``."""
-        with self._running_task():
+        with self._running_task(), self.run_control.running():
             start = self._init_train()
             if start.epoch > self.options.num_epochs:
+                if self.options.cleanup is not None:  # the run may have stopped before its last cleanup
+                    self._cleanup(self.options.cleanup)
                 logger.info(
                     f"train: nothing to do, epochs 1..{start.epoch - 1} are done (num_epochs={self.options.num_epochs})"
                 )
                 return
+            first_epoch = self.run_control.resume_point(self, start, explicit_start=_explicit_start(self.config))
             logger.info(
-                f"train: epochs={start.epoch}..{self.options.num_epochs} start={start.kind} "
+                f"train: epochs={first_epoch}..{self.options.num_epochs} start={start.kind} "
                 f"global_step={self.global_step} device={self.device} processes={distributed.world_size()}"
             )
-            for epoch in range(start.epoch, self.options.num_epochs + 1):
-                self.train_epoch(epoch)
+            resume_step = self.run_control.resume_step(default=self.global_step)
+            with MetricsLog.from_config(self.config, resume_step=resume_step, first_epoch=first_epoch) as metrics_log:
+                self.metrics_log = metrics_log
+                for epoch in range(first_epoch, self.options.num_epochs + 1):
+                    if (reason := self.switches.early_stop_reason(self.learning_rate_control.epoch_data)) is not None:
+                        logger.info(f"{reason}: training ends before epoch {epoch}")
+                        break
+                    self.run_control.before_epoch(self, epoch)
+                    self.train_epoch(epoch)
 
     def train_epoch(self, epoch: int) -> None:
         """One epoch: train steps, learning_rates file, checkpoint, evaluation, cleanup."""
@@ -128,13 +149,18 @@ class Engine:
         scores = self._record_scores(self._train_steps(self.data_loaders["train"]))
         if epoch % self.options.save_interval == 0 or epoch == self.options.num_epochs:
             self.save_checkpoint(epoch)
+        self.run_control.epoch_saved(self)
         for name in self.options.eval_names:
             scores.update(self._record_scores(self.evaluate_dataset(name, self.data_loaders[name])))
+            if self.updater.ema is not None:  # the same data with the averaged weights: <name>_ema_loss_...
+                with self.updater.ema.swapped_into(self._model):
+                    scores.update(self._record_scores(self.evaluate_dataset(f"{name}_ema", self.data_loaders[name])))
         self.on_epoch_end(epoch, scores)
         logger.info(
             f"epoch={epoch} {format_scores(scores)} lr={self.updater.learning_rate:.6g} "
             f"time={time.monotonic() - start_time:.1f}s"
         )
+        self.metrics_log.epoch(epoch, self.global_step, {**scores, "learning_rate": self.updater.epoch_learning_rate})
 
     def eval(self) -> None:
         """Task eval: score a checkpoint on ``dev`` and ``eval_datasets``; the scores go to the learning_rates
@@ -184,6 +210,34 @@ class Engine:
             _check_not_empty(num_batches, "forward", None)
             logger.info(f"forward: batches={num_batches} epoch={self.epoch}")
 
+    def search(self) -> None:
+        """Task search (network dicts): beam search over ``search_data`` (else ``dev``), the hypotheses written to
+        ``search_output_file`` (see :mod:`returnn.torch.network.search_task`)."""
+        from returnn.torch.network.search_task import SearchOptions, search_hypotheses, write_search_output
+
+        if self.config.typed_value("network") is None:
+            raise ConfigError(
+                "task 'search' is for network dicts; with get_model, write a forward_step that decodes (e.g. with "
+                "returnn.torch.network.search.beam_search) and run task 'forward'"
+            )
+        options = SearchOptions(self.config)
+        definition = options.dataset or self.options.datasets.get("dev")
+        if not definition:
+            raise ConfigError("task 'search' needs a dataset: set 'search_data' (or 'dev')")
+        self.options.datasets["search"] = definition
+        with self._running_task():
+            self._init_model_for_task("search")
+            loader = self._init_data_loaders(["search"], mode="forward")["search"]
+            self._model.eval()
+            target = self.config.value("target")
+            with torch.no_grad(), autocast(self.device, self.options.amp_dtype):
+                batches = (self._to_device(data) for data in loader.iter_epoch(None))
+                hyps, (errors, ref_length) = search_hypotheses(self._model, batches, options.output_layer, target)
+            dataset = self.datasets["search"]
+            write_search_output(options, hyps, dataset.labels.get(target))
+            error_rate = f" label_error_rate={errors / ref_length:.6g}" if ref_length else ""
+            logger.info(f"search: seqs={len(hyps)}{error_rate} wrote {options.output_file}")
+
     def compute_priors(self) -> None:
         """Task compute_priors (network dicts): the average softmax of ``forward_output_layer`` over all frames of
         the ``train`` dataset (else ``forward``), written as log priors to ``output_file``."""
@@ -224,6 +278,7 @@ class Engine:
     def cleanup_old_models(self) -> None:
         """Task cleanup_old_models: delete checkpoints as ``cleanup_old_models`` says (its defaults when unset)."""
         self.options.require_model_prefix("task 'cleanup_old_models'")
+        remove_stale_temporary_files(output_locations(self.config))
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         self._cleanup(self.options.cleanup or checkpoints.CleanupPolicy())
 
@@ -245,7 +300,8 @@ class Engine:
         num_params = sum(p.numel() for p in model.parameters())
         logger.info(f"model: class={type(model).__name__} params={num_params}")
         logger.log(V4, f"{model}")
-        return model.to(self.device)
+        model = model.to(self.device)
+        return compile_model(model, self.switches.torch_compile) if self.switches.torch_compile is not None else model
 
     def build_updater(self, model: torch.nn.Module) -> Updater:
         """Hook: the updater (optimizer, gradient clipping, accumulation, AMP scaler) from the config."""
@@ -304,7 +360,7 @@ class Engine:
         )
         totals = LossTotals()
         with using_run_ctx(run_ctx), torch.no_grad():
-            for data in data_loader.iter_epoch(self.epoch):
+            for data in self.switches.eval_batches(data_loader.iter_epoch(self.epoch)):
                 run_ctx.init_step(self.global_step)
                 with autocast(self.device, self.options.amp_dtype):
                     self.functions.train_step(model=self._model, data=self._to_device(data), run_ctx=run_ctx)
@@ -318,8 +374,11 @@ class Engine:
         return scores
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Hook: before the epoch's first step: seed, learning rate, train mode."""
+        """Hook: before the epoch's first step: the network of a pretrain epoch, seed, learning rate, train mode."""
         self.epoch = epoch
+        grown = pretrain_epoch_start(self, epoch)  # a network dict with 'pretrain': this epoch's network
+        if grown is not None:
+            self._model, self.updater = grown
         seed_all(distributed.process_seed(derive_seed(self.options.random_seed, epoch, self.global_step)))
         learning_rate = self.learning_rate_control.get_learning_rate_for_epoch(epoch)
         self.updater.set_epoch_learning_rate(epoch, learning_rate)
@@ -345,6 +404,8 @@ class Engine:
             "returnn_version": returnn.__version__,
             "rng": get_rng_state(include_cuda=torch.device(self.device).type == "cuda"),
         }
+        if self.updater is not None and self.updater.ema is not None:
+            content["model_ema"] = self.updater.ema.state_dict()
         checkpoints.save_checkpoint(checkpoints.checkpoint_filename(prefix, epoch), content)
         if self.updater is not None:
             checkpoints.delete_old_optimizer_files(prefix)
@@ -361,6 +422,7 @@ class Engine:
         self.options.require_model_prefix("task 'train'")
         if "train" not in self.options.datasets:
             raise ConfigError("task 'train' needs the config key 'train': the training dataset")
+        prepare_outputs(self.config)
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         start = train_start_point(self.config, self.load_checkpoint)
         if start.kind == "resume" and start.epoch > self.options.num_epochs and not self._missing_eval_names(start):
@@ -369,6 +431,7 @@ class Engine:
         if self.data_parallel is not None:
             self.data_parallel.check_same((start.kind, start.epoch, start.step), "where training starts")
             self.data_parallel.broadcast_module(self._model)
+            self.data_parallel.wrap_model(self._model, self.device)
         self.updater = self.build_updater(self._model)
         if start.optimizer_file is not None:
             self.updater.load_state_dict(self.load_checkpoint(start.optimizer_file), source=start.optimizer_file)
@@ -386,7 +449,8 @@ class Engine:
         """Build the model of ``start`` and load its parameters, then ``preload_from_files``: in training only when
         it starts anew (``init_for_train`` entries), in the other tasks always (the other entries)."""
         self.epoch, self.global_step = start.epoch, start.step
-        self._model = self.build_model(epoch=start.epoch, step=start.step)
+        model_epoch = train_start_model_epoch(self.config, start) if for_train else start.epoch
+        self._model = self.build_model(epoch=model_epoch, step=start.step)
         load_model_params(self._model, start, ignore_missing=self.options.load_ignore_missing_vars)
         if not for_train or start.kind in ("fresh", "import"):
             specs = PreloadSpec.list_from_config(self.config)
@@ -457,28 +521,55 @@ class Engine:
             stage="train_step", device=self.device, engine=self, epoch=self.epoch, global_step=self.global_step
         )
         totals = LossTotals()
-        progress = Progress(self.epoch, _expected_num_seqs(self.datasets["train"], data_loader))
-        batches = data_loader.iter_epoch(self.epoch)
+        expected_num_seqs = _expected_num_seqs(self.datasets["train"], data_loader)
+        progress = Progress(
+            self.epoch, expected_num_seqs, self.progress_options, device=self.device, metrics_log=self.metrics_log
+        )
+        batches = self.switches.train_batches(data_loader.iter_epoch(self.epoch))
+        batches = self.run_control.resumed_batches(self, totals, progress, batches)
+        batches = progress.timed(batches)
+        skipped_before = self.updater.num_skipped_updates
         with using_run_ctx(run_ctx):
             for data in batches if self.data_parallel is None else self.data_parallel.in_step(batches):
                 run_ctx.init_step(self.global_step)
+                self.updater.epoch_continuous = self.epoch - 1 + progress.epoch_fraction()
                 if data is None:  # this process's data is done, others' not: their steps go on with it
+                    with self._gradient_step():
+                        self.data_parallel.backward_without_data()
                     self.optimizer_step(None)
                     self.global_step += 1
+                    self.run_control.after_step(self, totals, progress)
                     continue
-                values = self.optimizer_step(self.run_train_step(self._to_device(data), run_ctx))
+                with self._gradient_step():
+                    step_values = self.run_train_step(self._to_device(data), run_ctx)
+                values = self.optimizer_step(step_values)
                 step_losses = totals.add(run_ctx.losses, values)
                 if self.options.stop_on_nonfinite_train_score:
-                    self._check_finite(step_losses, values)
+                    self._check_finite(step_losses, values, data)
                 self.global_step += 1
-                progress.step(self.global_step, step_losses, data)
+                progress.step(
+                    self.global_step,
+                    step_losses,
+                    data,
+                    learning_rate=self.updater.learning_rate,
+                    grad_norm=self.updater.last_grad_norm,
+                )
                 self.config.report_unread_keys()  # after the first step, everything has read its options
+                self.run_control.after_step(self, totals, progress)
+        progress.close()
         num_seqs = self._sum_over_processes(totals, progress.num_seqs)
         if self.data_parallel is not None:
             self.data_parallel.sync_module(self._model)
         _check_not_empty(totals.num_steps, "train", self.epoch)
-        logger.log(V4, f"epoch={self.epoch} part=train steps={totals.num_steps} seqs={num_seqs}")
+        skipped = self.updater.num_skipped_updates - skipped_before
+        logger.info(progress.epoch_summary(num_steps=totals.num_steps, num_seqs=num_seqs, skipped_updates=skipped))
         return totals.scores("train")
+
+    def _gradient_step(self) -> contextlib.AbstractContextManager[None]:
+        """Around a train step's forward and backward pass: with several processes, whether DDP all-reduces."""
+        if self.data_parallel is None:
+            return contextlib.nullcontext()
+        return self.data_parallel.gradient_step(sync=self.updater.is_update_step(self.global_step))
 
     def _sum_over_processes(self, totals: LossTotals, num_seqs: int = 0) -> int:
         """With several processes, turn ``totals`` into the sums over all of them. Returns the total ``num_seqs``."""
@@ -489,8 +580,15 @@ class Engine:
         )
         return num_seqs
 
-    def _check_finite(self, step_losses: dict[str, float], values: list[float]) -> None:
+    def _check_finite(self, step_losses: dict[str, float], values: list[float], data: dict[str, Any]) -> None:
         for i, (name, value) in enumerate(step_losses.items()):
+            if not math.isfinite(value) and empty_sequences(data):
+                listed = ", ".join(f"{tag!r} ({', '.join(keys)})" for tag, keys in empty_sequences(data).items())
+                raise DatasetError(
+                    f"epoch={self.epoch} step={self.global_step}: the batch holds sequences of length 0: {listed}, "
+                    f"and loss {name!r} became {value}; remove them from the data, or drop them with "
+                    "min_seq_length = 1"
+                )
             if not math.isfinite(value):
                 raise TrainingError(
                     f"epoch={self.epoch} step={self.global_step}: loss {name!r} is {value} (sum {values[2 * i]}, "
@@ -531,6 +629,11 @@ def _expected_num_seqs(dataset: Dataset, data_loader: BatchLoader) -> int | None
         return -(-dataset.get_total_num_seqs() // (max(1, dataset.partition_epoch) * distributed.world_size()))
     except (DatasetError, AttributeError, NotImplementedError):
         return dataset.estimated_num_seqs
+
+
+def _explicit_start(config: Config) -> bool:
+    """``start_epoch`` or ``load_epoch`` choose where training starts (then no mid-epoch checkpoint is used)."""
+    return config.typed_value("start_epoch") not in ("auto", None) or config.typed_value("load_epoch") is not None
 
 
 def _check_not_empty(num_batches: int, name: str, epoch: int | None) -> None:

@@ -1,10 +1,10 @@
-"""Reporting losses: a step's loss values in one tensor, epoch scores, and the per-step log line."""
+"""Reporting losses: a step's loss values in one tensor, and epoch scores (the per-step line is in
+:mod:`returnn.torch.progress`)."""
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Any
 
 import torch
@@ -12,7 +12,7 @@ import torch
 from returnn.errors import StepFunctionError
 from returnn.torch.context import Loss
 
-__all__ = ["loss_values", "LossTotals", "Progress", "format_scores"]
+__all__ = ["loss_values", "LossTotals", "format_scores", "empty_sequences"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,41 +70,19 @@ class LossTotals:
         }
 
 
-class Progress:
-    """The per-step log line (verbosity 5), with an ETA for the epoch from its expected number of sequences."""
-
-    def __init__(self, epoch: int, expected_num_seqs: int | None):
-        self.epoch = epoch
-        self.expected_num_seqs = expected_num_seqs
-        self.enabled = logger.isEnabledFor(logging.DEBUG)
-        self.num_seqs = 0
-        self.num_steps = 0
-        self.start_time = self.last_time = time.monotonic()
-
-    def step(self, global_step: int, step_losses: dict[str, float], data: dict[str, Any]) -> None:
-        """Count a finished step and log its line.
-
-        :param global_step: the steps done so far in the run, this one included
-        :param step_losses: the step's normalized losses by name
-        :param data: the step's batch (for its number of sequences)
-        """
-        self.num_steps += 1
-        self.num_seqs += len(data.get("seq_tag", ()))
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        losses = " ".join(f"loss_{name}={value:.6g}" for name, value in step_losses.items())
-        eta = "?"
-        if self.expected_num_seqs and self.num_seqs:
-            remaining = max(self.expected_num_seqs - self.num_seqs, 0)
-            eta = f"{(now - self.start_time) * remaining / self.num_seqs:.1f}s"
-        logger.debug(
-            f"epoch={self.epoch} step={self.num_steps} global_step={global_step} {losses} "
-            f"seqs={len(data.get('seq_tag', ()))} step_time={now - self.last_time:.4f}s eta={eta}"
-        )
-        self.last_time = now
-
-
 def format_scores(scores: dict[str, float]) -> str:
     """``key=value ...`` for log lines."""
     return " ".join(f"{key}={value:.6g}" for key, value in scores.items())
+
+
+def empty_sequences(data: dict[str, Any]) -> dict[str, list[str]]:
+    """The sequences of a batch with length 0 in some data key: ``{seq tag: [keys]}`` (a loss normalized by such a
+    length divides by 0)."""
+    tags = data.get("seq_tag") or []
+    empty: dict[str, list[str]] = {}
+    for key, lengths in data.items():
+        if key.endswith(":size1") and isinstance(lengths, torch.Tensor) and lengths.dim() == 1:
+            for index in torch.nonzero(lengths == 0).flatten().tolist():
+                tag = tags[index] if index < len(tags) else f"#{index}"
+                empty.setdefault(tag, []).append(key[: -len(":size1")])
+    return empty

@@ -11,8 +11,9 @@ A non-finite gradient norm (only computed with ``gradient_clip_norm``) skips the
 scaler handles non-finite gradients itself (it skips the update and lowers its scale), so they do not count there.
 
 With several processes (a :class:`~returnn.torch.distributed.DataParallel`), the gradients are averaged over the
-processes first thing in an update step, so that the scaler, the clipping and the optimizer see the same gradients
-in every process and the parameters stay equal; ``gradient_noise`` then draws the same noise in every process.
+processes (by DDP during the backward pass, or explicitly) before anything else in an update step uses them, so that
+the scaler, the clipping and the optimizer see the same gradients in every process and the parameters stay equal;
+``gradient_noise`` then draws the same noise in every process.
 Accumulated gradients are each process's own: the optimizer file keeps those of every process, and each process
 gets its own back when training resumes.
 """
@@ -30,7 +31,9 @@ import torch
 import returnn
 from returnn.config import Config, declare_options
 from returnn.errors import CheckpointError, ConfigError, TrainingError
+from returnn.lr_schedules import schedule_from_config
 from returnn.torch.distributed import DataParallel
+from returnn.torch.ema import WeightAverage
 from returnn.torch.random_state import derive_seed
 from returnn.torch.step_functions import check_accepts_kwargs
 
@@ -179,6 +182,7 @@ class Updater:
         dynamic_learning_rate: Callable[..., float] | None = None,
         data_parallel: DataParallel | None = None,
         noise_seed: int = 0,
+        ema_decay: float | None = None,
     ):
         self.model = model
         self.param_names = [name for name, _ in model.named_parameters()]
@@ -193,10 +197,14 @@ class Updater:
         self.dynamic_learning_rate = dynamic_learning_rate
         self.epoch = 0
         self.epoch_learning_rate = learning_rate
+        self.epoch_continuous: float | None = None  # epoch - 1 + the share of the epoch done; set by the engine
         self.num_consecutive_invalid = 0
         self.data_parallel = data_parallel
         self.noise_seed = noise_seed
         self.has_local_gradients = False  # since the last update, in this process
+        self.last_grad_norm: float | None = None  # of the last step, before clipping; None if it made no update
+        self.num_skipped_updates = 0  # non-finite gradient norm, over the updater's life
+        self.ema = WeightAverage(model, ema_decay) if ema_decay is not None else None
 
     @classmethod
     def from_config(
@@ -232,6 +240,14 @@ class Updater:
                 "dynamic_learning_rate",
                 "dynamic_learning_rate(*, global_train_step, epoch, learning_rate, **kwargs)",
             )
+        schedule = schedule_from_config(config)
+        if schedule is not None and dynamic_learning_rate is not None:
+            if config.typed_value("learning_rate_schedule") is not None:
+                raise ConfigError(
+                    "config keys 'learning_rate_schedule' and 'dynamic_learning_rate' are both set; keep one"
+                )
+        elif schedule is not None:  # (with a dynamic_learning_rate, mainline's piecewise keys are the function's)
+            dynamic_learning_rate = schedule.dynamic_learning_rate
         return cls(
             model,
             optimizer_options=options,
@@ -246,6 +262,7 @@ class Updater:
             dynamic_learning_rate=dynamic_learning_rate,
             data_parallel=data_parallel,
             noise_seed=config.int("random_seed"),
+            ema_decay=WeightAverage.decay_from_config(config),
         )
 
     # ---------------------------------------------------------------- learning rate
@@ -268,7 +285,10 @@ class Updater:
     # ---------------------------------------------------------------- the step
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Add this step's gradients (scaled with float16 AMP)."""
+        """Add this step's gradients (scaled with float16 AMP). With several processes, call it inside
+        ``data_parallel.gradient_step`` (DDP all-reduces the gradients during this backward pass)."""
+        if self.data_parallel is not None:
+            loss = self.data_parallel.before_backward(loss)
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
         self.has_local_gradients = True
 
@@ -286,11 +306,15 @@ class Updater:
         :param fetch: a 1-d tensor of values wanted on the host
         :raise TrainingError: too many non-finite gradient norms in a row
         """
+        self.last_grad_norm = None
         if not self.is_update_step(global_step):
             return fetch.tolist() if fetch is not None else []
         if self.dynamic_learning_rate is not None:
             learning_rate = self.dynamic_learning_rate(
-                global_train_step=global_step, epoch=self.epoch, learning_rate=self.epoch_learning_rate
+                global_train_step=global_step,
+                epoch=self.epoch,
+                epoch_continuous=self.epoch_continuous if self.epoch_continuous is not None else self.epoch - 1.0,
+                learning_rate=self.epoch_learning_rate,
             )
             self._set_learning_rate(float(learning_rate))
         if self.data_parallel is not None:
@@ -302,14 +326,18 @@ class Updater:
             norm_is_finite = True
         else:
             fetched = torch.cat([values, grad_norm.detach().float().reshape(1).to(values.device)]).tolist()
-            norm_is_finite = math.isfinite(fetched.pop())
+            self.last_grad_norm = fetched.pop()
+            # without gradient_clip_norm the norm is only reported; the update happens as before
+            norm_is_finite = math.isfinite(self.last_grad_norm) or self.gradient_clip_norm is None
         self._apply_gradients(global_step, norm_is_finite)
         if self.data_parallel is not None:
             self.data_parallel.after_update(self.params, num_updates=(global_step + 1) // self.accum_grad_multiple_step)
+        if self.ema is not None:
+            self.ema.update(self.model)
         return fetched
 
     def _prepare_gradients(self, global_step: int) -> torch.Tensor | None:
-        """Unscale, add noise, clip. Returns the global gradient norm (before clipping) when norm clipping is on."""
+        """Unscale, add noise, clip. Returns the global gradient norm (before clipping), None without gradients."""
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
         if self.gradient_noise is not None:
@@ -320,7 +348,8 @@ class Updater:
             torch.nn.utils.clip_grad_value_(self.params, self.gradient_clip)
         if self.gradient_clip_norm is not None:
             return torch.nn.utils.clip_grad_norm_(self.params, self.gradient_clip_norm)
-        return None
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else None
 
     def _noise_like(
         self, grad: torch.Tensor, global_step: int, generators: dict[torch.device, torch.Generator]
@@ -344,6 +373,7 @@ class Updater:
             self.num_consecutive_invalid = 0
         else:
             self.num_consecutive_invalid += 1
+            self.num_skipped_updates += 1
             logger.warning(
                 f"global_step={global_step} non-finite gradient norm, update skipped "
                 f"({self.num_consecutive_invalid} in a row, stop at {self.invalid_gradient_threshold})"
@@ -373,6 +403,8 @@ class Updater:
             "num_consecutive_invalid": self.num_consecutive_invalid,
             "returnn_version": returnn.__version__,
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         if self.data_parallel is not None:
             own = {name: grad.cpu() for name, grad in pending.items()} or None
             state["pending_grads_by_rank"] = self.data_parallel.gather_to_main(own)
@@ -416,6 +448,8 @@ class Updater:
             param.grad = pending.to(param.device) if pending is not None else None
         self.has_local_gradients = bool(pending_grads)
         self.num_consecutive_invalid = int(state.get("num_consecutive_invalid", 0))
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"], source=source)
 
     def _own_pending_grads(self, state: dict[str, Any], *, source: str) -> dict[str, torch.Tensor] | None:
         """The accumulated gradients that this process continues with."""

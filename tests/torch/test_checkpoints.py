@@ -85,6 +85,24 @@ def test_load_bad_files(tmp_path, content, match):
         checkpoints.load_checkpoint(str(path))
 
 
+class _Settings:  # not a plain type: weights_only loading refuses it
+    pass
+
+
+@pytest.mark.parametrize("value, name", [(_Settings(), "._Settings"), (print, ".print")])
+def test_load_refuses_other_objects_for_safety(tmp_path, value, name):
+    path = tmp_path / "pickled.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "extra": value}, path)
+    with pytest.raises(CheckpointError) as error:
+        checkpoints.load_checkpoint(str(path))
+    message = str(error.value)
+    assert "holds objects other than tensors, numbers, strings, lists and dicts, which are not loaded for" in message
+    assert name in message and "\n" not in message
+    path.write_bytes(path.read_bytes()[:200])  # the same file truncated is not a refusal
+    with pytest.raises(CheckpointError, match=r"\(truncated or not a torch file\?\)"):
+        checkpoints.load_checkpoint(str(path))
+
+
 def test_resolve_checkpoint_path(tmp_path):
     (tmp_path / "epoch.003.pt").write_bytes(b"")
     assert checkpoints.resolve_checkpoint_path(tmp_path / "epoch.003", config_key="load").endswith("epoch.003.pt")

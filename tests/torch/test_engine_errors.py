@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -219,3 +220,14 @@ def test_several_processes_need_torchrun_and_forward_runs_in_one(make_config, mo
     config = make_config(forward=make_config().typed_value("dev"), forward_step=lambda **kwargs: None)
     with pytest.raises(ConfigError, match=r"task 'forward' runs in one process, not 2: start it without torchrun"):
         Engine(config).forward()
+
+
+def test_zero_length_sequence_is_named_instead_of_a_nan_loss(make_config):
+    rng = np.random.default_rng(0)
+    seqs = [
+        {"data": rng.normal(size=(length, 5)).astype("float32"), "classes": np.zeros(length, dtype="int32")}
+        for length in (4, 0, 3)
+    ]
+    train = {"class": "StaticDataset", "data": seqs, "output_dim": {"classes": 3}}
+    with pytest.raises(DatasetError, match=r"the batch holds sequences of length 0: 'seq-1' \(classes, data\), and "):
+        Engine(make_config(train=train, dev=None, max_seqs=1)).train()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 
 import pytest
 import torch
@@ -279,3 +280,45 @@ def test_float16_amp_on_cuda_trains(make_config, tmp_path):
     state = torch.load(tmp_path / "models" / "epoch.001.opt.pt", weights_only=True)
     assert state["grad_scaler"]["scale"] > 0
     assert next(engine.model.parameters()).device.type == "cuda"
+
+
+def test_learning_rate_schedule_sets_each_steps_rate_on_the_epochs_rate(make_config, tmp_path):
+    from returnn.learning_rate_control import load_learning_rate_file
+    from returnn.torch.engine import Engine
+
+    from .conftest import train_step
+
+    seen = []
+
+    def recording_step(*, run_ctx, **kwargs):
+        seen.append(run_ctx.engine.updater.learning_rate)  # as the previous step set it
+        train_step(run_ctx=run_ctx, **kwargs)
+
+    schedule = {"class": "cosine", "warmup_steps": 2, "total_steps": 8, "final_scale": 0.1}
+    Engine(make_config(learning_rate_schedule=schedule, train_step=recording_step, dev=None)).train()
+    # seen in step s: the factor of step s - 1; in the first step of an epoch: the epoch's rate
+    assert seen[:4] == pytest.approx([0.01, 0.005, 0.01, 0.01])
+    assert seen[4:8] == pytest.approx(
+        [0.01] + [0.01 * (0.1 + 0.9 * (1 + math.cos(math.pi * p)) / 2) for p in (2 / 6, 3 / 6, 4 / 6)]
+    )
+    assert {data.learning_rate for data in load_learning_rate_file(str(tmp_path / "learning_rates")).values()} == {0.01}
+
+
+def test_learning_rate_schedule_and_dynamic_learning_rate_exclude_each_other(make_config):
+    config = make_config(learning_rate_schedule="constant", dynamic_learning_rate=lambda **kwargs: 0.1)
+    with pytest.raises(ConfigError, match=r"'learning_rate_schedule' and 'dynamic_learning_rate' are both set"):
+        Updater.from_config(config, torch.nn.Linear(2, 2), device="cpu", amp_dtype=None)
+
+
+def test_dynamic_learning_rate_gets_the_continuous_epoch(make_config):
+    from returnn.torch.engine import Engine
+
+    seen = []
+
+    def dynamic_learning_rate(*, global_train_step, epoch, epoch_continuous, learning_rate, **kwargs):
+        seen.append((global_train_step, epoch, epoch_continuous))
+        return learning_rate
+
+    Engine(make_config(dynamic_learning_rate=dynamic_learning_rate, dev=None)).train()
+    # 12 sequences per epoch, 3 per step: the share of the epoch done before each step
+    assert seen == [(s, 1 + s // 4, 0.25 * s) for s in range(8)]

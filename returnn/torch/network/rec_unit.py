@@ -20,6 +20,7 @@ its per-step computation; ``rnn_cell`` and ``cumsum`` outside the loop run over 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import torch
@@ -51,10 +52,14 @@ def _refs_of(layer: dict[str, Any]) -> list[str]:
     return refs
 
 
-def unit_dependencies(unit: dict[str, Any], default_target: str) -> list[str]:
+def unit_dependencies(
+    unit: dict[str, Any], default_target: str, max_seq_len: Any = None, size_target: str | None = None
+) -> list[str]:
     """What a unit needs from outside, as references of the enclosing network: its ``base:`` layers (as names)
-    and its data keys (``data:KEY``, targets of choice layers and losses included), sorted."""
-    deps = set()
+    and its data keys (``data:KEY``, targets of choice layers and losses and ``size_target`` included), sorted."""
+    deps = set(re.findall(r"base:([A-Za-z0-9_/-]+)", max_seq_len)) if isinstance(max_seq_len, str) else set()
+    if size_target:
+        deps.add(f"data:{size_target}")
     for layer in unit.values():
         if not isinstance(layer, dict):
             continue
@@ -113,6 +118,7 @@ class UnitBuilder(NetworkBuilder):
         self._via_prev: list[bool] = []
         self._next_via_prev = False
         self.guessed: dict[str, DataSpec] = {}
+        self._templates: dict[str, DataSpec] | None = None
 
     def build(self) -> list[LayerEntry]:
         if "output" not in self.flat:
@@ -173,14 +179,9 @@ class UnitBuilder(NetworkBuilder):
             self._via_prev.pop()
 
     def _guess(self, name: str, needed_by: str) -> DataSpec:
-        options = self.flat[name]
-        spec = None
-        if options.get("class") == "choice":
-            target = options.get("target", self.default_target)
-            if target in self.data_specs:
-                spec = self.data_specs[target]
-        elif options.get("n_out") is not None:
-            spec = DataSpec(dim=options["n_out"], time=False)
+        if self._templates is None:
+            self._templates = self._template_specs()
+        spec = self._templates.get(name)
         if spec is None:
             raise ConfigError(
                 f"network: layer {self.rec_name}/{needed_by}: needs {name!r} of the previous step before {name!r} "
@@ -189,12 +190,66 @@ class UnitBuilder(NetworkBuilder):
         self.guessed[name] = spec
         return spec
 
+    def _seed_spec(self, options: dict[str, Any]) -> DataSpec | None:
+        """A layer's spec from its options alone (a choice's target, ``n_out``), or None."""
+        if options.get("class") == "choice":
+            return self.data_specs.get(options.get("target", self.default_target))
+        if options.get("n_out") is not None and options.get("class") != "get_last_hidden_state":
+            return DataSpec(dim=options["n_out"], time=False)
+        return None
+
+    def _template_specs(self) -> dict[str, DataSpec]:
+        """The specs of the unit's layers without building them in dependency order (RETURNN's templates): those
+        given by options first, then every layer whose sources' specs are known, built on the side, until nothing
+        changes."""
+        specs = {name: spec for name, options in self.flat.items() if (spec := self._seed_spec(options)) is not None}
+        changed = True
+        while changed:
+            changed = False
+            for name, options in self.flat.items():
+                if name in specs:
+                    continue
+                side = _TemplateBuilder(self, specs)
+                try:
+                    side._build_layer(name, dict(options))
+                except _UnknownSpec:
+                    continue
+                specs[name] = side.specs[name]
+                changed = True
+        return specs
+
+
+class _UnknownSpec(Exception):
+    """A template needs the spec of a layer that is not known yet."""
+
+
+class _TemplateBuilder(NetworkBuilder):
+    """Builds one unit layer on the side, from known specs only (see :meth:`UnitBuilder._template_specs`)."""
+
+    def __init__(self, unit: UnitBuilder, known: dict[str, DataSpec]):
+        super().__init__(unit.flat, unit.data_specs, unit.default_target)
+        self.unit = unit
+        self.known = known
+
+    def source_spec(self, ref: str, needed_by: str) -> DataSpec:
+        name = _strip(ref) if ref.startswith("prev:") else ref
+        if ref == ":i" or ref == "data" or ref.startswith(("data:", "base:")):
+            return self.unit.source_spec(ref, needed_by)
+        if name in self.known:
+            return self.known[name]
+        raise _UnknownSpec(name)
+
+    def _build(self, name: str, *, needed_by: str | None) -> None:
+        if name not in self.known:
+            raise _UnknownSpec(name)
+
 
 @dataclasses.dataclass
 class RecOutput(LayerOutput):
     """The output of a rec layer with a unit, and every unit layer's output over the whole sequence."""
 
     inner: dict[str, LayerOutput] = dataclasses.field(default_factory=dict)
+    nbest: Any = None  # in search: the hypotheses (a returnn.torch.network.search.SearchResult)
 
 
 class RecUnitLayer(Layer):
@@ -211,11 +266,12 @@ class RecUnitLayer(Layer):
         n_out: int | None = None,
         max_seq_len: Any = None,
         size_target: str | None = None,
+        include_eos: bool = False,
         unit_opts: dict[str, Any] | None = None,
     ):
         super().__init__(ctx)
         default_target = ctx.builder.default_target if ctx.builder is not None else "classes"
-        self.dep_refs = unit_dependencies(unit, default_target)
+        self.dep_refs = unit_dependencies(unit, default_target, max_seq_len, size_target)
         num_from = len(ctx.sources) - len(self.dep_refs)
         input_spec = concat_spec(ctx.sources[:num_from], ctx) if num_from else None
         if input_spec is not None and not input_spec.time:
@@ -232,6 +288,10 @@ class RecUnitLayer(Layer):
             self._modules[entry.name] = entry.module
         self.time_key = self._time_key(size_target, ctx, input_spec)
         self.max_seq_len = max_seq_len
+        self.include_eos = include_eos
+        self.searching = False  # set while the network searches (Network.search)
+        if max_seq_len is not None and not isinstance(max_seq_len, (int, str)):
+            raise ctx.error("max_seq_len must be an int or an expression like \"max_len_from('base:encoder') * 2\"")
         self.phases = loop_phases(self.entries)
         self.order = run_order(self.entries, teacher_forcing=True)
         self.inner_losses: dict[str, LossSpec] = {e.name: e.loss for e in self.entries if e.loss is not None}
@@ -254,11 +314,17 @@ class RecUnitLayer(Layer):
 
     @staticmethod
     def dependencies_from_options(options: dict[str, Any], builder: NetworkBuilder) -> list[str]:
-        return unit_dependencies(options["unit"], builder.default_target)
+        return unit_dependencies(
+            options["unit"], builder.default_target, options.get("max_seq_len"), options.get("size_target")
+        )
 
     def forward(self, sources: list[LayerOutput]) -> RecOutput:
         x = concat_outputs(sources[: self.num_from]) if self.num_from else None
         outer = dict(zip(self.dep_refs, sources[self.num_from :]))
+        if self.searching:
+            from returnn.torch.network.unit_search import UnitSearch
+
+            return UnitSearch(self, x, outer).run()
         timing = x if self.time_key is None else outer[f"data:{self.time_key}"]
         run = _TeacherForcedRun(self, x, outer, timing.tensor.shape[1], timing.lengths)
         return run.run()
@@ -511,9 +577,9 @@ def _initial(entries: list[LayerEntry], name: str, batch: int, like: torch.Tenso
 
 
 def _apply_dropout(module: Layer, entry: LayerEntry, sources: list[LayerOutput]) -> list[LayerOutput]:
-    from returnn.torch.network.network import dropout_sources
+    from returnn.torch.network.network import prepared_sources
 
-    return dropout_sources(entry, sources, module.training)
+    return prepared_sources(entry, sources, module.training)
 
 
 def _call(module: Layer, entry: LayerEntry, sources: list[LayerOutput]) -> LayerOutput:
