@@ -176,6 +176,5 @@ RETURNN_KEYS_NOT_USED = frozenset(
         "use_tensorboard",
         "use_train_proc_manager",
         "watch_memory",
-        "window",
     }
 )

@@ -501,6 +501,8 @@ class Engine:
             defaults = {"name": name}
             if name == "train" and self.options.train_seq_ordering:
                 defaults["seq_ordering"] = self.options.train_seq_ordering
+            if self.options.window > 1:
+                defaults["window"] = self.options.window
             dataset = init_dataset(self.options.datasets[name], default_kwargs=defaults)
             self.datasets[name] = dataset
             self.data_loaders[name] = self.build_data_loader(name, dataset, mode=mode)
