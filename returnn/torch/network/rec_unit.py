@@ -112,6 +112,11 @@ class UnitBuilder(NetworkBuilder):
         for layer in layers.values():
             if layer.get("class") == "rec" and isinstance(layer.get("unit", "lstm"), str):
                 layer["class"] = "rnn_cell"  # a cell unit inside a unit runs one step at a time
+            elif layer.get("class") == "rec":
+                raise ConfigError(
+                    f"network: layer {rec_name!r}: a rec layer with a unit of layers inside a unit is not supported; "
+                    "write its layers into the outer unit"
+                )
         super().__init__(layers, data_specs, default_target)
         self.rec_name = rec_name
         self.outer = outer
