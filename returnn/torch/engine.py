@@ -51,6 +51,7 @@ from returnn.torch.data.loader import BatchLoader, build_data_loader
 from returnn.torch.data.options import DataPipelineOptions
 from returnn.torch.device import autocast
 from returnn.torch.engine_options import EngineOptions
+from returnn.torch.last_best import reset_to_last_best_model
 from returnn.torch.metrics_log import MetricsLog
 from returnn.torch.model_loading import (
     PreloadSpec,
@@ -374,11 +375,14 @@ class Engine:
         return scores
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Hook: before the epoch's first step: the network of a pretrain epoch, seed, learning rate, train mode."""
+        """Hook: before the epoch's first step: the network of a pretrain epoch, back to the best model
+        (``use_last_best_model``), seed, learning rate, train mode."""
         self.epoch = epoch
         grown = pretrain_epoch_start(self, epoch)  # a network dict with 'pretrain': this epoch's network
         if grown is not None:
             self._model, self.updater = grown
+        if (updater := reset_to_last_best_model(self, epoch)) is not None:  # use_last_best_model
+            self.updater = updater
         seed_all(distributed.process_seed(derive_seed(self.options.random_seed, epoch, self.global_step)))
         learning_rate = self.learning_rate_control.get_learning_rate_for_epoch(epoch)
         self.updater.set_epoch_learning_rate(epoch, learning_rate)
