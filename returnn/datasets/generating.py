@@ -363,6 +363,11 @@ class _SymbolTask(GeneratingDataset):
     def generate_input_str(self) -> str:
         raise NotImplementedError
 
+    def _pick(self, items: str | tuple[str, ...]) -> str:
+        """One of ``items``, uniformly: the draw of ``self.random.choice(items)``, without its slow conversion of
+        the items to an array."""
+        return items[self.random.randint(0, len(items))]
+
     @classmethod
     def make_output_str(cls, input_str: str) -> str:
         raise NotImplementedError
@@ -386,15 +391,15 @@ class Task12AXDataset(_SymbolTask):
 
     def generate_input_str(self) -> str:
         seq_len = self.random.randint(10, 100)
-        text = str(self.random.choice(["", "1", "2"]))
+        text = self._pick(("", "1", "2"))
         while len(text) < seq_len:
             # Targets ("1AX", "2BY") must occur often enough, so draw them more often than chance would.
             if self.random.uniform() < 0.5:
-                text += str(self.random.choice(list("12")))
+                text += self._pick("12")
             if self.random.uniform() < 0.9:
-                text += str(self.random.choice(["AX", "BY"]))
+                text += self._pick(("AX", "BY"))
             while self.random.uniform() < 0.5:
-                text += str(self.random.choice(list(self.input_symbols)))
+                text += self._pick(self.input_symbols)
         return text[:seq_len]
 
     @classmethod
@@ -421,7 +426,7 @@ class TaskEpisodicCopyDataset(_SymbolTask):
 
     def generate_input_str(self) -> str:
         num_chars = self.random.randint(1, 10)
-        chars = "".join(str(self.random.choice(list(self.input_symbols[2:]))) for _ in range(num_chars))
+        chars = "".join(self._pick(self.input_symbols[2:]) for _ in range(num_chars))
         return chars + " " * self.random.randint(1, 100) + "." + "." * (num_chars + 1)
 
     @classmethod
