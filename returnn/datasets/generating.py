@@ -350,6 +350,12 @@ def _one_hot(indices: Sequence[int], num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[np.asarray(indices, dtype=np.int64)]
 
 
+def _pick(rng: np.random.RandomState, items: str | tuple[str, ...]) -> str:
+    """One of ``items``, uniformly: the draw of ``rng.choice(items)``, without its slow conversion of the items to an
+    array."""
+    return items[rng.randint(0, len(items))]
+
+
 class _SymbolTask(GeneratingDataset):
     """A task over symbol strings: one-hot dense ``"data"``, sparse ``"classes"``, both labelled."""
 
@@ -362,11 +368,6 @@ class _SymbolTask(GeneratingDataset):
 
     def generate_input_str(self) -> str:
         raise NotImplementedError
-
-    def _pick(self, items: str | tuple[str, ...]) -> str:
-        """One of ``items``, uniformly: the draw of ``self.random.choice(items)``, without its slow conversion of
-        the items to an array."""
-        return items[self.random.randint(0, len(items))]
 
     @classmethod
     def make_output_str(cls, input_str: str) -> str:
@@ -390,16 +391,17 @@ class Task12AXDataset(_SymbolTask):
     output_symbols = "LR"
 
     def generate_input_str(self) -> str:
-        seq_len = self.random.randint(10, 100)
-        text = self._pick(("", "1", "2"))
+        rng = self.random
+        seq_len = rng.randint(10, 100)
+        text = _pick(rng, ("", "1", "2"))
         while len(text) < seq_len:
             # Targets ("1AX", "2BY") must occur often enough, so draw them more often than chance would.
-            if self.random.uniform() < 0.5:
-                text += self._pick("12")
-            if self.random.uniform() < 0.9:
-                text += self._pick(("AX", "BY"))
-            while self.random.uniform() < 0.5:
-                text += self._pick(self.input_symbols)
+            if rng.uniform() < 0.5:
+                text += _pick(rng, "12")
+            if rng.uniform() < 0.9:
+                text += _pick(rng, ("AX", "BY"))
+            while rng.uniform() < 0.5:
+                text += _pick(rng, self.input_symbols)
         return text[:seq_len]
 
     @classmethod
@@ -426,7 +428,8 @@ class TaskEpisodicCopyDataset(_SymbolTask):
 
     def generate_input_str(self) -> str:
         num_chars = self.random.randint(1, 10)
-        chars = "".join(self._pick(self.input_symbols[2:]) for _ in range(num_chars))
+        rng = self.random
+        chars = "".join(_pick(rng, self.input_symbols[2:]) for _ in range(num_chars))
         return chars + " " * self.random.randint(1, 100) + "." + "." * (num_chars + 1)
 
     @classmethod
