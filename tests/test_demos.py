@@ -264,7 +264,7 @@ def test_network_dict(tmp_path):
 @pytest.mark.slow
 def test_network_attention(tmp_path):
     dev = {"demo_dev_seqs": 50}
-    run_demo(tmp_path, "network_attention.config", num_epochs=3, demo_train_seqs=1500, max_seqs=8, **dev)
+    run_demo(tmp_path, "network_attention.config", num_epochs=3, demo_train_seqs=1000, max_seqs=8, **dev)
     epochs = read_learning_rates(tmp_path / "demo-output" / "network_attention" / "learning_rates")
     dev_error = scores(epochs, "dev_error")
     assert dev_error[-1] < dev_error[0]
@@ -297,5 +297,5 @@ def test_network_attention(tmp_path):
         ref_length += len(ref)
     label_error_rate = errors / ref_length
     assert log_values(out, "label_error_rate") == [pytest.approx(label_error_rate, abs=1e-4)]
-    # about 0.2 here; 0.6 for the best guess that ignores the input, 0.39 for random bits of the right length
+    # about 0.19 here; 0.6 for the best guess that ignores the input, 0.39 for a 1 and random bits of the right length
     assert label_error_rate < 0.3
