@@ -76,6 +76,8 @@ class LayerOutput:
     lengths: torch.Tensor | None
     spec: DataSpec
     pre_activation: torch.Tensor | None = None
+    # masked() results by fill value: a layer outside a recurrent unit's loop is read at every step
+    _masked: dict[float, torch.Tensor] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def mask(self) -> torch.Tensor:
         """``[B, T]`` bool, True at frames within the sequence lengths."""
@@ -86,8 +88,12 @@ class LayerOutput:
         """The tensor with the frames past each sequence's length set to ``value``."""
         if self.lengths is None:
             return self.tensor
-        mask = self.mask().reshape(self.mask().shape + (1,) * (self.tensor.dim() - 2))
-        return self.tensor.masked_fill(~mask, value)
+        if value not in self._masked:
+            mask = self.mask()
+            self._masked[value] = self.tensor.masked_fill(
+                ~mask.reshape(mask.shape + (1,) * (self.tensor.dim() - 2)), value
+            )
+        return self._masked[value]
 
 
 def sequence_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
