@@ -25,7 +25,7 @@ def _refs_of(layer: dict[str, Any]) -> list[str]:
     """Every reference a unit layer makes (its ``from`` and the options that name layers)."""
     sources = layer.get("from", "data")
     refs = [sources] if isinstance(sources, str) else list(sources or [])
-    for key in ("base", "base_ctx", "weights", "position", "keys", "values", "chunking_layer"):
+    for key in ("base", "base_ctx", "weights", "position", "chunking_layer", "start", "window_start", "window_size"):
         value = layer.get(key)
         if isinstance(value, str):
             refs.append(value)
