@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from returnn.errors import CheckpointError, ConfigError, RunInterrupted
+from returnn.learning_rate_control import load_learning_rate_file
 from returnn.torch.engine import Engine
 from returnn.torch.run_control import RunControlOptions, mid_epoch_filename, parse_duration
 
@@ -139,3 +140,20 @@ def test_options(make_config):
         RunControlOptions.from_config(make_config(max_wall_time="soon"))
     with pytest.raises(ConfigError, match=r"'checkpoint_interval_steps': expected an int > 0, got 1.5"):
         RunControlOptions.from_config(make_config(checkpoint_interval_steps=1.5))
+
+
+def test_dataloader_workers_survive_the_signal(make_config, tmp_path):
+    def step(*, model, run_ctx, **kwargs):
+        if not model.training and not os.path.exists(tmp_path / "signalled"):  # in the first evaluation step
+            (tmp_path / "signalled").touch()
+            for loader in run_ctx.engine.data_loaders.values():
+                for worker in loader.data_loader._iterator._workers:
+                    os.kill(worker.pid, signal.SIGTERM)  # SLURM signals every process of the job
+            os.kill(os.getpid(), signal.SIGTERM)
+        train_step(model=model, run_ctx=run_ctx, **kwargs)
+
+    dev = {**make_config().typed_value("dev"), "num_seqs": 30}
+    config = make_config(num_workers_per_gpu=1, train_step=step, dev=dev, max_seqs=1)
+    with pytest.raises(RunInterrupted, match=r"received SIGTERM: stopped before epoch 2"):
+        Engine(config).train()
+    assert "dev_loss_ce" in load_learning_rate_file(str(tmp_path / "learning_rates"))[1].error
