@@ -309,6 +309,7 @@ class Engine:
                 with autocast(self.device, self.options.amp_dtype):
                     self.functions.train_step(model=self._model, data=self._to_device(data), run_ctx=run_ctx)
                 totals.add(run_ctx.losses, loss_values(run_ctx.losses).tolist())
+                self.run_control.during_evaluation(self, name)
         self._sum_over_processes(totals)
         _check_not_empty(totals.num_steps, name, self.epoch)
         scores = totals.scores(f"{name}_loss_")

@@ -144,16 +144,30 @@ def test_options(make_config):
 
 def test_dataloader_workers_survive_the_signal(make_config, tmp_path):
     def step(*, model, run_ctx, **kwargs):
-        if not model.training and not os.path.exists(tmp_path / "signalled"):  # in the first evaluation step
-            (tmp_path / "signalled").touch()
-            for loader in run_ctx.engine.data_loaders.values():
-                for worker in loader.data_loader._iterator._workers:
-                    os.kill(worker.pid, signal.SIGTERM)  # SLURM signals every process of the job
+        if run_ctx.global_step == 0:  # SLURM signals every process of the job; the workers get it first here
+            for worker in run_ctx.engine.data_loaders["train"].data_loader._iterator._workers:
+                os.kill(worker.pid, signal.SIGTERM)
+        if run_ctx.global_step == 9:
             os.kill(os.getpid(), signal.SIGTERM)
         train_step(model=model, run_ctx=run_ctx, **kwargs)
 
-    dev = {**make_config().typed_value("dev"), "num_seqs": 30}
-    config = make_config(num_workers_per_gpu=1, train_step=step, dev=dev, max_seqs=1)
-    with pytest.raises(RunInterrupted, match=r"received SIGTERM: stopped before epoch 2"):
+    config = make_config(num_workers_per_gpu=1, train_step=step, max_seqs=1)  # 12 steps per epoch
+    with pytest.raises(RunInterrupted, match=r"received SIGTERM: stopped in epoch 1 after step 10"):
         Engine(config).train()
-    assert "dev_loss_ce" in load_learning_rate_file(str(tmp_path / "learning_rates"))[1].error
+
+
+def test_sigterm_during_evaluation_then_restart_equals_uninterrupted(make_config, tmp_path, assert_same_state):
+    dev = {**make_config().typed_value("dev"), "num_seqs": 12}  # 3 batches
+
+    def step(*, model, run_ctx, **kwargs):
+        if not model.training and run_ctx.epoch == 1 and not (tmp_path / "signalled").exists():
+            (tmp_path / "signalled").touch()
+            os.kill(os.getpid(), signal.SIGTERM)
+        train_step(model=model, run_ctx=run_ctx, **kwargs)
+
+    Engine(make_config("full", dev=dev)).train()
+    with pytest.raises(RunInterrupted, match=r"received SIGTERM: stopped while evaluating 'dev' in epoch 1; start"):
+        Engine(make_config("resumed", dev=dev, train_step=step)).train()
+    assert "dev_loss_ce" not in load_learning_rate_file(str(tmp_path / "resumed" / "learning_rates"))[1].error
+    Engine(make_config("resumed", dev=dev)).train()
+    _assert_same_run(tmp_path, assert_same_state, "full", "resumed", 2)
