@@ -15,7 +15,10 @@ the same optimizer (Adam, learning rate 1e-3) in three ways, each in its own pro
 - ``loop``: a hand-written loop: h5py reads, batching and padding into numpy arrays, forward, backward, step;
 - ``loop+loader``: the same loop fed by the project's data loader (``HDFDataset`` + ``build_data_loader``);
 - ``engine``: ``Engine(config).train()`` with ``HDFDataset``, at log_verbosity 5 (one log line per step),
-  saving a checkpoint and the learning_rates file every epoch.
+  saving a checkpoint and the learning_rates file every epoch;
+- ``network``: the same as ``engine`` with the model written as a RETURNN network dict (:data:`NETWORK`: ``rec``
+  layers forward and backward, each backward one exact on the padded batch, and a ``softmax`` layer with a ``ce``
+  loss); its weights differ (other initialization), its epoch time is compared with ``engine``'s.
 
 It prints the epoch time (the time inside the epochs; start-up apart) as wall-clock and as CPU time of the
 process, their ratios to ``loop`` per round, and the largest weight difference to ``loop`` at the end (0: the same
@@ -44,7 +47,21 @@ if TYPE_CHECKING:  # a measured run imports torch itself (its total_s includes t
 
     from returnn.torch.context import RunCtx
 
-IMPLS = ("loop", "loop+loader", "engine")
+IMPLS = ("loop", "loop+loader", "engine", "network")
+
+# the model of get_model as a network dict (use_normalized_loss: the same objective as train_step's)
+NETWORK = {
+    "lstm0_fw": {"class": "rec", "unit": "NativeLstm2", "n_out": 64, "direction": 1},
+    "lstm0_bw": {"class": "rec", "unit": "NativeLstm2", "n_out": 64, "direction": -1},
+    "lstm1_fw": {"class": "rec", "unit": "NativeLstm2", "n_out": 64, "direction": 1, "from": ["lstm0_fw", "lstm0_bw"]},
+    "lstm1_bw": {"class": "rec", "unit": "NativeLstm2", "n_out": 64, "direction": -1, "from": ["lstm0_fw", "lstm0_bw"]},
+    "output": {
+        "class": "softmax",
+        "loss": "ce",
+        "loss_opts": {"use_normalized_loss": True},
+        "from": ["lstm1_fw", "lstm1_bw"],
+    },
+}
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -170,15 +187,18 @@ def _timed_engine_class() -> type:
     return TimedEngine
 
 
-def _run_engine(path: str, epochs: int, workdir: str) -> tuple[dict, object]:
+def _run_engine(path: str, epochs: int, workdir: str, network: bool = False) -> tuple[dict, object]:
     from returnn.config import Config
     from returnn.log import log
 
     TimedEngine = _timed_engine_class()
+    model: dict = dict(get_model=get_model, train_step=train_step)
+    if network:
+        extern_data = {"data": {"dim": FEATURE_DIM}, "classes": {"dim": NUM_CLASSES, "sparse": True}}
+        model = dict(network=NETWORK, extern_data=extern_data)
     config = Config(
         dict(
-            get_model=get_model,
-            train_step=train_step,
+            **model,
             train={"class": "HDFDataset", "files": [path]},
             batch_size=BATCH_SIZE,
             max_seqs=MAX_SEQS,
@@ -214,8 +234,8 @@ def run(impl: str, path: str, epochs: int, threads: int, weights_out: str) -> No
     import torch._dynamo  # torch imports it at the first optimizer step; here it stays out of the epochs
 
     with tempfile.TemporaryDirectory() as workdir:
-        if impl == "engine":
-            result, weights = _run_engine(path, epochs, workdir)
+        if impl in ("engine", "network"):
+            result, weights = _run_engine(path, epochs, workdir, network=impl == "network")
         else:
             result, weights = _run_loop(impl, path, epochs)
     torch.save(weights, weights_out)
@@ -244,12 +264,19 @@ def compare(directory: str, epochs: int, reps: int, threads: int) -> None:
                 args = [sys.executable, __file__, "_run", impl, path, str(epochs), str(threads), weights]
                 output = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
                 result = json.loads(output.strip().splitlines()[-1])
-                if impl != "loop":
+                if impl not in ("loop", "network"):
                     result["max_abs_dw"] = _max_weight_difference(weights, os.path.join(tmp, "loop.pt"))
                 results[impl].append(result)
                 print(f"round {rep} {impl}: {json.dumps(result)}", file=sys.stderr)
     loop = results["loop"]
     engine_runs = results["engine"]
+    network_ratios = [n["epochs_s"] / e["epochs_s"] for n, e in zip(results["network"], engine_runs)]
+    network_cpu = [n["epochs_cpu_s"] / e["epochs_cpu_s"] for n, e in zip(results["network"], engine_runs)]
+    print(
+        f"network dict against get_model/train_step (engine): epoch time ratio median "
+        f"{statistics.median(network_ratios):.3f} "
+        f"({' '.join(f'{r:.3f}' for r in network_ratios)}), CPU {statistics.median(network_cpu):.3f}"
+    )
     own = [r["engine_own_cpu_s"] / r["epochs_cpu_s"] for r in engine_runs]
     print(
         f"engine's own work (epoch CPU time outside steps and batch fetching): median "

@@ -14,10 +14,10 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import returnn
-from returnn.config import Config, declare_options, load_config
+from returnn.config import Config, declare_options, get_global_config, load_config, set_global_config
 from returnn.config_options import import_option_modules
 from returnn.errors import EXIT_INTERRUPTED, ConfigError, ReturnnError, RunInterrupted
 from returnn.log import log
@@ -28,8 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 USAGE = """\
-usage: rnn.py CONFIG [CONFIG ...] [--config FILE] [++key value ...]
-       python -m returnn CONFIG ...      returnn CONFIG ...
+usage: {prog} CONFIG [CONFIG ...] [--config FILE] [++key value ...]
 
 Runs the experiment that the Python config file(s) describe. Later files and '++key value' overrides win over
 earlier ones. An override value is read as a Python literal of the kind the config already holds for the key
@@ -46,6 +45,7 @@ TASK_HELP = {
     "train": "train the model, evaluating dev/eval_datasets after each epoch; resumes from the newest checkpoint",
     "eval": "score the loaded checkpoint on dev and eval_datasets, write the scores to the learning_rates file",
     "forward": "run forward_step over the 'forward' dataset (with forward_init_hook / forward_finish_hook)",
+    "compute_priors": "network dicts: the output layer's average softmax over 'train' as log priors in output_file",
     "initialize_model": "write a freshly initialized model as epoch-0 checkpoint",
     "cleanup_old_models": "delete old checkpoints according to cleanup_old_models",
     "nop": "load the config and do nothing",
@@ -53,7 +53,7 @@ TASK_HELP = {
     "optional-config:<name>": "the same, skipped when the config does not define <name>",
 }
 
-_UNSUPPORTED_TASKS = ("search", "compute_priors")
+_UNSUPPORTED_TASKS = ("search",)
 
 declare_options(
     "General",
@@ -106,10 +106,52 @@ def console_main() -> None:
 
 
 def usage() -> str:
-    """The --help text, with the list of tasks."""
+    """The --help text, with the list of tasks, naming the program as it was started."""
     width = max(len(name) for name in TASK_HELP)
     tasks = "\n".join(f"  {name.ljust(width)}  {text}" for name, text in TASK_HELP.items())
-    return USAGE.format(tasks=tasks)
+    return USAGE.format(prog=program_name(), tasks=tasks)
+
+
+def program_name(argv0: str | None = None) -> str:
+    """How the command line was started: ``rnn.py`` (also ``returnn/rnn.py``), ``python -m returnn`` or ``returnn``
+    (the console script); ``rnn.py`` when called from other code."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    base = os.path.basename(argv0)
+    if base == "__main__.py" and os.path.basename(os.path.dirname(argv0)) == "returnn":
+        return "python -m returnn"
+    if base == "returnn":
+        return "returnn"
+    return argv0 if base == "rnn.py" else "rnn.py"
+
+
+def init_config(
+    config_filename: str | None = None,
+    command_line_options: Sequence[str] = (),
+    default_config: dict[str, Any] | None = None,
+    extra_updates: dict[str, Any] | None = None,
+) -> Config:
+    """Mainline's set-up of the global config, for scripts that call it: the file and ``++key value`` options are
+    read as by the command line, ``default_config`` fills keys that are not set, ``extra_updates`` overrides keys.
+    The config becomes the global one (``get_global_config()``, also ``returnn.__main__.config``)."""
+    args = ([config_filename] if config_filename else []) + list(command_line_options)
+    if args and not args[0].startswith(("-", "+")):
+        config = load_config(args)
+    else:
+        config = Config()
+        for filename in config.parse_cmd_args(args):
+            config.load_file(filename)
+        set_global_config(config)
+    for key, value in (default_config or {}).items():
+        if key not in config.typed_dict and key not in config.dict:
+            config.set(key, value)
+    config.update(extra_updates or {})
+    return config
+
+
+def __getattr__(name: str) -> Any:
+    if name == "config":  # mainline scripts read returnn.__main__.config after init_config()
+        return get_global_config(raise_exception=False)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_task(config: Config) -> int:
@@ -119,8 +161,10 @@ def run_task(config: Config) -> int:
         _check_unknown_keys(config)
         if task == "nop":
             logger.info("task=nop: nothing to do")
-            return 0
-        return _run_config_function(config, task)
+        else:
+            _run_config_function(config, task)
+        config.report_unread_keys()
+        return 0
     if task in _UNSUPPORTED_TASKS:
         raise ConfigError(
             f"task {task!r} is not supported: write a forward_step (with forward_init_hook / forward_finish_hook) "
@@ -137,11 +181,13 @@ def run_task(config: Config) -> int:
     engine = engine_class(config)
     start = time.monotonic()
     getattr(engine, task)()
+    config.report_unread_keys()  # a no-op after training, which reports after its first step
     logger.info(f"task={task} finished time={time.monotonic() - start:.1f}s")
     return 0
 
 
-_ENGINE_TASKS = ("train", "eval", "forward", "initialize_model", "cleanup_old_models")  # each an Engine method
+# each an Engine method
+_ENGINE_TASKS = ("train", "eval", "forward", "compute_priors", "initialize_model", "cleanup_old_models")
 
 
 def get_engine_class(config: Config) -> type[Engine]:
@@ -164,13 +210,13 @@ def _check_unknown_keys(config: Config) -> None:
     config.check_unknown_keys()
 
 
-def _run_config_function(config: Config, task: str) -> int:
+def _run_config_function(config: Config, task: str) -> None:
     optional, name = task.split(":", 1)
     func = config.typed_value(name, None)
     if func is None:
         if optional == "optional-config":
             logger.info(f"task={task}: the config defines no {name!r}, skipped")
-            return 0
+            return
         raise ConfigError(
             f"task {task!r}: the config defines no function {name!r}; define it, or use 'optional-config:{name}' "
             "to skip the task when it is missing"
@@ -178,7 +224,6 @@ def _run_config_function(config: Config, task: str) -> int:
     if not callable(func):
         raise ConfigError(f"task {task!r}: config key {name!r} is {type(func).__name__}, not a function")
     func()
-    return 0
 
 
 def _log_startup(config: Config) -> None:

@@ -1,8 +1,10 @@
 """The config: Python files executed into one namespace, ``++key value`` overrides, typed getters.
 
 A config file is plain Python. It runs with the globals ``config`` (the :class:`Config`), ``__file__`` and
-``__name__ = "__returnn_config__"``; every global it leaves behind becomes a config key. Getters record which keys
-were read, so that keys set by the user and never read (typos such as ``bach_size``) can be reported after start-up.
+``__name__ = "__returnn_config__"``; every global it leaves behind becomes a config key, and ``config`` stays in the
+namespace, so config functions can read options when they are called. Getters record which keys were read, so that
+keys set by the user and never read (typos such as ``bach_size``) can be reported (see
+:meth:`Config.check_unknown_keys` and :meth:`Config.report_unread_keys`).
 
 Options are declared next to the code that reads them with :func:`declare_options` (see
 :mod:`returnn.config_options`): the declarations give each option its default and its documentation, and they are
@@ -96,6 +98,8 @@ class Config:
         self.dict: dict[str, str] = {}
         self.files: list[str] = []
         self._read_keys: set[str] = set()
+        self._code_strings: set[str] = set()  # string literals in the config files' code (see _strings_in_code)
+        self._unread_reported = False
         self._overrides: list[tuple[str, str]] = []
         if items:
             self.typed_dict.update(items)
@@ -126,6 +130,7 @@ class Config:
                     "configs are Python files, optionally starting with '#!rnn.py'"
                 ) from None
             raise ConfigError(f"syntax error in config file {filename}:{exc.lineno}: {exc.msg}") from None
+        self._code_strings |= _strings_in_code(code)
         namespace = self.typed_dict
         namespace["config"] = self
         namespace["__file__"] = filename
@@ -143,9 +148,11 @@ class Config:
             # Without another global config this one stays global: its functions may call get_global_config() later.
             if previous_global is not None:
                 set_global_config(previous_global)
-        # `config = {}` / `config = json.loads(...)` in i6_core files rebinds the name; keep it as a plain key then.
-        if namespace.get("config") is self:
-            del namespace["config"]
+        for value in list(namespace.values()):  # functions imported from the experiment's own modules
+            if isinstance(value, types.FunctionType) and value.__module__ != self.MODULE_NAME:
+                self._code_strings |= _strings_in_code(value.__code__)
+        # `config = {}` / `config = json.loads(...)` in i6_core files rebinds the name (a plain key then); otherwise
+        # `config` stays, for config functions that read options when they are called (as in RETURNN).
         self._apply_overrides()
 
     def install_module(self) -> None:
@@ -366,37 +373,70 @@ class Config:
         return result
 
     def check_unknown_keys(self) -> None:
-        """Report keys that were set but never read (call after start-up, when everything read its options).
+        """At start-up: stop at near misses of the trainer's own options (typos such as ``bach_size``).
 
-        With ``config_unknown_keys = "error"`` (the default), a key that is a near miss of a known key is an error
-        ("did you mean ..."), any other unread key a warning; so is a RETURNN option that this trainer does not
-        implement, also when it looks like a known key. Declared keys that are still unread are not reported: the
-        code that needs them reads them later.
+        With ``config_unknown_keys = "error"`` (the default), an unread key that is a near miss of a declared option
+        is an error ("did you mean ..."), unless its name occurs as a string in the config's code: a config function
+        may read it later (``config.int("max_seq_len")`` in ``get_model``). Every other unread key is left to
+        :meth:`report_unread_keys`, once it is known what was read.
         """
-        mode = self.value("config_unknown_keys")
-        if mode not in ("error", "warn", "ignore"):
-            raise ConfigError(f"config key 'config_unknown_keys': expected 'error', 'warn' or 'ignore', got {mode!r}")
+        mode = self._unknown_keys_mode()
         if mode == "ignore":
             return
-        typos: list[str] = []
+        typos = []
+        for key in self.unread_user_keys():
+            if declared_option(key) is not None or key in RETURNN_KEYS_NOT_USED or key in self._code_strings:
+                continue
+            close = closest_known_key(key, ())
+            if close:
+                typos.append(f"{key!r} (did you mean {close!r}?)")
+        if typos:
+            message = "config keys that are set but never read: " + ", ".join(typos)
+            if mode == "error":
+                raise ConfigError(message + "; fix the names, or set config_unknown_keys = 'warn'")
+            logger.warning(message)
+
+    def report_unread_keys(self) -> None:
+        """Warn about keys that are still unread, once it is known what was read: after the first train step (config
+        functions such as ``get_model`` and ``dynamic_learning_rate`` have run then), or at the end of a task
+        without steps. Reports only once; in a run of several processes only the first one reports.
+        """
+        if self._unread_reported:
+            return
+        self._unread_reported = True
+        if self._unknown_keys_mode() == "ignore" or int(os.environ.get("RANK", "0")) != 0:
+            return
         for key in self.unread_user_keys():
             if declared_option(key) is not None:
-                continue
+                continue  # read by code that did not run in this task
             if key in RETURNN_KEYS_NOT_USED:
                 logger.warning(
                     f"config key {key!r} is a RETURNN option that this trainer does not use; it has no effect"
                 )
                 continue
             close = closest_known_key(key, self._read_keys)
-            if close:
-                typos.append(f"{key!r} (did you mean {close!r}?)")
-            else:
-                logger.warning(f"config key {key!r} is set but not used by anything")
-        if typos:
-            message = "config keys that are set but never read: " + ", ".join(typos)
-            if mode == "error":
-                raise ConfigError(message + "; fix the names, or set config_unknown_keys = 'warn'")
-            logger.warning(message)
+            hint = f" (did you mean {close!r}?)" if close else ""
+            logger.warning(f"config key {key!r} is set but not used by anything{hint}")
+
+    def _unknown_keys_mode(self) -> str:
+        mode = self.value("config_unknown_keys")
+        if mode not in ("error", "warn", "ignore"):
+            raise ConfigError(f"config key 'config_unknown_keys': expected 'error', 'warn' or 'ignore', got {mode!r}")
+        return mode
+
+
+def _strings_in_code(code: types.CodeType) -> set[str]:
+    """The string constants of ``code`` and of the functions and classes defined in it (key names that config
+    functions read, as in ``config.int("max_seq_len")``)."""
+    strings: set[str] = set()
+    todo = [code]
+    while todo:
+        for const in todo.pop().co_consts:
+            if isinstance(const, str):
+                strings.add(const)
+            elif isinstance(const, types.CodeType):
+                todo.append(const)
+    return strings
 
 
 def _list_of(value: Any) -> list[Any]:

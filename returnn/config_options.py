@@ -57,7 +57,13 @@ def declared_options() -> dict[str, ConfigOption]:
 
 
 # Importing these imports every module that declares options.
-OPTION_MODULES = ("returnn.log", "returnn.__main__", "returnn.torch.engine", "returnn.tools.torch_export_to_onnx")
+OPTION_MODULES = (
+    "returnn.log",
+    "returnn.__main__",
+    "returnn.torch.engine",
+    "returnn.torch.network.steps",
+    "returnn.tools.torch_export_to_onnx",
+)
 
 
 def import_option_modules() -> dict[str, ConfigOption]:
@@ -118,12 +124,20 @@ RETURNN_KEYS_NOT_USED = frozenset(
         "apply_cleanup_old_models_to_optim_states",
         "batch_size_dev",
         "batch_size_train",
-        "batching",
         "cache_size",
         "calculate_exp_loss",
         "chunk_eval",
         "debug_shell_before_train_loop",
         "decouple_constraints",
+        "debug_add_check_numerics_on_output",
+        "debug_add_check_numerics_ops",
+        "debug_grad_summaries",
+        "debug_objective_loss_summaries",
+        "debug_print_layer_output_shape",
+        "debug_save_updater_vars",
+        "maximize_grad_norm",
+        "tf_log_memory_usage",
+        "tf_log_device_placement",
         "default_float_dtype",
         "dry_run",
         "dummy_dataset_num_seqs",
@@ -131,7 +145,6 @@ RETURNN_KEYS_NOT_USED = frozenset(
         "epoch_end",
         "epoch_start",
         "forward_auto_split_batch_on_oom",
-        "forward_callback",
         "forward_data",
         "grad_scaler",
         "ipython",
@@ -141,8 +154,6 @@ RETURNN_KEYS_NOT_USED = frozenset(
         "multiprocessing",
         "need_data",
         "num_allowed_consec_invalid_gradient_steps",
-        "num_inputs",
-        "num_outputs",
         "on_size_limit",
         "packed_batch_size",
         "patch_atfork",

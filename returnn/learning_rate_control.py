@@ -233,7 +233,7 @@ class LearningRateControl:
                 f"config key 'learning_rate_control_error_measure': {self.error_measure_key!r} is not among the "
                 f"scores of epoch {epoch}; choose one of: {', '.join(sorted(scores))}"
             )
-        for prefix in ("dev_", "train_"):
+        for prefix in ("dev_score", "dev_", "train_score", "train_"):  # network dicts: RETURNN watches the score
             keys = sorted(key for key in scores if key.startswith(prefix))
             if keys:
                 return keys[0]

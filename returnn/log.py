@@ -120,8 +120,12 @@ class Log:
         verbosity: list[int] | None = None,
         formatter: list[str] | None = None,
         stdout: TextIO | None = None,
+        propagate: bool = False,
     ) -> None:
-        """Set up the targets. Each target gets its own verbosity and format (the last given one repeats)."""
+        """Set up the targets. Each target gets its own verbosity and format (the last given one repeats).
+
+        :param propagate: whether records also go on to Python's root logger (and its handlers), as in mainline
+        """
         self.close()
         logs = list(logs or []) or ["stdout"]
         verbosity = list(verbosity or [3])
@@ -132,7 +136,7 @@ class Log:
                 f"config key 'log_format': unknown format {unknown[0]!r}; choose one of {sorted(_FORMATS)}"
             )
         root = logging.getLogger(ROOT_LOGGER_NAME)
-        root.propagate = False
+        root.propagate = propagate
         lowest = logging.CRITICAL
         for i, target in enumerate(logs):
             level = level_for_verbosity(verbosity[min(i, len(verbosity) - 1)])

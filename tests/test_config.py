@@ -374,10 +374,13 @@ def test_unknown_key_near_miss_is_error():
         config.check_unknown_keys()
 
 
-def test_unknown_key_other_is_warning(caplog):
+def test_unknown_key_other_is_warning_once_it_is_known_what_was_read(caplog):
     config = Config({"my_hidden_dim": 5, "_private": 1, "helper": print, "Klass": int, "json": json})
     with caplog.at_level(logging.WARNING, logger="returnn"):
-        config.check_unknown_keys()
+        config.check_unknown_keys()  # start-up: only near misses of declared options count
+        assert caplog.records == []
+        config.report_unread_keys()
+        config.report_unread_keys()  # reported once
     assert [r.getMessage() for r in caplog.records] == ["config key 'my_hidden_dim' is set but not used by anything"]
 
 
@@ -391,6 +394,7 @@ def test_returnn_options_this_trainer_ignores_are_warnings_not_typos(caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="returnn"):
         config.check_unknown_keys()
+        config.report_unread_keys()
     assert [r.getMessage() for r in caplog.records] == [
         f"config key {key!r} is a RETURNN option that this trainer does not use; it has no effect"
         for key in ("cache_size", "log_batch_size")
@@ -420,3 +424,56 @@ def test_read_keys_are_not_reported():
     config.check_unknown_keys()
     assert "test_bach_size_like" in config.read_keys()
     assert config.unread_user_keys() == ["declared_later"]
+
+
+def test_config_functions_read_the_global_config_when_called(tmp_path):
+    filename = write(
+        tmp_path / "exp.config",
+        """\
+        hidden = 7
+        def get_hidden():
+            return config.int("hidden", 512)
+        """,
+    )
+    config = load_config([filename])
+    assert config.typed_value("get_hidden")() == 7
+    assert config.typed_value("config") is config
+    assert "config" not in config.unread_user_keys()
+
+
+def test_near_misses_that_config_functions_read_are_not_typos(tmp_path, caplog):
+    import returnn.torch.data.options  # noqa: F401  (declares max_seq_length, batch_size)
+
+    filename = write(
+        tmp_path / "exp.config",
+        """\
+        max_seq_len = 300
+        dev_batch_size = 1000
+        def get_model(**kwargs):
+            return config.int("max_seq_len", 0) + config.int("dev_batch_size", 0)
+        """,
+    )
+    config = load_config([filename])
+    config.check_unknown_keys()  # no error: get_model reads them when it is called
+    assert config.typed_value("get_model")() == 1300
+    with caplog.at_level(logging.WARNING, logger="returnn"):
+        config.report_unread_keys()
+    assert caplog.records == []
+
+
+def test_near_miss_that_nothing_reads_is_an_error_at_start_up(tmp_path):
+    import returnn.torch.data.options  # noqa: F401  (declares max_seq_length)
+
+    filename = write(tmp_path / "exp.config", "max_seq_len = 300\ndef get_model(**kwargs):\n    return None\n")
+    with pytest.raises(ConfigError, match=r"'max_seq_len' \(did you mean 'max_seq_length'\?\)"):
+        load_config([filename]).check_unknown_keys()
+
+
+def test_late_warning_names_the_near_miss(caplog):
+    config = Config({"my_hiden_dim": 5})
+    config.int("my_hidden_dim")
+    with caplog.at_level(logging.WARNING, logger="returnn"):
+        config.report_unread_keys()
+    assert [r.getMessage() for r in caplog.records] == [
+        "config key 'my_hiden_dim' is set but not used by anything (did you mean 'my_hidden_dim'?)"
+    ]

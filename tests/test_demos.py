@@ -243,3 +243,19 @@ def test_meta_postprocessing(tmp_path, monkeypatch):
             assert np.array_equal(data, features[tag]) != augmented, tag
             num_seqs += 1
         assert num_seqs == len(features) == len(alignment)
+
+
+@pytest.mark.slow
+def test_network_dict(tmp_path):
+    run_demo(tmp_path, "network_dict.config", num_epochs=3, demo_train_seqs=200, demo_dev_seqs=40)
+    out = tmp_path / "demo-output" / "network_dict"
+    epochs = read_learning_rates(out / "learning_rates")
+    assert set(epochs[3][1]) == {"train_score", "train_error", "dev_score", "dev_error"}  # RETURNN's network names
+    dev_score, dev_error = scores(epochs, "dev_score"), scores(epochs, "dev_error")
+    assert dev_score[-1] < dev_score[0]
+    assert dev_error[-1] < 0.65  # about 0.46 here; 0.875 for guessing
+
+    run_demo(tmp_path, "network_dict.config", task="forward", output_file="out.hdf", demo_dev_seqs=40)
+    with h5py.File(tmp_path / "out.hdf", "r") as f:
+        assert f["inputs"].shape[1] == 8 and len(f["seqTags"]) == 40
+        assert np.allclose(f["inputs"][:].sum(axis=1), 1.0, atol=1e-4)

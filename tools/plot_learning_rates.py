@@ -7,4 +7,5 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from returnn.tools.plot_learning_rates import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,4 +7,5 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from returnn.tools.torch_export_to_onnx import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -163,6 +163,8 @@ class Dataset:
         self.num_inputs = 0
         self.num_outputs: dict[str, tuple[int, int]] = {}
         self.labels: dict[str, list[str]] = {}
+        # keys whose number of classes was inferred from the data, not declared (meta datasets may widen it)
+        self.inferred_dims: set[str] = set()
         self._seq_order: list[int] | None = None
         self._last_init_seq_order: tuple[Any, Any, Any] | None = None
         self._num_shards = 1
@@ -289,6 +291,11 @@ class Dataset:
         """From the ordered full epoch to this process's part: partition_epoch or repeat_epoch,
         :meth:`_filter_epoch_order`, then the shard."""
         if epoch is not None and self.partition_epoch > 1:
+            if 0 < len(order) < self.partition_epoch:
+                raise DatasetError(
+                    f"{self}: partition_epoch={self.partition_epoch} splits the {len(order)} sequences of a full "
+                    f"epoch, so some sub-epochs would have none; set partition_epoch to at most {len(order)}"
+                )
             order = np.array_split(order, self.partition_epoch)[(epoch - 1) % self.partition_epoch]
         if epoch is not None and self.repeat_epoch > 1:
             order = np.tile(order, self.repeat_epoch)

@@ -7,8 +7,9 @@ How an epoch is made (both classes):
 2. the lists are joined, sub-dataset after sub-dataset (CombinedDataset: in sorted key order; with
    ``sampling_sizes``, a fixed number of sequences from each);
 3. this dataset's own ``seq_ordering`` orders the joined list (``default`` keeps it; ``random``, ``sorted``,
-   ``laplace`` ... mix the sub-datasets; CombinedDataset's ``random_dataset`` interleaves them at random but keeps
-   each one's own order), then its ``partition_epoch``, ``repeat_epoch`` and sharding apply;
+   ``laplace`` ... mix the sub-datasets; CombinedDataset's ``random_dataset`` interleaves them at random and
+   ``interleave`` evenly (next the one least far through its list), both keeping each one's own order), then its
+   ``partition_epoch``, ``repeat_epoch`` and sharding apply;
 4. each sub-dataset is told exactly which of its sequences to visit, in order.
 
 So ``partition_epoch`` or ``repeat_epoch`` on a sub-dataset shrinks or grows its share of the mix.
@@ -64,19 +65,26 @@ class _SequenceMix(DescribedBySpecs, Dataset):
     def _describe(self, data_dtypes: dict[str, str] | None = None) -> None:
         """Fix each data key's description; every sub-dataset that provides a key must agree on it."""
         providers: dict[str, str] = {}
+        inferred: dict[str, bool] = {}  # whether the dim of the key so far was inferred from the data
         for dataset, name, key_map in zip(self._datasets, self._dataset_names, self._key_maps):
             sub_keys = dataset.get_data_keys()
             for key, sub_key in key_map.items():
                 if sub_key not in sub_keys:
                     raise DatasetError(f"{self}: {name} has no data key {sub_key!r}; it has {sub_keys}")
                 spec = data_spec_of(dataset, sub_key)
+                spec_inferred = sub_key in dataset.inferred_dims
                 if key in self._specs and spec != self._specs[key]:
+                    widened = _widened_sparse_spec(self._specs[key], inferred[key], spec, spec_inferred)
+                    if widened is not None:  # classes counted in the data: the largest count holds them all
+                        self._specs[key], inferred[key] = widened, inferred[key] and spec_inferred
+                        describe_key(self, key, widened)
+                        continue
                     raise DatasetError(
                         f"{self}: data key {key!r} differs between {providers[key]} ({self._specs[key]}) and "
                         f"{name} ({spec}); the sub-datasets must agree on dim, shape, dtype and sparsity"
                     )
                 if key not in self._specs:
-                    self._specs[key], providers[key] = spec, name
+                    self._specs[key], providers[key], inferred[key] = spec, name, spec_inferred
                     describe_key(self, key, spec, dataset, sub_key)
         for key, dtype in (data_dtypes or {}).items():
             if key not in self._specs or self._specs[key].dtype != dtype:
@@ -206,6 +214,15 @@ class _SequenceMix(DescribedBySpecs, Dataset):
         return sorted(key for key in self._specs if key != "data")
 
 
+def _widened_sparse_spec(a: DataSpec, a_inferred: bool, b: DataSpec, b_inferred: bool) -> DataSpec | None:
+    """Two sparse specs that differ only in the number of classes, where each smaller one was inferred from the data
+    (not declared): the spec with the larger number; else None (they disagree)."""
+    if not (a.sparse and b.sparse and a._replace(dim=b.dim) == b and a.dim is not None and b.dim is not None):
+        return None
+    smaller_inferred = a_inferred if a.dim < b.dim else b_inferred
+    return (a if a.dim > b.dim else b) if smaller_inferred else None
+
+
 def _stack_pairs(epoch_lists: Sequence[np.ndarray]) -> np.ndarray:
     """``[(i, index) for i, indices in enumerate(epoch_lists) for index in indices]`` as an ``[n, 2]`` array."""
     if not epoch_lists:
@@ -284,11 +301,12 @@ class CombinedDataset(_SequenceMix):
         seq_ordering: str = "default",
         **kwargs: Any,
     ):
-        random_dataset = seq_ordering == "random_dataset"
-        super().__init__(seq_ordering="default" if random_dataset else seq_ordering, **kwargs)
-        if random_dataset:
+        mixing = seq_ordering in ("random_dataset", "interleave")  # orders of the mix, not of the joined list
+        super().__init__(seq_ordering="default" if mixing else seq_ordering, **kwargs)
+        if mixing:
             self.seq_ordering = seq_ordering
-        self.random_dataset = random_dataset
+        self.random_dataset = seq_ordering == "random_dataset"
+        self.interleave = seq_ordering == "interleave"
         keys = self._check_data_map(data_map, datasets)
         self.dataset_keys = keys
         self._datasets = [init_dataset(datasets[key], default_kwargs={"name": f"{self.name}_{key}"}) for key in keys]
@@ -363,6 +381,16 @@ class CombinedDataset(_SequenceMix):
         return _stack_pairs(sampled)
 
     def _order_joined(self, epoch: int | None, joined: np.ndarray) -> list[int]:
+        if self.interleave:
+            # Next comes the dataset that is least far through its list (ties: the first key), so all finish
+            # together and each keeps its own order: sort by (fraction done before the sequence, dataset).
+            which = joined[:, 0]
+            counts = np.bincount(which, minlength=len(self._datasets))
+            rank = np.zeros(len(joined), dtype=np.int64)
+            for idx in range(len(self._datasets)):
+                rank[which == idx] = np.arange(counts[idx])
+            order = np.lexsort((which, rank / np.maximum(counts[which], 1)))
+            return self._split_epoch_order(epoch, order)
         if not self.random_dataset:
             return super()._order_joined(epoch, joined)
         # Interleave at random, but keep each sub-dataset's own order: shuffle which dataset comes next.

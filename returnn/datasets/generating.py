@@ -184,6 +184,8 @@ class DummyDataset(GeneratingDataset):
         **kwargs: Any,
     ):
         super().__init__(input_dim=input_dim, output_dim=output_dim, num_seqs=num_seqs, **kwargs)
+        if not math.isinf(num_seqs):
+            self._num_seqs = num_seqs  # known before the first epoch, as in RETURNN (an epoch's order replaces it)
         self.seq_len = seq_len
         self.input_max_value = input_max_value
         self.input_shift = -input_max_value / 2.0 if input_shift is None else input_shift
@@ -301,12 +303,13 @@ class StaticDataset(GeneratingDataset):
         dims = convert_data_dims(output_dim, owner="StaticDataset")
         if input_dim is not None and "data" not in dims:
             dims["data"] = (input_dim, 2)
-        for key in self.data_keys:
-            if key not in dims:
-                dims[key] = self._infer_dims(key)
+        inferred = {key for key in self.data_keys if key not in dims}
+        for key in inferred:
+            dims[key] = self._infer_dims(key)
         if input_dim is None and "data" in dims:
             input_dim = dims["data"][0]
         super().__init__(input_dim=input_dim, output_dim=dims, num_seqs=len(self.data), **kwargs)
+        self.inferred_dims = inferred
 
     def _infer_dims(self, key: str) -> tuple[int, int]:
         first = self.data[0][key]

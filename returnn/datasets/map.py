@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from returnn.datasets.basic import DatasetSeq
+from returnn.datasets.basic import STRING_DTYPE, DatasetSeq
 from returnn.datasets.cached2 import CachedDataset2
 from returnn.datasets.util.sub_datasets import DataSpec, DescribedBySpecs, describe_key, parse_data_spec, spec_mismatch
 from returnn.errors import DatasetError
@@ -100,6 +100,9 @@ class MapDatasetWrapper(DescribedBySpecs, CachedDataset2):
         }
         for key, spec in self._specs.items():
             describe_key(self, key, spec)
+        self.inferred_dims = set(getattr(map_dataset, "inferred_dims", ()))
+        # keys whose dtype is only the default: numpy's float64 / int64 arrays are converted to it
+        self._default_dtype_keys = {key for key, opts in map_dataset.data_types.items() if not opts.get("dtype")}
 
     def get_total_num_seqs(self) -> int:
         return len(self.map_dataset)
@@ -132,12 +135,20 @@ class MapDatasetWrapper(DescribedBySpecs, CachedDataset2):
                 f"{self}: {type(self.map_dataset).__name__}[{corpus_idx}] ({tag!r}) returned {found}; expected a dict "
                 f"with the keys of data_types {sorted(self._specs)}"
             )
-        features = {key: np.asarray(value) for key, value in item.items()}
+        features = {key: self._as_declared(key, np.asarray(value)) for key, value in item.items()}
         for key, value in features.items():
             problem = spec_mismatch(value, self._specs[key])
             if problem:
                 raise DatasetError(f"{self}: sequence {tag!r}, key {key!r}: got {problem} (data_types)")
         return DatasetSeq(corpus_idx, features, seq_tag=tag)
+
+    def _as_declared(self, key: str, value: np.ndarray) -> np.ndarray:
+        """Floats as the default float dtype, integers as the default int dtype, for keys without a declared dtype."""
+        dtype = np.dtype(self._specs[key].dtype) if self._specs[key].dtype != STRING_DTYPE else None
+        if key not in self._default_dtype_keys or dtype is None or value.dtype == dtype:
+            return value
+        same_kind = value.dtype.kind == dtype.kind or (value.dtype.kind in "iu" and dtype.kind in "iu")
+        return value.astype(dtype) if same_kind else value
 
     def get_tag(self, seq_idx: int) -> str:
         return self.map_dataset.get_seq_tag(self.get_corpus_seq_idx(seq_idx))
@@ -175,6 +186,7 @@ class FromListDataset(MapDatasetBase):
             raise DatasetError(f"FromListDataset: sort_data_key {sort_data_key!r} is not a data key ({keys})")
         self.sort_data_key = sort_data_key
         super().__init__(data_types=data_types or {key: self._infer_type(key) for key in keys})
+        self.inferred_dims = set() if data_types else set(keys)  # MapDatasetWrapper passes this on
 
     def _infer_type(self, key: str) -> dict[str, Any]:
         first = self.data_list[0][key]

@@ -44,6 +44,10 @@ DATASET_MODULES = tuple(
         "lm",
         "audio",
         "numpy_dump",
+        "distrib_files",
+        "multi_proc",
+        "multi_epoch",
+        "text_dict",
     )
 )
 

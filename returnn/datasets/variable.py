@@ -9,13 +9,19 @@ import numpy as np
 
 from returnn.datasets.basic import Dataset
 from returnn.datasets.registry import init_dataset
-from returnn.datasets.util.sub_datasets import ORDERING_OPTIONS, DescribedByInner, check_accepts_kwargs, reject_options
+from returnn.datasets.util.sub_datasets import (
+    ORDERING_OPTIONS,
+    DescribedByInner,
+    EpochOfInner,
+    check_accepts_kwargs,
+    reject_options,
+)
 from returnn.errors import DatasetError
 
 __all__ = ["VariableDataset"]
 
 
-class VariableDataset(DescribedByInner, Dataset):
+class VariableDataset(EpochOfInner, DescribedByInner, Dataset):
     """For every epoch, the dataset that ``get_dataset(epoch=epoch, **kwargs)`` returns (e.g. a curriculum)::
 
         def get_train_dataset(*, epoch, **kwargs):
@@ -95,11 +101,6 @@ class VariableDataset(DescribedByInner, Dataset):
         self.inner.init_seq_order(epoch=epoch, seq_list=seq_list, seq_order=seq_order)
         return True
 
-    def _get_epoch_seq_order(
-        self, epoch: int | None, seq_list: Sequence[str] | None, seq_order: Sequence[int] | None
-    ) -> None:
-        return None  # the current dataset's
-
     def set_sharding(self, shard_index: int, num_shards: int) -> None:
         super().set_sharding(shard_index, num_shards)
         for _, dataset in self._cache:
@@ -123,37 +124,6 @@ class VariableDataset(DescribedByInner, Dataset):
         if not self.always_same_tags:
             raise self._same_tags_needed("the list of all tags")
         return self.inner.get_all_tags()
-
-    @property
-    def num_seqs(self) -> int:
-        return self.inner.num_seqs
-
-    def is_less_than_num_seqs(self, n: int) -> bool:
-        return self.inner.is_less_than_num_seqs(n)
-
-    def get_current_seq_order(self) -> list[int]:
-        return self.inner.get_current_seq_order()
-
-    def have_corpus_seq_idx(self) -> bool:
-        return self.inner.have_corpus_seq_idx()
-
-    def finish_epoch(self) -> None:
-        super().finish_epoch()
-        self.inner.finish_epoch()
-
-    # --- sequences ---------------------------------------------------------------------------------------
-
-    def load_seqs(self, start: int, end: int) -> None:
-        self.inner.load_seqs(start, end)
-
-    def get_data(self, seq_idx: int, key: str) -> np.ndarray:
-        return self.inner.get_data(seq_idx, key)
-
-    def get_tag(self, seq_idx: int) -> str:
-        return self.inner.get_tag(seq_idx)
-
-    def get_seq_length(self, seq_idx: int) -> dict[str, int]:
-        return self.inner.get_seq_length(seq_idx)
 
 
 def _same_definition(opts: Any, cached: Any) -> bool:

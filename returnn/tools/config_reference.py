@@ -45,41 +45,50 @@ def render_reference(options: dict[str, ConfigOption]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def replace_section(text: str, reference: str) -> str:
+def replace_section(text: str, reference: str, begin_marker: str = BEGIN_MARKER, end_marker: str = END_MARKER) -> str:
     """``text`` with the part between the markers replaced by ``reference``."""
-    begin = text.find(BEGIN_MARKER)
-    end = text.find(END_MARKER)
+    begin = text.find(begin_marker)
+    end = text.find(end_marker)
     if begin < 0 or end < begin:
-        raise ValueError(f"the markers {BEGIN_MARKER!r} and {END_MARKER!r} are missing")
-    return text[: begin + len(BEGIN_MARKER)] + "\n\n" + reference + "\n" + text[end:]
+        raise ValueError(f"the markers {begin_marker!r} and {end_marker!r} are missing")
+    return text[: begin + len(begin_marker)] + "\n\n" + reference + "\n" + text[end:]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def print_or_sync(
+    argv: Sequence[str] | None, description: str, reference: str, module: str, markers: tuple[str, str]
+) -> int:
+    """The command line of a generated README section: print ``reference``, or ``--check`` / ``--update`` the
+    README's copy between ``markers``.
+
+    :param module: the tool's module (for the message that says how to update)
+    """
+    parser = argparse.ArgumentParser(description=description)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--check", metavar="FILE", help="exit 1 if FILE's reference section is out of date")
     group.add_argument("--update", metavar="FILE", help="rewrite FILE's reference section")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    reference = render_reference(collect_options())
     if not args.check and not args.update:
         sys.stdout.write(reference)
         return 0
     filename = args.check or args.update
     with open(filename, encoding="utf-8") as f:
         text = f.read()
-    updated = replace_section(text, reference)
+    updated = replace_section(text, reference, *markers)
     if args.update:
         with open(filename, "w", encoding="utf-8") as f:
             f.write(updated)
         return 0
     if updated != text:
-        print(
-            f"{filename}: the config reference is out of date; run: python -m returnn.tools.config_reference "
-            f"--update {filename}",
-            file=sys.stderr,
-        )
+        print(f"{filename}: the reference is out of date; run: python -m {module} --update {filename}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    reference = render_reference(collect_options())
+    return print_or_sync(
+        argv, __doc__.splitlines()[0], reference, "returnn.tools.config_reference", (BEGIN_MARKER, END_MARKER)
+    )
 
 
 if __name__ == "__main__":

@@ -36,10 +36,23 @@ class Loss:
     name: str
     scale: float = 1.0
     inv_norm_factor: torch.Tensor | float | None = None
+    use_normalized_loss: bool = True
+    score_key: str | None = None
 
     def normalized(self) -> torch.Tensor:
         """``loss / inv_norm_factor`` (without scale)."""
         return self.loss if self.inv_norm_factor is None else self.loss / self.inv_norm_factor
+
+    def objective(self) -> torch.Tensor:
+        """What the gradient is taken of: ``loss * scale``, divided by ``inv_norm_factor`` if
+        ``use_normalized_loss``."""
+        term = self.normalized() if self.use_normalized_loss else self.loss
+        return term * self.scale if self.scale != 1 else term
+
+    @property
+    def key(self) -> str:
+        """The score key without the dataset prefix: ``loss_<name>`` unless the loss names its own."""
+        return f"loss_{self.name}" if self.score_key is None else self.score_key
 
 
 class RunCtx:
@@ -96,6 +109,8 @@ class RunCtx:
         *,
         scale: float = 1.0,
         inv_norm_factor: torch.Tensor | float | None = None,
+        use_normalized_loss: bool = True,
+        score_key: str | None = None,
     ) -> None:
         """Report a loss of this step.
 
@@ -103,6 +118,10 @@ class RunCtx:
         :param name: the score key becomes ``train_loss_<name>`` / ``<dataset>_loss_<name>``
         :param scale: factor for the gradient only (reported scores are unscaled); 0 = report only
         :param inv_norm_factor: what the sum is normalized by (e.g. the number of frames); None = 1
+        :param use_normalized_loss: False: the gradient is that of ``loss * scale`` (the sum, as RETURNN's network
+            dicts optimize it); the reported score is normalized either way
+        :param score_key: the score key after ``<dataset>_`` instead of ``loss_<name>`` (network dicts: ``score``,
+            ``error_output``, ...); ``""``: not reported
         """
         if self._stage != "train_step":
             raise StepFunctionError(
@@ -129,15 +148,23 @@ class RunCtx:
                 f"run_ctx.mark_as_loss({name!r}): inv_norm_factor must be a scalar, got shape "
                 f"{list(inv_norm_factor.shape)}; pass the total count (e.g. lengths.sum())"
             )
-        self.losses[name] = Loss(loss=loss, name=name, scale=scale, inv_norm_factor=inv_norm_factor)
+        self.losses[name] = Loss(
+            loss=loss,
+            name=name,
+            scale=scale,
+            inv_norm_factor=inv_norm_factor,
+            use_normalized_loss=use_normalized_loss,
+            score_key=score_key,
+        )
 
     def total_loss(self) -> torch.Tensor:
-        """Σ over the marked losses of ``loss * scale / inv_norm_factor`` (what the gradient is taken of)."""
+        """Σ over the marked losses of ``loss * scale / inv_norm_factor`` (what the gradient is taken of; see
+        :meth:`Loss.objective`)."""
         total: torch.Tensor | None = None
         for loss in self.losses.values():
             if loss.scale == 0:
                 continue
-            term = loss.normalized() * loss.scale if loss.scale != 1 else loss.normalized()
+            term = loss.objective()
             total = term if total is None else total + term
         if total is None:
             return torch.zeros((), device=self._device)

@@ -13,12 +13,18 @@ only adjusts how. Every process runs the same training:
   one all_reduce of a "has a batch" flag keeps the processes in step: a process whose shard is done takes part in
   the steps of the others with no gradients until all are done. So every sequence is used once per epoch, and shards
   of different sizes cannot hang the training.
-- Gradients (``reduce_type = "grad"``): at each update step (the last step of ``accum_grad_multiple_step``), before
-  unscaling and clipping, the gradients are summed over the processes with all_reduce and divided by the number of
-  processes that computed any since the last update (the gradient of the mean of their losses, as with DDP). This is
-  done explicitly instead of wrapping the model in ``DistributedDataParallel``: ``train_step`` gets the config's own
-  module, any model and any use of its submodules works, and accumulation needs no ``no_sync``. The price is that
-  communication does not overlap with the backward pass.
+- Gradients (``reduce_type = "grad"``, the default): the module is wrapped in torch's ``DistributedDataParallel``
+  (:mod:`returnn.torch.ddp`): the gradients are all-reduced in buckets while the backward pass runs and averaged over
+  the processes; the steps between updates (``accum_grad_multiple_step``) run under ``no_sync()``. ``train_step``
+  still gets the config's own module. DDP's options go into ``torch_distributed["options"]`` (as in mainline
+  RETURNN: ``find_unused_parameters``, ``gradient_as_bucket_view``, ``static_graph``, ``bucket_cap_mb``, ...), a
+  compressing communication hook into ``torch_distributed["comm_hook"]`` (``"bf16_compress"``, ``"fp16_compress"``).
+  If some processes had no data since the last update (the last round of an epoch), the average is corrected to be
+  over the processes that had data.
+- Gradients (``reduce_type = "grad_explicit"``): at each update step, before unscaling and clipping, the gradients
+  are summed over the processes with one all_reduce per bucket and divided by the number of processes that computed
+  any since the last update. Any model and any use of its parameters works, without options, but communication does
+  not overlap with the backward pass.
 - Parameters (``reduce_type = "param"``): each process updates with its own gradients, and the parameters (and
   floating point buffers) are averaged every ``param_sync_step`` updates and at the end of each epoch's training.
 - Scores: the loss sums and inv_norm_factor sums of all processes are added up, so the learning_rates file and the
@@ -50,6 +56,7 @@ import torch.distributed as dist
 from returnn.config import Config, declare_options
 from returnn.errors import CheckpointError, ConfigError, TrainingError
 from returnn.log import log
+from returnn.torch.ddp import COMM_HOOKS, DdpStep, check_ddp_options
 
 __all__ = [
     "rank",
@@ -75,15 +82,16 @@ declare_options(
             None,
             "Options of training with several processes (started by torchrun, which alone enables it): "
             "{'backend': 'gloo' on CPU / 'cpu:gloo,cuda:nccl' with CUDA, 'timeout_sec': 1800, "
-            "'reduce_type': 'grad' (average gradients every update) | 'param' (average parameters every "
-            "'param_sync_step' updates)}.",
+            "'reduce_type': 'grad' (DistributedDataParallel; its arguments in 'options', 'comm_hook': "
+            "'bf16_compress' | 'fp16_compress') | 'grad_explicit' (one all_reduce of the gradients per update) | "
+            "'param' (average parameters every 'param_sync_step' updates)}.",
         ),
     },
 )
 
-REDUCE_TYPES = ("grad", "param")
-# Options of mainline RETURNN's DDP wrapper; without a wrapper they change nothing, and configs that set them still run.
-_WITHOUT_EFFECT = ("options", "sync_on_cpu")
+REDUCE_TYPES = ("grad", "grad_explicit", "param")
+# An option of mainline RETURNN's parameter averaging; it changes nothing here, and configs that set it still run.
+_WITHOUT_EFFECT = ("sync_on_cpu",)
 _BUCKET_BYTES = 32 * 2**20  # tensors are all-reduced in flat buckets of up to this size
 
 
@@ -191,14 +199,20 @@ class DistributedOptions:
 
     :param backend: the torch.distributed backend; None: ``gloo`` on the CPU, ``cpu:gloo,cuda:nccl`` with CUDA
     :param timeout_sec: how long a collective waits for the other processes
-    :param reduce_type: "grad" (average gradients at every update) or "param" (average parameters periodically)
+    :param reduce_type: "grad" (DistributedDataParallel), "grad_explicit" (one all_reduce of the gradients at every
+        update) or "param" (average parameters periodically)
     :param param_sync_step: with "param": average the parameters every this many updates
+    :param options: with "grad": keyword arguments of ``DistributedDataParallel``
+    :param comm_hook: with "grad": compress the gradients for the all-reduce, one of
+        :data:`~returnn.torch.ddp.COMM_HOOKS`
     """
 
     backend: str | None = None
     timeout_sec: float = 1800.0
     reduce_type: str = "grad"
     param_sync_step: int | None = None
+    options: dict[str, Any] | None = None
+    comm_hook: str | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> DistributedOptions:
@@ -220,11 +234,8 @@ class DistributedOptions:
             raise ConfigError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; choose from: {fields}")
         ignored = sorted(set(value) & set(_WITHOUT_EFFECT))
         if ignored and world_size() > 1 and is_main_process():
-            logger.info(f"{where}: {ignored} have no effect here (gradients are averaged without a DDP wrapper)")
-        kwargs = {key: item for key, item in value.items() if key in fields}
-        if kwargs.get("reduce_type") == "grad_explicit":  # mainline's explicit all_reduce: what "grad" does here
-            kwargs["reduce_type"] = "grad"
-        return cls(**kwargs)
+            logger.info(f"{where}: {ignored} have no effect here")
+        return cls(**{key: item for key, item in value.items() if key in fields})
 
     def __post_init__(self) -> None:
         where = "config key 'torch_distributed'"
@@ -239,6 +250,15 @@ class DistributedOptions:
             )
         if self.reduce_type != "param" and self.param_sync_step is not None:
             raise ConfigError(f"{where}: 'param_sync_step' is used only with reduce_type 'param'")
+        for name in ("options", "comm_hook"):
+            if self.reduce_type != "grad" and getattr(self, name) is not None:
+                raise ConfigError(f"{where}: {name!r} is used only with reduce_type 'grad' (DistributedDataParallel)")
+        if self.options is not None:
+            check_ddp_options(self.options, where)
+        if self.comm_hook is not None and self.comm_hook not in COMM_HOOKS:
+            raise ConfigError(
+                f"{where}: unknown comm_hook {self.comm_hook!r}; choose one of: {', '.join(COMM_HOOKS)} (or None)"
+            )
         if isinstance(self.timeout_sec, bool) or not (
             isinstance(self.timeout_sec, (int, float)) and self.timeout_sec > 0
         ):
@@ -275,6 +295,8 @@ class DataParallel:
         self.options = options
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
+        self.ddp: DdpStep | None = None  # with reduce_type "grad", once the model is wrapped
+        self._all_had_data = True  # in every step since the last update, every process had a batch
 
     @classmethod
     @contextlib.contextmanager
@@ -315,20 +337,51 @@ class DataParallel:
             batch = next(iterator, done)
             flag[0] = 0 if batch is done else 1
             dist.all_reduce(flag)
-            if int(flag[0]) == 0:
+            num_with_data = int(flag[0])
+            if num_with_data == 0:
                 return
+            self._all_had_data &= num_with_data == self.world_size
             yield None if batch is done else batch
 
     # ---------------------------------------------------------------- gradients and parameters
 
+    def wrap_model(self, module: torch.nn.Module, device: str) -> None:
+        """With reduce_type "grad": wrap the module in DistributedDataParallel (see :mod:`returnn.torch.ddp`); the
+        module itself stays what the step functions get and what is saved."""
+        if self.options.reduce_type == "grad":
+            self.ddp = DdpStep(module, self.options.options or {}, self.options.comm_hook, device)
+
+    def gradient_step(self, *, sync: bool) -> contextlib.AbstractContextManager[None]:
+        """Around one train step's forward and backward pass; ``sync``: it is an update step."""
+        return self.ddp.step(sync=sync) if self.ddp is not None else contextlib.nullcontext()
+
+    def before_backward(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to call ``backward`` on (inside :meth:`gradient_step`)."""
+        return self.ddp.before_backward(loss) if self.ddp is not None else loss
+
+    def backward_without_data(self) -> None:
+        """In a step in which this process has no batch but others have (inside :meth:`gradient_step`): take part
+        in their gradient all-reduce."""
+        if self.ddp is not None:
+            self.ddp.backward_without_data()
+
     def reduce_gradients(self, params: list[torch.nn.Parameter], *, contributed: bool) -> None:
-        """With reduce_type "grad": replace each gradient by its sum over the processes, divided by the number of
-        processes that computed gradients since the last update. A parameter without gradient in some process
-        counts as zero there; one without gradient in every process keeps ``grad = None``.
+        """At an update step, before the gradients are used: make them the average over the processes that
+        computed gradients since the last update.
+
+        With "grad_explicit" (or "grad" before the model is wrapped): replace each gradient by its sum over the
+        processes, divided by the number of processes that computed any. A parameter without gradient in some
+        process counts as zero there; one without gradient in every process keeps ``grad = None``. With DDP, which
+        averaged over all processes already, rescale if some had no data.
 
         :param contributed: whether this process computed gradients since the last update
         """
-        if self.options.reduce_type != "grad":
+        all_had_data, self._all_had_data = self._all_had_data, True
+        if self.options.reduce_type == "param":
+            return
+        if self.ddp is not None:
+            if not all_had_data:
+                self._rescale_to_contributors(params, contributed)
             return
         presence = torch.tensor([p.grad is not None for p in params] + [contributed], dtype=torch.int32)
         dist.all_reduce(presence)
@@ -346,6 +399,16 @@ class DataParallel:
                 )
             grads.append(param.grad)
         self._all_reduce(grads, divide_by=max(num_contributors, 1))
+
+    def _rescale_to_contributors(self, params: list[torch.nn.Parameter], contributed: bool) -> None:
+        count = torch.tensor([int(contributed)], dtype=torch.int32)
+        dist.all_reduce(count)
+        num_contributors = int(count[0])
+        if 0 < num_contributors < self.world_size:
+            with torch.no_grad():
+                for param in params:
+                    if param.grad is not None:
+                        param.grad.mul_(self.world_size / num_contributors)
 
     def after_update(self, params: list[torch.nn.Parameter], *, num_updates: int) -> None:
         """With reduce_type "param": average the parameters every ``param_sync_step`` updates.

@@ -21,9 +21,10 @@ seqs=... step_time=... eta=...``), one per evaluated dataset at verbosity 4 and 
 (``epoch=... train_loss_<name>=... dev_loss_<name>=... lr=... time=...``).
 
 Started by torchrun as several processes, tasks train and eval run data-parallel (see :mod:`returnn.torch.distributed`):
-each process reads its shard of the data, gradients are averaged at every update, the scores are summed over the
-processes, and only rank 0 writes files. Hooks that a ``CustomEngine`` overrides then run in every process; an
-overridden :meth:`Engine.evaluate_dataset` sums its scores over the processes itself (as the default one does).
+each process reads its share of the batches, gradients are averaged at every update (by torch's DDP by default),
+the scores are summed over the processes, and only rank 0 writes files. Hooks that a ``CustomEngine`` overrides then
+run in every process; an overridden :meth:`Engine.evaluate_dataset` sums its scores over the processes itself (as the
+default one does); an overridden :meth:`Engine.run_train_step` must call ``self.updater.backward(loss)``.
 """
 
 from __future__ import annotations
@@ -208,6 +209,32 @@ class Engine:
             _check_not_empty(num_batches, "forward", None)
             logger.info(f"forward: batches={num_batches} epoch={self.epoch}")
 
+    def compute_priors(self) -> None:
+        """Task compute_priors (network dicts): the average softmax of ``forward_output_layer`` over all frames of
+        the ``train`` dataset (else ``forward``), written as log priors to ``output_file``."""
+        from returnn.torch.network.priors import accumulate_priors, write_log_priors
+
+        if self.config.typed_value("network") is None:
+            raise ConfigError(
+                "task 'compute_priors' is for network dicts; with get_model, write a forward_step that accumulates "
+                "the priors (and a forward_finish_hook that writes them), and run task 'forward'"
+            )
+        filename = self.config.value("output_file")
+        if not filename:
+            raise ConfigError("task 'compute_priors' needs 'output_file': where to write the log priors")
+        name = "train" if "train" in self.options.datasets else "forward"
+        if name not in self.options.datasets:
+            raise ConfigError("task 'compute_priors' needs a dataset: set 'train' (or 'forward')")
+        with self._running_task():
+            self._init_model_for_task("compute_priors")
+            loader = self._init_data_loaders([name], mode="forward")[name]
+            self._model.eval()
+            with torch.no_grad():
+                batches = (self._to_device(data) for data in loader.iter_epoch(None))
+                priors = accumulate_priors(self._model, batches, self.config.value("forward_output_layer"))
+            write_log_priors(filename, priors)
+            logger.info(f"compute_priors: dataset={name} dim={len(priors)} wrote {filename}")
+
     def initialize_model(self) -> None:
         """Task initialize_model: save a freshly initialized model (with ``import_model_train_epoch1``, ``load`` and
         the ``init_for_train`` entries of ``preload_from_files`` applied) as epoch 0, ``<model>.000.pt``. Training
@@ -312,7 +339,7 @@ class Engine:
                 self.run_control.during_evaluation(self, name)
         self._sum_over_processes(totals)
         _check_not_empty(totals.num_steps, name, self.epoch)
-        scores = totals.scores(f"{name}_loss_")
+        scores = totals.scores(name)
         logger.log(
             V4, f"epoch={self.epoch} dataset={name} {format_scores(scores)} time={time.monotonic() - start_time:.1f}s"
         )
@@ -373,6 +400,7 @@ class Engine:
         if self.data_parallel is not None:
             self.data_parallel.check_same((start.kind, start.epoch, start.step), "where training starts")
             self.data_parallel.broadcast_module(self._model)
+            self.data_parallel.wrap_model(self._model, self.device)
         self.updater = self.build_updater(self._model)
         if start.optimizer_file is not None:
             self.updater.load_state_dict(self.load_checkpoint(start.optimizer_file), source=start.optimizer_file)
@@ -417,7 +445,7 @@ class Engine:
             return []
         data = self.learning_rate_control.epoch_data.get(epoch)
         scores = data.scores if data is not None else {}
-        return [name for name in self.options.eval_names if not any(k.startswith(f"{name}_loss_") for k in scores)]
+        return [name for name in self.options.eval_names if not any(k.startswith(f"{name}_") for k in scores)]
 
     @functools.cached_property
     def _pipeline_options(self) -> DataPipelineOptions:
@@ -438,7 +466,10 @@ class Engine:
 
     def _init_data_loaders(self, names: Iterable[str], *, mode: str = "eval") -> dict[str, BatchLoader]:
         for name in names:
-            dataset = init_dataset(self.options.datasets[name], default_kwargs={"name": name})
+            defaults = {"name": name}
+            if name == "train" and self.options.train_seq_ordering:
+                defaults["seq_ordering"] = self.options.train_seq_ordering
+            dataset = init_dataset(self.options.datasets[name], default_kwargs=defaults)
             self.datasets[name] = dataset
             self.data_loaders[name] = self.build_data_loader(name, dataset, mode=mode)
         return self.data_loaders
@@ -469,11 +500,15 @@ class Engine:
                 run_ctx.init_step(self.global_step)
                 self.updater.epoch_continuous = self.epoch - 1 + progress.epoch_fraction()
                 if data is None:  # this process's data is done, others' not: their steps go on with it
+                    with self._gradient_step():
+                        self.data_parallel.backward_without_data()
                     self.optimizer_step(None)
                     self.global_step += 1
                     self.run_control.after_step(self, totals, progress)
                     continue
-                values = self.optimizer_step(self.run_train_step(self._to_device(data), run_ctx))
+                with self._gradient_step():
+                    step_values = self.run_train_step(self._to_device(data), run_ctx)
+                values = self.optimizer_step(step_values)
                 step_losses = totals.add(run_ctx.losses, values)
                 if self.options.stop_on_nonfinite_train_score:
                     self._check_finite(step_losses, values, data)
@@ -485,6 +520,7 @@ class Engine:
                     learning_rate=self.updater.learning_rate,
                     grad_norm=self.updater.last_grad_norm,
                 )
+                self.config.report_unread_keys()  # after the first step, everything has read its options
                 self.run_control.after_step(self, totals, progress)
         progress.close()
         num_seqs = self._sum_over_processes(totals, progress.num_seqs)
@@ -493,7 +529,13 @@ class Engine:
         _check_not_empty(totals.num_steps, "train", self.epoch)
         skipped = self.updater.num_skipped_updates - skipped_before
         logger.info(progress.epoch_summary(num_steps=totals.num_steps, num_seqs=num_seqs, skipped_updates=skipped))
-        return totals.scores("train_loss_")
+        return totals.scores("train")
+
+    def _gradient_step(self) -> contextlib.AbstractContextManager[None]:
+        """Around a train step's forward and backward pass: with several processes, whether DDP all-reduces."""
+        if self.data_parallel is None:
+            return contextlib.nullcontext()
+        return self.data_parallel.gradient_step(sync=self.updater.is_update_step(self.global_step))
 
     def _sum_over_processes(self, totals: LossTotals, num_seqs: int = 0) -> int:
         """With several processes, turn ``totals`` into the sums over all of them. Returns the total ``num_seqs``."""

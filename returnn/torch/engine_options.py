@@ -31,6 +31,11 @@ declare_options(
             None,
             "Not used: datasets to evaluate go into dev and eval_datasets (a config setting eval is stopped).",
         ),
+        "batching": (
+            None,
+            "RETURNN's TensorFlow-era default seq_ordering of the train dataset (e.g. 'random'), used where the "
+            "dataset sets none.",
+        ),
         "num_epochs": (5, "Train up to this epoch."),
         "save_interval": (1, "Save a checkpoint every N epochs (and after the last one)."),
         "random_seed": (42, "Seed of the model initialization and of each epoch's random numbers."),
@@ -60,6 +65,7 @@ class EngineOptions:
     :param model_prefix: the config key ``model``: checkpoints are ``<model_prefix>.<epoch>.pt``
     :param datasets: the dataset definitions by name: train, dev, forward and the ``eval_datasets`` entries
     :param eval_names: the datasets evaluated after each epoch, dev first
+    :param train_seq_ordering: the config key ``batching``: the train dataset's seq_ordering where it sets none
     :param cleanup: the ``cleanup_old_models`` policy, or None without cleanup
     """
 
@@ -75,6 +81,7 @@ class EngineOptions:
     datasets: dict[str, Any]
     eval_names: tuple[str, ...]
     distributed: distributed.DistributedOptions
+    train_seq_ordering: str | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> EngineOptions:
@@ -102,6 +109,7 @@ class EngineOptions:
             datasets=datasets,
             eval_names=eval_names,
             distributed=distributed.DistributedOptions.from_config(config),
+            train_seq_ordering=config.value("batching"),
         )
 
     def require_model_prefix(self, what: str) -> str:

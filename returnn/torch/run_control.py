@@ -230,6 +230,7 @@ class RunControl:
             return batches
         engine.global_step = int(content["step"])
         totals.sums = {name: [float(v) for v in values] for name, values in content["loss_sums"].items()}
+        totals.keys = dict(content.get("score_keys", {}))
         totals.num_steps = progress.num_steps = int(content["num_batches"])
         progress.num_seqs = int(content["num_seqs"])
         return _skip(batches, totals.num_steps, lambda: set_rng_state(content["rng"]), engine.options.model_prefix)
@@ -309,6 +310,7 @@ class RunControl:
         process = {
             "num_batches": totals.num_steps,
             "loss_sums": {name: list(values) for name, values in totals.sums.items()},
+            "score_keys": dict(totals.keys),
             "num_seqs": progress.num_seqs,
             "rng": get_rng_state(include_cuda=torch.device(engine.device).type == "cuda"),
         }

@@ -41,6 +41,7 @@ class LossTotals:
 
     def __init__(self) -> None:
         self.sums: dict[str, list[float]] = {}
+        self.keys: dict[str, str] = {}  # loss name -> score key without the dataset prefix ("" = not reported)
         self.num_steps = 0
 
     def add(self, losses: dict[str, Loss], values: list[float]) -> dict[str, float]:
@@ -49,18 +50,24 @@ class LossTotals:
         for i, name in enumerate(losses):
             value, norm = values[2 * i], values[2 * i + 1]
             total = self.sums.setdefault(name, [0.0, 0.0])
+            self.keys.setdefault(name, losses[name].key)
             total[0] += value
             total[1] += norm
             step[name] = value / norm if norm else math.nan
         self.num_steps += 1
         return step
 
-    def scores(self, prefix: str) -> dict[str, float]:
-        """``{prefix + name: Σloss / Σinv_norm_factor}`` (nan where Σinv_norm_factor is 0).
+    def scores(self, dataset: str) -> dict[str, float]:
+        """``{f"{dataset}_{key}": Σloss / Σinv_norm_factor}`` (nan where Σinv_norm_factor is 0), the key being
+        ``loss_<name>`` unless the loss was marked with its own ``score_key``.
 
-        :param prefix: e.g. ``"train_loss_"`` or ``"dev_loss_"``
+        :param dataset: e.g. ``"train"`` or ``"dev"``
         """
-        return {prefix + name: (value / norm if norm else math.nan) for name, (value, norm) in self.sums.items()}
+        return {
+            f"{dataset}_{self.keys.get(name, 'loss_' + name)}": (value / norm if norm else math.nan)
+            for name, (value, norm) in self.sums.items()
+            if self.keys.get(name) != ""
+        }
 
 
 def format_scores(scores: dict[str, float]) -> str:

@@ -2,6 +2,8 @@
 
 Every such function must accept ``**kwargs``, so that the engine can pass new arguments in later versions without
 breaking configs. This is checked when the engine starts (not by calling the function with a dummy argument).
+A ``train_step`` or ``forward_step`` that takes ``extern_data`` is mainline RETURNN's kind: it gets exactly mainline's
+arguments and is wrapped into this contract (see :mod:`returnn.torch.mainline_steps`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from returnn.config import Config, declare_options
 from returnn.errors import ConfigError, StepFunctionError
+from returnn.torch.mainline_steps import mainline_functions, takes_extern_data
 
 __all__ = ["StepFunctions", "check_accepts_kwargs"]
 
@@ -80,9 +83,14 @@ class StepFunctions:
                 raise ConfigError(
                     f"config key {name!r}: expected a function '{SIGNATURES[name]}', got {type(func).__name__}"
                 )
-            check_accepts_kwargs(func, name, SIGNATURES[name])
+            if not takes_extern_data(func):  # mainline's step functions get exactly mainline's arguments
+                check_accepts_kwargs(func, name, SIGNATURES[name])
             functions[name] = func
-        return cls(**functions)
+        if config.typed_value("network") is not None:
+            from returnn.torch.network.steps import network_step_functions
+
+            functions.update(network_step_functions(config, defined=functions))
+        return cls(**mainline_functions(config, functions))
 
     def require(self, name: str, task: str) -> Callable[..., Any]:
         """The function ``name``; a clear error if the config lacks it.

@@ -11,8 +11,9 @@ A non-finite gradient norm (only computed with ``gradient_clip_norm``) skips the
 scaler handles non-finite gradients itself (it skips the update and lowers its scale), so they do not count there.
 
 With several processes (a :class:`~returnn.torch.distributed.DataParallel`), the gradients are averaged over the
-processes first thing in an update step, so that the scaler, the clipping and the optimizer see the same gradients
-in every process and the parameters stay equal; ``gradient_noise`` then draws the same noise in every process.
+processes (by DDP during the backward pass, or explicitly) before anything else in an update step uses them, so that
+the scaler, the clipping and the optimizer see the same gradients in every process and the parameters stay equal;
+``gradient_noise`` then draws the same noise in every process.
 Accumulated gradients are each process's own: the optimizer file keeps those of every process, and each process
 gets its own back when training resumes.
 """
@@ -57,6 +58,14 @@ declare_options(
         ),
         "gradient_noise": (None, "Add Gaussian noise with this standard deviation to the gradients."),
         "accum_grad_multiple_step": (1, "Update every N steps with the summed gradients of those steps."),
+        "adam": (
+            False,
+            "RETURNN's TensorFlow-era form of optimizer = {'class': 'adam'} (used where optimizer is unset).",
+        ),
+        "nadam": (False, "TensorFlow-era form of optimizer = {'class': 'nadam'}."),
+        "adadelta": (False, "TensorFlow-era form of optimizer = {'class': 'adadelta'}."),
+        "rmsprop": (False, "TensorFlow-era form of optimizer = {'class': 'rmsprop'}."),
+        "optimizer_epsilon": (1e-16, "The epsilon of the TensorFlow-era optimizer flags (adam = True, ...)."),
         "dynamic_learning_rate": (
             None,
             "dynamic_learning_rate(*, global_train_step, epoch, learning_rate, **kwargs) -> float: "
@@ -74,6 +83,15 @@ def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
         if isinstance(value, type) and issubclass(value, torch.optim.Optimizer) and value is not torch.optim.Optimizer:
             classes[name.lower()] = value
     return classes
+
+
+def optimizer_from_flags(config: Config) -> dict[str, Any] | None:
+    """The optimizer dict of RETURNN's TensorFlow-era flags (``adam = True`` with ``optimizer_epsilon``), or None."""
+    chosen = [name for name in ("adam", "nadam", "adadelta", "rmsprop") if config.bool(name)]
+    epsilon = config.float("optimizer_epsilon")
+    if len(chosen) > 1:
+        raise ConfigError(f"config keys {', '.join(chosen)} are all True; choose one optimizer")
+    return {"class": chosen[0], "epsilon": epsilon} if chosen else None
 
 
 def _optimizer_class(spec: Any) -> type[torch.optim.Optimizer]:
@@ -200,6 +218,9 @@ class Updater:
     ) -> Updater:
         """The updater of the config's ``optimizer``, ``learning_rate`` and gradient options (see the module doc)."""
         options = config.typed_value("optimizer")
+        flagged = optimizer_from_flags(config)
+        if options is None:
+            options = flagged
         if options is None:
             raise ConfigError(
                 "config key 'optimizer' is not set; training needs one, e.g. optimizer = {'class': 'adam'}"
@@ -264,7 +285,10 @@ class Updater:
     # ---------------------------------------------------------------- the step
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Add this step's gradients (scaled with float16 AMP)."""
+        """Add this step's gradients (scaled with float16 AMP). With several processes, call it inside
+        ``data_parallel.gradient_step`` (DDP all-reduces the gradients during this backward pass)."""
+        if self.data_parallel is not None:
+            loss = self.data_parallel.before_backward(loss)
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
         self.has_local_gradients = True
 

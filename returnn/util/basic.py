@@ -1,4 +1,7 @@
-"""RETURNN's ``returnn.util.basic`` import path, for the few helpers that configs and pipelines import from it."""
+"""RETURNN's ``returnn.util.basic`` import path, for the few helpers that configs and pipelines import from it.
+
+``cf`` and ``get_login_username`` live here; the others are imported from the modules named after their topic.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ import os
 import shutil
 import subprocess
 
-__all__ = ["cf"]
+from returnn.util.behavior_version import BehaviorVersion
+from returnn.util.numbers_dict import NumbersDict
+
+__all__ = ["BehaviorVersion", "NumbersDict", "cf", "get_login_username"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,3 +39,13 @@ def cf(filename: str) -> str:
         logger.warning("cf %s printed no path; using the file in place", filename)
         return filename
     return cached
+
+
+def get_login_username() -> str:
+    """The name of the user running the process (RETURNN's demos put it into their output paths)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password database
+        return str(os.getuid())

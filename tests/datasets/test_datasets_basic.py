@@ -250,3 +250,10 @@ def test_unpickled_in_a_fresh_interpreter(read_epoch):
         assert epoch == 3 and len(tags) == (5 if shard == 0 else 4)
         found.update(zip(tags, sums))
     assert found == expected
+
+
+def test_partition_epoch_larger_than_the_corpus_is_an_error_in_the_first_epoch(static_dataset, epoch_order):
+    dataset = static_dataset(seq_lens=[3, 4], partition_epoch=4, name="train")
+    with pytest.raises(DatasetError, match=r"partition_epoch=4 splits the 2 sequences .* at most 2"):
+        epoch_order(dataset, 1)
+    assert epoch_order(static_dataset(seq_lens=[3, 4], partition_epoch=2), 2) in ([0], [1])

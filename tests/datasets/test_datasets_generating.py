@@ -258,3 +258,10 @@ def test_get_corpus_seq_matches_the_epoch(read_epoch):
     seq = dataset.get_corpus_seq(3)
     assert seq.seq_tag == "seq-3"
     np.testing.assert_array_equal(seq.get_data("data"), seqs["seq-3"]["data"])
+
+
+def test_dummy_dataset_num_seqs_is_known_before_the_first_epoch():
+    dataset = DummyDataset(input_dim=2, output_dim=3, num_seqs=5)
+    assert dataset.num_seqs == 5
+    dataset.init_seq_order(epoch=1)
+    assert dataset.num_seqs == 5 and dataset.is_less_than_num_seqs(4) and not dataset.is_less_than_num_seqs(5)

@@ -261,3 +261,12 @@ def test_dataset_writer_error_leaves_no_file(tmp_path):
     with pytest.raises(DatasetError, match=r"sequence 'seq-1', key 'data': shape \(2, 4\) does not fit .*\[T, 3\]"):
         dump(source, tmp_path / "d.hdf")
     assert os.listdir(tmp_path) == []
+
+
+def test_written_file_has_the_permissions_of_other_outputs(tmp_path):
+    path = tmp_path / "out.hdf"
+    with SimpleHDFWriter(str(path), dim=2) as writer:
+        writer.insert_batch(np.zeros((1, 3, 2), dtype="float32"), [3], ["seq-0"])
+    other = tmp_path / "other.txt"
+    other.write_text("x")
+    assert os.stat(path).st_mode & 0o777 == os.stat(other).st_mode & 0o777 != 0o600

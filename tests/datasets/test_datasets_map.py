@@ -101,20 +101,46 @@ def test_wrapper_explicit_seq_list():
 class _BadItems(Utterances):
     def __getitem__(self, seq_idx):
         if seq_idx == 0:
-            return {"data": np.zeros((2, 3), dtype=np.float64), "classes": np.zeros(2, dtype=np.int32)}
+            return {"data": np.zeros((2, 3), dtype=np.int64), "classes": np.zeros(2, dtype=np.int32)}
         return {"data": np.zeros((2, 3), dtype=np.float32)}
 
 
 def test_wrapper_checks_the_items():
     dataset = MapDatasetWrapper(map_dataset=_BadItems())
     dataset.init_seq_order(epoch=1)
-    with pytest.raises(DatasetError, match=r"sequence 'utt-0', key 'data': got dtype float64, declared float32"):
+    with pytest.raises(DatasetError, match=r"sequence 'utt-0', key 'data': got dtype int64, declared float32"):
         dataset.load_seqs(0, 1)
     with pytest.raises(
         DatasetError,
         match=r"_BadItems\[1\] \('utt-1'\) returned \['data'\]; expected a dict with the keys of data_types",
     ):
         dataset.load_seqs(1, 2)
+
+
+class _NumpyDefaults(Utterances):
+    def __getitem__(self, seq_idx):
+        return {"data": np.full((2, 3), 0.5), "classes": np.array([1, 2])}  # float64 and int64: numpy's defaults
+
+
+def test_wrapper_converts_numpy_default_dtypes_where_no_dtype_is_declared():
+    dataset = MapDatasetWrapper(map_dataset=_NumpyDefaults())
+    dataset.init_seq_order(epoch=1)
+    dataset.load_seqs(0, 1)
+    assert dataset.get_data(0, "data").dtype == np.float32 and dataset.get_data(0, "data")[0, 0] == 0.5
+    assert dataset.get_data(0, "classes").dtype == np.int32 and dataset.get_data(0, "classes").tolist() == [1, 2]
+
+
+class _DeclaredFloat64(_NumpyDefaults):
+    def __init__(self):
+        super().__init__()
+        self.data_types = {"data": {"dim": 3, "dtype": "float64"}, "classes": {"dim": 4, "sparse": True}}
+
+
+def test_wrapper_keeps_a_declared_dtype():
+    dataset = MapDatasetWrapper(map_dataset=_DeclaredFloat64())
+    dataset.init_seq_order(epoch=1)
+    dataset.load_seqs(0, 1)
+    assert dataset.get_data(0, "data").dtype == np.float64
 
 
 def test_wrapper_bad_input():

@@ -127,6 +127,18 @@ def test_concat_needs_the_same_data():
         concat(seq_list_filter_file="x.txt")
 
 
+def test_concat_takes_the_largest_inferred_number_of_classes(read_epoch):
+    def labels(values: list[int]) -> dict:  # no output_dim: the classes are counted in the data
+        return {"class": "StaticDataset", "data": [{"data": np.zeros((2, 2), "float32"), "classes": np.array(values)}]}
+
+    dataset = init_dataset({"class": "ConcatDataset", "datasets": [labels([0, 2]), labels([5, 1])]})
+    assert dataset.get_data_dim("classes") == 6 and dataset.num_outputs["classes"] == (6, 1)
+    assert [data["classes"].tolist() for _, data in read_epoch(dataset, 1)] == [[0, 2], [5, 1]]
+    declared_smaller = {**labels([5, 1]), "output_dim": {"classes": (4, 1)}}
+    with pytest.raises(DatasetError, match="data key 'classes' differs between"):
+        init_dataset({"class": "ConcatDataset", "datasets": [labels([0, 7]), declared_smaller]})
+
+
 class _NoLengths(MapDatasetBase):
     def __init__(self):
         super().__init__(data_types={"data": {"dim": 2}, "classes": {"dim": 4, "sparse": True}})
@@ -203,6 +215,13 @@ def test_combined_random_dataset_keeps_each_datasets_order():
     assert dataset.seq_ordering == "random_dataset"
     parted = combined(seq_ordering="random_dataset", partition_epoch=2)
     assert sorted(sources(parted, 1) + sources(parted, 2)) == sorted(order)
+
+
+def test_combined_interleave_spreads_each_dataset_over_the_epoch():
+    # asr has 5 sequences, lm 3: next comes the one least far through its list (asr first on ties)
+    dataset = combined(seq_ordering="interleave")
+    assert sources(dataset, 1) == ["asr0", "lm0", "asr1", "lm1", "asr2", "asr3", "lm2", "asr4"]
+    assert dataset.seq_ordering == "interleave"
 
 
 def test_combined_joint_ordering_and_sub_dataset_options():

@@ -46,7 +46,7 @@ def test_total_loss_applies_scale_and_normalization():
     assert totals.add(run_ctx.losses, values.tolist()) == {"ce": 2.0, "aux": 2.0, "report_only": 100.0}
     totals.add(run_ctx.losses, [2.0, 1.0, 0.0, 2.0, 0.0, 1.0])
     # epoch score: sum of losses / sum of inv_norm_factors, not a mean of the step means
-    assert totals.scores("dev_loss_") == {"dev_loss_ce": 2.0, "dev_loss_aux": 1.0, "dev_loss_report_only": 50.0}
+    assert totals.scores("dev") == {"dev_loss_ce": 2.0, "dev_loss_aux": 1.0, "dev_loss_report_only": 50.0}
     assert math.isnan(LossTotals().add(run_ctx.losses, [1.0, 0.0, 1.0, 1.0, 1.0, 1.0])["ce"])
 
 

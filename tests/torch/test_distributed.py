@@ -91,12 +91,15 @@ def _options(value: Any) -> DistributedOptions:
 def test_options_defaults_and_mainline_forms():
     assert DistributedOptions.from_config(Config()) == DistributedOptions(None, 1800.0, "grad", None)
     assert _options({}) == DistributedOptions()
-    assert _options({"reduce_type": "grad_explicit"}).reduce_type == "grad"
+    assert _options({"reduce_type": "grad_explicit"}).reduce_type == "grad_explicit"
     assert _options({"reduce_type": "param", "param_sync_step": 10, "timeout_sec": 60}) == DistributedOptions(
         None, 60, "param", 10
     )
-    # options of mainline's DDP wrapper are accepted; without a wrapper they change nothing
-    assert _options({"options": {"find_unused_parameters": True}, "sync_on_cpu": True}) == DistributedOptions()
+    # mainline's form: DistributedDataParallel's arguments in 'options'; 'sync_on_cpu' is accepted and changes nothing
+    ddp = {"find_unused_parameters": True, "gradient_as_bucket_view": True}
+    assert _options({"options": ddp, "comm_hook": "bf16_compress", "sync_on_cpu": True}) == DistributedOptions(
+        options=ddp, comm_hook="bf16_compress"
+    )
     assert DistributedOptions().backend_for("cpu") == "gloo"
     assert DistributedOptions().backend_for("cuda:1") == "cpu:gloo,cuda:nccl"
     assert DistributedOptions(backend="gloo").backend_for("cuda") == "gloo"
@@ -108,7 +111,12 @@ def test_options_defaults_and_mainline_forms():
         ([], r"'torch_distributed': expected a dict"),
         ({"reduce_typ": "grad"}, r"unknown option\(s\) 'reduce_typ'; choose from: \['backend', 'timeout_sec'"),
         ({"class": object}, r"'class' \(a custom DDP wrapper\) is not supported"),
-        ({"reduce_type": "avg"}, r"unknown reduce_type 'avg'; choose one of: grad, param"),
+        ({"reduce_type": "avg"}, r"unknown reduce_type 'avg'; choose one of: grad, grad_explicit, param"),
+        ({"options": {"find_unused": True}}, r"'options' has \['find_unused'\], which DistributedDataParallel does"),
+        ({"options": {"device_ids": [0]}}, r"'options' must not set \['device_ids'\]: the trainer sets them"),
+        ({"options": True}, r"'options' must be a dict of DistributedDataParallel arguments, got True"),
+        ({"reduce_type": "grad_explicit", "options": {}}, r"'options' is used only with reduce_type 'grad'"),
+        ({"comm_hook": "powersgd"}, r"unknown comm_hook 'powersgd'; choose one of: fp16_compress, bf16_compress"),
         ({"reduce_type": "param"}, r"reduce_type 'param' needs 'param_sync_step', an int >= 1 .* got None"),
         ({"param_sync_step": 5}, r"'param_sync_step' is used only with reduce_type 'param'"),
         ({"timeout_sec": 0}, r"'timeout_sec' must be a number > 0, got 0"),

@@ -58,6 +58,13 @@ def _as_label_bytes(labels: Sequence[str]) -> np.ndarray:
     return np.array(encoded, dtype=f"S{max([len(b) for b in encoded] + [1])}")
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class _HDFAppender:
     """Appends sequences to a file in RETURNN's HDF layout (the part both writers share).
 
@@ -87,6 +94,7 @@ class _HDFAppender:
             dir=directory, prefix=f".{os.path.basename(self.filename)}.", suffix=".tmp"
         )
         os.close(fd)
+        os.chmod(self.tmp_filename, 0o666 & ~_umask())  # mkstemp makes it private (0600); outputs are shared
         self.file: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
         self._target_keys: list[str] | None = None  # sorted; fixed once sequences were written

@@ -171,6 +171,66 @@ class DescribedByInner:
         return self.inner.get_data_shape(key)
 
 
+class EpochOfInner:
+    """Mixin for a dataset whose current epoch is that of ``self.inner`` (sequences, their order and count); put it
+    before :class:`DescribedByInner` and the Dataset base class."""
+
+    inner: Dataset
+
+    def _get_epoch_seq_order(
+        self, epoch: int | None, seq_list: Sequence[str] | None, seq_order: Sequence[int] | None
+    ) -> None:
+        return None  # the inner dataset's
+
+    @property
+    def num_seqs(self) -> int:
+        return self.inner.num_seqs
+
+    def is_less_than_num_seqs(self, n: int) -> bool:
+        return self.inner.is_less_than_num_seqs(n)
+
+    def get_current_seq_order(self) -> list[int]:
+        return self.inner.get_current_seq_order()
+
+    def have_corpus_seq_idx(self) -> bool:
+        return self.inner.have_corpus_seq_idx()
+
+    def finish_epoch(self) -> None:
+        super().finish_epoch()
+        self.inner.finish_epoch()
+
+    def load_seqs(self, start: int, end: int) -> None:
+        self.inner.load_seqs(start, end)
+
+    def get_data(self, seq_idx: int, key: str) -> np.ndarray:
+        return self.inner.get_data(seq_idx, key)
+
+    def get_tag(self, seq_idx: int) -> str:
+        return self.inner.get_tag(seq_idx)
+
+    def get_seq_length(self, seq_idx: int) -> dict[str, int]:
+        return self.inner.get_seq_length(seq_idx)
+
+
+class CorpusOfInner:
+    """Mixin for a dataset that wraps ``self.inner`` with its corpus: the same tags, and sharding passed on."""
+
+    inner: Dataset
+
+    def set_sharding(self, shard_index: int, num_shards: int) -> None:
+        super().set_sharding(shard_index, num_shards)
+        self.inner.set_sharding(shard_index, num_shards)
+
+    def supports_sharding(self) -> bool:
+        return self.inner.supports_sharding()
+
+    def get_total_num_seqs(self) -> int:
+        return self.inner.get_total_num_seqs()
+
+    def get_all_tags(self) -> list[str]:
+        return self.inner.get_all_tags()
+
+
 class DescribedBySpecs:
     """Mixin for a dataset that describes its data keys by ``self._specs: dict[str, DataSpec]``."""
 

@@ -12,9 +12,10 @@ batches from the workers in turn. For example, 8 sequences (epoch order 0..7) wi
 give two batches of 4, not one of 8: first worker 0's ``[0, 2, 4, 6]``, then worker 1's ``[1, 3, 5, 7]``. A
 dataset that cannot be sharded works only with one shard; asking for more is a ConfigError.
 
-Spawned workers: the dataset is pickled once, when the loader is built. A worker first rebuilds the config from
-its command line (``DataPipelineOptions.config_args``; this installs the ``__returnn_config__`` module), then
-unpickles the dataset, so that functions and classes defined in the config file (e.g. a ``map_seq``) resolve.
+Spawned workers: the dataset is pickled once, when the loader is built. If the pickle refers to functions or classes
+defined in the config file (e.g. a ``map_seq``), a worker first rebuilds the config from its command line
+(``DataPipelineOptions.config_args``; this installs the ``__returnn_config__`` module), so that they resolve; then it
+unpickles the dataset. Other datasets do not execute the config file again.
 
 Shutdown: :meth:`BatchLoader.close` stops the workers; the same happens when the loader is garbage collected and
 at interpreter exit. Workers also exit on their own when the main process dies (torch's watchdog).
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.utils.data
 
+from returnn.config import Config, load_config
 from returnn.errors import ConfigError, DatasetError
 from returnn.log import V4
 from returnn.torch.data.batching import exceeds_batch_size
@@ -130,9 +132,8 @@ class PipelineDataset(torch.utils.data.IterableDataset):
         This runs inside the first iteration rather than while the worker process unpickles its arguments, so
         that an error reaches the main process as the exception it is, not as a dead worker.
         """
-        if self.options.config_args:
-            from returnn.config import load_config
-
+        # only a dataset that refers to the config module needs it (the config's side effects run once per worker)
+        if self.options.config_args and Config.MODULE_NAME.encode() in self._dataset_bytes:
             load_config(self.options.config_args)
         try:
             return pickle.loads(self._dataset_bytes)

@@ -23,51 +23,70 @@ if TYPE_CHECKING:
 
 __all__ = ["DataPipelineOptions"]
 
-declare_options(
-    "Data pipeline",
-    {
-        "batch_size": (
-            1,
-            "Maximum padded size of a batch (longest sequence x number of sequences): an int for every key, or "
-            "{key: int}. A longer single sequence forms a batch of its own.",
-        ),
-        "max_seqs": (-1, "Maximum number of sequences per batch; -1 for no limit."),
-        "batching_drop_last": (False, "Drop the last batch of each epoch in training (alias: batch_drop_last)."),
-        "batch_drop_last": (None, "Alias of batching_drop_last (Mini-RETURNN's name)."),
-        "min_seq_length": (
-            None,
-            "Drop sequences shorter than this (an int for every key, or {key: int}; keys not in the data are "
-            "ignored). Not applied when forwarding.",
-        ),
-        "max_seq_length": (None, "Drop sequences longer than this (like min_seq_length)."),
-        "chunking_options": (
-            None,
-            'Mini-RETURNN\'s chunking: {"chunk_streams": {key: {"size": int, "step": int (default size), '
-            '"min_chunk_size": int (default 0)}}, "random_chunk_start": bool}. Not applied when forwarding.',
-        ),
-        "chunking": (
-            None,
-            'RETURNN\'s chunking: size, "size:step", (size, step) or ({key: size}, {key: step}); 0 disables it. '
-            "An int or a string chunks every key with a time axis alike.",
-        ),
-        "min_chunk_size": (None, "With chunking: drop chunks shorter than this (int, or {key: int}); default 0."),
-        "online_shuffle_batches": (
-            None,
-            'Shuffle batches through a buffer of this many batches in training (int, or {"buffer_size": int, '
-            '"seed": int}; the seed is combined with the epoch and shard).',
-        ),
-        "num_workers_per_gpu": (
-            None,
-            "DataLoader worker processes per device; 0 loads in the main process. Default: 0 on CPU (a worker "
-            "competes with training for the cores), 1 on CUDA (it overlaps loading with GPU compute).",
-        ),
-        "torch_dataloader_opts": (
-            None,
-            "Extra torch DataLoader arguments, e.g. {'prefetch_factor': 4, 'pin_memory': True}; "
-            "'num_workers' is the same as num_workers_per_gpu.",
-        ),
-    },
+_OPTIONS = {
+    "batch_size": (
+        1,
+        "Maximum padded size of a batch (longest sequence x number of sequences): an int for every key, or "
+        "{key: int}. A longer single sequence forms a batch of its own.",
+    ),
+    "max_seqs": (-1, "Maximum number of sequences per batch; -1 for no limit."),
+    "batching_drop_last": (False, "Drop the last batch of each epoch in training (alias: batch_drop_last)."),
+    "batch_drop_last": (None, "Alias of batching_drop_last (Mini-RETURNN's name)."),
+    "min_seq_length": (
+        None,
+        "Drop sequences shorter than this (an int for every key, or {key: int}; keys not in the data are "
+        "ignored). Not applied when forwarding.",
+    ),
+    "max_seq_length": (None, "Drop sequences longer than this (like min_seq_length)."),
+    "chunking_options": (
+        None,
+        'Mini-RETURNN\'s chunking: {"chunk_streams": {key: {"size": int, "step": int (default size), '
+        '"min_chunk_size": int (default 0)}}, "random_chunk_start": bool}. Not applied when forwarding.',
+    ),
+    "chunking": (
+        None,
+        'RETURNN\'s chunking: size, "size:step", (size, step) or ({key: size}, {key: step}); 0 disables it. '
+        "An int or a string chunks every key with a time axis alike.",
+    ),
+    "min_chunk_size": (None, "With chunking: drop chunks shorter than this (int, or {key: int}); default 0."),
+    "online_shuffle_batches": (
+        None,
+        'Shuffle batches through a buffer of this many batches in training (int, or {"buffer_size": int, '
+        '"seed": int}; the seed is combined with the epoch and shard).',
+    ),
+    "num_workers_per_gpu": (
+        None,
+        "DataLoader worker processes per device; 0 loads in the main process. Default: 0 on CPU (a worker "
+        "competes with training for the cores), 1 on CUDA (it overlaps loading with GPU compute).",
+    ),
+    "torch_dataloader_opts": (
+        None,
+        "Extra torch DataLoader arguments, e.g. {'prefetch_factor': 4, 'pin_memory': True}; "
+        "'num_workers' is the same as num_workers_per_gpu.",
+    ),
+}
+declare_options("Data pipeline", _OPTIONS)
+
+
+# the keys that parse() reads besides the drop_last pair
+_PARSED_KEYS = (
+    "batch_size",
+    "max_seqs",
+    "min_seq_length",
+    "max_seq_length",
+    "chunking_options",
+    "chunking",
+    "min_chunk_size",
+    "online_shuffle_batches",
+    "num_workers_per_gpu",
+    "torch_dataloader_opts",
 )
+
+
+def _default(key: str) -> Any:
+    """The declared default of an option (its one home)."""
+    return _OPTIONS[key][0]
+
 
 # DataLoader arguments a config may set; the others are the pipeline's own.
 _DATALOADER_PASSTHROUGH = (
@@ -102,7 +121,7 @@ class DataPipelineOptions:
         it before they unpickle the dataset, so that functions and classes defined in the config resolve.
     """
 
-    batch_size: BatchSize = 1
+    batch_size: BatchSize
     max_seqs: int | None = None
     drop_last: bool = False
     min_seq_length: LengthLimit = None
@@ -125,20 +144,8 @@ class DataPipelineOptions:
             if config.has("batching_drop_last") and alias != drop_last:
                 problems.append("'batching_drop_last' and its alias 'batch_drop_last' disagree; set only one")
             drop_last = alias
-        keys = (
-            "batch_size",
-            "max_seqs",
-            "min_seq_length",
-            "max_seq_length",
-            "chunking_options",
-            "chunking",
-            "min_chunk_size",
-            "online_shuffle_batches",
-            "num_workers_per_gpu",
-            "torch_dataloader_opts",
-        )
         return cls.parse(
-            **{key: _literal(config.typed_value(key)) for key in keys},
+            **{key: _literal(config.typed_value(key)) for key in _PARSED_KEYS},
             drop_last=drop_last,
             config_args=tuple(config.cmd_args()) if config.files else (),
             problems=problems,
@@ -146,40 +153,33 @@ class DataPipelineOptions:
 
     @classmethod
     def parse(
-        cls,
-        *,
-        batch_size: Any = 1,
-        max_seqs: Any = -1,
-        drop_last: bool = False,
-        min_seq_length: Any = None,
-        max_seq_length: Any = None,
-        chunking_options: Any = None,
-        chunking: Any = None,
-        min_chunk_size: Any = None,
-        online_shuffle_batches: Any = None,
-        num_workers_per_gpu: Any = None,
-        torch_dataloader_opts: Any = None,
-        config_args: tuple[str, ...] = (),
-        problems: list[str] | None = None,
+        cls, *, config_args: tuple[str, ...] = (), problems: list[str] | None = None, **raw: Any
     ) -> DataPipelineOptions:
-        """Check raw config values (named like the config keys) and build the options.
+        """Check raw config values and build the options.
 
+        :param raw: values named like the config keys (``drop_last`` for ``batching_drop_last``); a key not given
+            takes its declared default.
         :param problems: problems :meth:`from_config` found already; they are reported together with these.
         :raises ConfigError: listing every problem found.
         """
+        unknown = sorted(set(raw) - set(_PARSED_KEYS) - {"drop_last"})
+        if unknown:
+            raise TypeError(f"DataPipelineOptions.parse: unknown options {unknown}")
+        drop_last = raw.pop("drop_last", _default("batching_drop_last"))
+        values = {key: raw.get(key, _default(key)) for key in _PARSED_KEYS}
         problems = list(problems or [])
-        shuffle_buffer_size, shuffle_seed = _online_shuffle_batches(online_shuffle_batches, problems)
+        shuffle_buffer_size, shuffle_seed = _online_shuffle_batches(values["online_shuffle_batches"], problems)
         options = cls(
-            batch_size=_batch_size(batch_size, problems),
-            max_seqs=_max_seqs(max_seqs, problems),
+            batch_size=_batch_size(values["batch_size"], problems),
+            max_seqs=_max_seqs(values["max_seqs"], problems),
             drop_last=bool(drop_last),
-            min_seq_length=_length_limit("min_seq_length", min_seq_length, problems),
-            max_seq_length=_length_limit("max_seq_length", max_seq_length, problems),
-            chunking=_chunking(chunking_options, chunking, min_chunk_size, problems),
+            min_seq_length=_length_limit("min_seq_length", values["min_seq_length"], problems),
+            max_seq_length=_length_limit("max_seq_length", values["max_seq_length"], problems),
+            chunking=_chunking(values["chunking_options"], values["chunking"], values["min_chunk_size"], problems),
             shuffle_buffer_size=shuffle_buffer_size,
             shuffle_seed=shuffle_seed,
-            num_workers=_num_workers(num_workers_per_gpu, torch_dataloader_opts, problems),
-            dataloader_opts=_dataloader_opts(torch_dataloader_opts, problems),
+            num_workers=_num_workers(values["num_workers_per_gpu"], values["torch_dataloader_opts"], problems),
+            dataloader_opts=_dataloader_opts(values["torch_dataloader_opts"], problems),
             config_args=tuple(config_args),
         )
         if problems:

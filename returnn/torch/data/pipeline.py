@@ -43,8 +43,9 @@ def iterate_batches(
 ) -> Iterator[CollatedBatch]:
     """The collated batches of one epoch (of one shard), in the calling process.
 
-    What each mode applies: ``train`` all stages; ``eval`` no batch shuffling and no ``drop_last`` (every
-    sequence is evaluated); ``forward`` also no length filter and no chunking (every sequence, whole).
+    What each mode applies: ``train`` all stages (``drop_last`` drops the last batch of the last shard: one batch
+    per epoch); ``eval`` no batch shuffling and no ``drop_last`` (every sequence is evaluated); ``forward`` also no
+    length filter and no chunking (every sequence, whole).
 
     Random choices (chunk starts, batch shuffling) are seeded by (epoch, shard): reproducible for the same
     number of shards.
@@ -57,9 +58,9 @@ def iterate_batches(
         items = filter_by_length(items, min_seq_length=options.min_seq_length, max_seq_length=options.max_seq_length)
         if options.chunking is not None:
             items = chunk_items(items, options.chunking, rng=_rng(epoch, shard_index, _CHUNKING_STREAM))
-    batches = batch_items(
-        items, batch_size=options.batch_size, max_seqs=options.max_seqs, drop_last=options.drop_last and mode == "train"
-    )
+    # drop_last drops one batch per epoch, not one per shard: the last shard's last batch
+    drop_last = options.drop_last and mode == "train" and shard_index == num_shards - 1
+    batches = batch_items(items, batch_size=options.batch_size, max_seqs=options.max_seqs, drop_last=drop_last)
     if mode == "train" and options.shuffle_buffer_size:
         batches = shuffle_batches(
             batches,

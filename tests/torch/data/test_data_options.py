@@ -38,6 +38,12 @@ def test_defaults():
     assert options == DataPipelineOptions(batch_size=1, max_seqs=None, drop_last=False, num_workers=None)
 
 
+def test_parse_takes_the_declared_defaults():
+    assert DataPipelineOptions.parse() == DataPipelineOptions.from_config(Config())
+    with pytest.raises(TypeError, match="unknown options"):
+        DataPipelineOptions.parse(bach_size=5)
+
+
 def test_from_config_reads_every_key():
     config = Config(
         {

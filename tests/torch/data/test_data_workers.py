@@ -188,3 +188,26 @@ def test_a_crash_in_the_main_process_leaves_no_worker_processes(tmp_path):
     while any(_running(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in children if _running(pid)]
+
+
+def test_spawned_worker_does_not_execute_the_config_for_a_dataset_without_config_functions(tmp_path):
+    marker = tmp_path / "executions.txt"
+    path = tmp_path / "plain.config"
+    path.write_text(
+        "#!rnn.py\n"
+        f"with open({str(marker)!r}, 'a') as f:\n"
+        "    f.write('executed\\n')\n"
+        "train = {'class': 'DummyDataset', 'input_dim': 2, 'output_dim': 3, 'num_seqs': 4, 'seq_len': 3}\n"
+        "num_workers_per_gpu = 1\n"
+    )
+    try:
+        config = load_config([str(path)])
+        options = DataPipelineOptions.from_config(config)
+        assert options.config_args and options.num_workers == 1
+        from returnn.datasets import init_dataset
+
+        with build_data_loader(init_dataset(config.typed_value("train")), options) as loader:
+            assert sum(batch["data"].shape[0] for batch in loader.iter_epoch(1)) == 4
+    finally:
+        sys.modules.pop(Config.MODULE_NAME, None)
+    assert marker.read_text() == "executed\n"  # by load_config in this process only

@@ -1,0 +1,521 @@
+"""Recurrent units: ``{"class": "rec", "unit": {...layers...}}``, a network run once per time step.
+
+Inside the unit a layer sees one step (``[B, F]``). References: a unit layer ``x`` (this step), ``prev:x`` (its
+output at the previous step; at the first step its ``initial_output``, zeros by default), ``base:x`` (a layer of the
+enclosing network, whole), ``data:source`` or ``data`` (this step's frame of the rec layer's input), ``data:KEY``
+(this step's frame of the data key KEY) and ``:i`` (the step index).
+
+Training runs with teacher forcing (a ``choice`` layer gives the target), and only what must be computed step by
+step runs in the loop, as RETURNN moves layers out of its loop:
+
+- the **loop** layers: those on a cycle through ``prev:`` references, and what such a layer needs that itself
+  depends on one;
+- the **pre** layers (depending on no loop layer) run once over the whole sequence before the loop;
+- the **post** layers (depending on loop layers, but needed by none) run once over the stacked loop outputs after it.
+
+A layer that runs over the whole sequence sees the steps as rows of a larger batch (``[B*T, F]``), which is exactly
+its per-step computation; ``rnn_cell`` and ``cumsum`` outside the loop run over the time axis instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from returnn.errors import ConfigError
+from returnn.torch.network.construction import LayerEntry, NetworkBuilder, output_layer_names
+from returnn.torch.network.data import DataSpec, LayerOutput
+from returnn.torch.network.layers.base import Layer, LayerContext, concat_outputs, concat_spec
+from returnn.torch.network.layers.loop import ChoiceLayer, StatefulLayer
+from returnn.torch.network.losses import LossSpec
+
+__all__ = ["RecOutput", "RecUnitLayer", "UnitBuilder", "unit_dependencies"]
+
+_PREFIXES = ("prev:", "base:", "data:")
+
+
+def _strip(ref: str) -> str:
+    return ref.split(":", 1)[1] if ref.startswith(_PREFIXES) else ref
+
+
+def _refs_of(layer: dict[str, Any]) -> list[str]:
+    """Every reference a unit layer makes (its ``from`` and the options that name layers)."""
+    sources = layer.get("from", "data")
+    refs = [sources] if isinstance(sources, str) else list(sources or [])
+    for key in ("base", "weights", "position", "keys", "values", "chunking_layer"):
+        value = layer.get(key)
+        if isinstance(value, str):
+            refs.append(value)
+    return refs
+
+
+def unit_dependencies(unit: dict[str, Any], default_target: str) -> list[str]:
+    """What a unit needs from outside, as references of the enclosing network: its ``base:`` layers (as names)
+    and its data keys (``data:KEY``, targets of choice layers and losses included), sorted."""
+    deps = set()
+    for layer in unit.values():
+        if not isinstance(layer, dict):
+            continue
+        for ref in _refs_of(layer):
+            if ref.startswith("base:"):
+                deps.add(ref[len("base:") :])
+            elif ref.startswith("data:") and ref != "data:source":
+                deps.add(ref)
+        if layer.get("class") == "choice" or layer.get("loss"):
+            target = layer.get("target", default_target)
+            if isinstance(target, str) and not target.startswith("layer:"):
+                deps.add(f"data:{target}")
+    return sorted(deps)
+
+
+class UnitBuilder(NetworkBuilder):
+    """Builds the layers of a unit with per-step specs.
+
+    A reference that closes a cycle through ``prev:`` cannot wait for the layer to be built: its spec is taken from
+    the layer's options (``n_out``; the target of a ``choice`` layer) and checked once the layer is built.
+
+    :param unit: the unit dict
+    :param rec_name: the rec layer's name, for messages
+    :param outer: the specs of the enclosing network's references the unit makes (``name`` and ``data:KEY``)
+    :param input_spec: the spec of the rec layer's input (with its time axis), or None without ``from``
+    """
+
+    def __init__(
+        self,
+        unit: dict[str, Any],
+        *,
+        rec_name: str,
+        outer: dict[str, DataSpec],
+        input_spec: DataSpec | None,
+        default_target: str,
+    ):
+        data_specs = {
+            ref[len("data:") :]: spec.copy(time=False) for ref, spec in outer.items() if ref.startswith("data:")
+        }
+        if input_spec is not None:
+            data_specs["source"] = input_spec.copy(time=False)
+        for name, layer in unit.items():
+            if not isinstance(name, str) or not name or "." in name or "/" in name or ":" in name:
+                raise ConfigError(f"network: layer {rec_name!r}: unit layer name {name!r} must be a plain name")
+            if not isinstance(layer, dict):
+                raise ConfigError(f"network: layer {rec_name}/{name}: expected a dict {{'class': ...}}, got {layer!r}")
+            if layer.get("class") == "subnetwork":
+                raise ConfigError(f"network: layer {rec_name}/{name}: subnetworks inside a rec unit are not supported")
+        layers = {name: dict(layer) for name, layer in unit.items()}
+        for layer in layers.values():
+            if layer.get("class") == "rec" and isinstance(layer.get("unit", "lstm"), str):
+                layer["class"] = "rnn_cell"  # a cell unit inside a unit runs one step at a time
+        super().__init__(layers, data_specs, default_target)
+        self.rec_name = rec_name
+        self.outer = outer
+        self._via_prev: list[bool] = []
+        self._next_via_prev = False
+        self.guessed: dict[str, DataSpec] = {}
+
+    def build(self) -> list[LayerEntry]:
+        if "output" not in self.flat:
+            raise ConfigError(f"network: layer {self.rec_name!r}: its unit needs an 'output' layer")
+        names = output_layer_names(self.flat) + (["end"] if "end" in self.flat else [])
+        for name in names:
+            self._build(name, needed_by=None)
+        for name, guess in self.guessed.items():
+            if self.specs[name] != guess:
+                raise ConfigError(
+                    f"network: layer {self.rec_name}/{name}: prev:{name} was taken as {guess.describe()} (from its "
+                    f"options), but the layer outputs {self.specs[name].describe()}; set its n_out"
+                )
+        return list(self.entries.values())
+
+    def source_spec(self, ref: str, needed_by: str) -> DataSpec:
+        if ref == ":i":
+            return DataSpec(dim=None, time=False, dtype="int64")
+        if ref == "data":
+            ref = "data:source"
+        if ref == "data:source" and "source" not in self.data_specs:
+            raise ConfigError(
+                f"network: layer {self.rec_name}/{needed_by}: 'data:source' is the rec layer's input, but "
+                f"{self.rec_name!r} has no 'from'"
+            )
+        if ref.startswith("data:"):
+            return super().source_spec(ref, needed_by)
+        if ref.startswith("base:"):
+            name = ref[len("base:") :]
+            if name not in self.outer:
+                raise ConfigError(f"network: layer {self.rec_name}/{needed_by}: {ref} names no layer of the network")
+            return self.outer[name]
+        via_prev = ref.startswith("prev:")
+        name = _strip(ref)
+        if via_prev and name not in self.flat:
+            raise ConfigError(
+                f"network: layer {self.rec_name}/{needed_by}: {ref!r} names no layer of the unit"
+                f" (layers: {', '.join(self.flat)})"
+            )
+        if name in self.specs:
+            return self.specs[name]
+        if name in self._building:
+            position = self._building.index(name)
+            if via_prev or any(self._via_prev[position + 1 :]):
+                return self._guess(name, needed_by)
+        self._next_via_prev = via_prev
+        self._build(name, needed_by=needed_by)
+        return self.specs[name]
+
+    def _build(self, name: str, *, needed_by: str | None) -> None:
+        if name in self.entries:
+            return
+        self._via_prev.append(self._next_via_prev)
+        self._next_via_prev = False
+        try:
+            super()._build(name, needed_by=f"{self.rec_name}/{needed_by}" if needed_by else None)
+        finally:
+            self._via_prev.pop()
+
+    def _guess(self, name: str, needed_by: str) -> DataSpec:
+        options = self.flat[name]
+        spec = None
+        if options.get("class") == "choice":
+            target = options.get("target", self.default_target)
+            if target in self.data_specs:
+                spec = self.data_specs[target]
+        elif options.get("n_out") is not None:
+            spec = DataSpec(dim=options["n_out"], time=False)
+        if spec is None:
+            raise ConfigError(
+                f"network: layer {self.rec_name}/{needed_by}: needs {name!r} of the previous step before {name!r} "
+                f"can be built; give {self.rec_name}/{name} an 'n_out'"
+            )
+        self.guessed[name] = spec
+        return spec
+
+
+@dataclasses.dataclass
+class RecOutput(LayerOutput):
+    """The output of a rec layer with a unit, and every unit layer's output over the whole sequence."""
+
+    inner: dict[str, LayerOutput] = dataclasses.field(default_factory=dict)
+
+
+class RecUnitLayer(Layer):
+    """``rec`` with a ``unit`` dict: see the module doc. Its unit's parameters are ``<rec>.<unit layer>.<param>``."""
+
+    layer_class = "rec"
+    concat_sources = False
+
+    def __init__(
+        self,
+        ctx: LayerContext,
+        *,
+        unit: dict[str, Any],
+        n_out: int | None = None,
+        max_seq_len: Any = None,
+        size_target: str | None = None,
+        unit_opts: dict[str, Any] | None = None,
+    ):
+        super().__init__(ctx)
+        default_target = ctx.builder.default_target if ctx.builder is not None else "classes"
+        self.dep_refs = unit_dependencies(unit, default_target)
+        num_from = len(ctx.sources) - len(self.dep_refs)
+        input_spec = concat_spec(ctx.sources[:num_from], ctx) if num_from else None
+        if input_spec is not None and not input_spec.time:
+            raise ctx.error(f"its input {input_spec.describe()} has no time axis to iterate over")
+        self.num_from = num_from
+        outer = {
+            (ref if ref.startswith("data:") else ref): spec for ref, spec in zip(self.dep_refs, ctx.sources[num_from:])
+        }
+        builder = UnitBuilder(
+            unit, rec_name=ctx.name, outer=outer, input_spec=input_spec, default_target=default_target
+        )
+        self.entries = builder.build()
+        for entry in self.entries:
+            self._modules[entry.name] = entry.module
+        self.time_key = self._time_key(size_target, ctx, input_spec)
+        self.max_seq_len = max_seq_len
+        self.phases = loop_phases(self.entries)
+        self.order = run_order(self.entries, teacher_forcing=True)
+        self.inner_losses: dict[str, LossSpec] = {e.name: e.loss for e in self.entries if e.loss is not None}
+        self.out_spec = builder.specs["output"].copy(time=True)
+        if n_out is not None and self.out_spec.dim != n_out:
+            raise ctx.error(f"n_out={n_out}, but the unit's output is {self.out_spec.describe()}")
+
+    def _time_key(self, size_target: str | None, ctx: LayerContext, input_spec: DataSpec | None) -> str | None:
+        """The data key whose lengths are the loop's in training (None: the input's)."""
+        if input_spec is not None and size_target is None:
+            return None
+        key = size_target
+        if key is None:
+            choices = [e for e in self.entries if isinstance(e.module, ChoiceLayer)]
+            targets = [r for e in choices for r in e.sources if r.startswith("data:")]
+            key = targets[0][len("data:") :] if targets else None
+        if key is None:
+            raise ctx.error("needs a 'from' with a time axis, or a choice layer with a target, to know its length")
+        return key
+
+    @staticmethod
+    def dependencies_from_options(options: dict[str, Any], builder: NetworkBuilder) -> list[str]:
+        return unit_dependencies(options["unit"], builder.default_target)
+
+    def forward(self, sources: list[LayerOutput]) -> RecOutput:
+        x = concat_outputs(sources[: self.num_from]) if self.num_from else None
+        outer = dict(zip(self.dep_refs, sources[self.num_from :]))
+        timing = x if self.time_key is None else outer[f"data:{self.time_key}"]
+        run = _TeacherForcedRun(self, x, outer, timing.tensor.shape[1], timing.lengths)
+        return run.run()
+
+
+def current_edges(entries: list[LayerEntry], *, teacher_forcing: bool) -> dict[str, set[str]]:
+    """For each unit layer the unit layers it reads at the same step (with teacher forcing a choice reads none)."""
+    names = {e.name for e in entries}
+    edges = {e.name: {r for r in e.sources if r in names} for e in entries}
+    if teacher_forcing:
+        for entry in entries:
+            if isinstance(entry.module, ChoiceLayer):
+                edges[entry.name] = set()
+    return edges
+
+
+def run_order(entries: list[LayerEntry], *, teacher_forcing: bool) -> list[LayerEntry]:
+    """The unit layers in an order in which each comes after the layers it reads at the same step."""
+    edges = current_edges(entries, teacher_forcing=teacher_forcing)
+    by_name = {e.name: e for e in entries}
+    order: list[LayerEntry] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        done.add(name)
+        for dep in sorted(edges[name]):
+            visit(dep)
+        order.append(by_name[name])
+
+    for entry in entries:
+        visit(entry.name)
+    return order
+
+
+def loop_phases(entries: list[LayerEntry]) -> dict[str, str]:
+    """For each unit layer whether it runs ``"pre"`` (before the loop, over the whole sequence), in the ``"loop"``
+    or ``"post"`` (after it); in training, where a choice layer's label is the target."""
+    current = current_edges(entries, teacher_forcing=True)
+    previous = {e.name: {r[5:] for r in e.sources if r.startswith("prev:")} for e in entries}
+    edges = {name: current[name] | previous[name] for name in current}
+    reach = {name: _reachable(name, edges) for name in edges}  # what each layer depends on, transitively
+    on_cycle = {name for name in edges if name in reach[name]}
+    depends_on_cycle = {name for name in edges if reach[name] & on_cycle or name in on_cycle}
+    needed_by_cycle = set()
+    for name in on_cycle:
+        needed_by_cycle |= _reachable(name, current)
+    phases = {}
+    for name in edges:
+        if name in on_cycle or (name in depends_on_cycle and name in needed_by_cycle):
+            phases[name] = "loop"
+        elif name in depends_on_cycle:
+            phases[name] = "post"
+        else:
+            phases[name] = "pre"
+    return phases
+
+
+def _reachable(start: str, edges: dict[str, set[str]]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(edges.get(start, ()))
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        stack.extend(edges.get(name, ()))
+    return seen
+
+
+class _TeacherForcedRun:
+    """One forward pass of a unit in training / scoring: pre layers, the loop, post layers (see the module doc)."""
+
+    def __init__(
+        self,
+        layer: RecUnitLayer,
+        x: LayerOutput | None,
+        outer: dict[str, LayerOutput],
+        time: int,
+        lengths: torch.Tensor,
+    ):
+        self.layer = layer
+        self.x = x
+        self.outer = outer
+        self.time = time
+        self.lengths = lengths
+        self.batch = lengths.shape[0]
+        self.full: dict[str, LayerOutput] = {}  # unit layer -> [B, T, ...]
+
+    def run(self) -> RecOutput:
+        order = self.layer.order
+        phases = self.layer.phases
+        for entry in order:
+            if phases[entry.name] == "pre":
+                self.full[entry.name] = self._over_time(entry)
+        loop = [e for e in order if phases[e.name] == "loop"]
+        if loop:
+            self._loop(loop)
+        for entry in order:
+            if phases[entry.name] == "post":
+                self.full[entry.name] = self._over_time(entry)
+        out = self.full["output"]
+        return RecOutput(out.tensor, self.lengths, self.layer.out_spec, inner=dict(self.full))
+
+    # ------------------------------------------------------------ whole sequences (pre and post)
+
+    def _flat(self, out: LayerOutput) -> LayerOutput:
+        """``[B, T, ...]`` as ``[B*T, ...]`` steps."""
+        tensor = out.tensor.reshape(self.batch * self.time, *out.tensor.shape[2:])
+        return LayerOutput(tensor, None, out.spec.copy(time=False))
+
+    def _unflat(self, out: LayerOutput) -> LayerOutput:
+        tensor = out.tensor.reshape(self.batch, self.time, *out.tensor.shape[1:])
+        return LayerOutput(tensor, self.lengths, out.spec.copy(time=True), _unflat_opt(out.pre_activation, self))
+
+    def _over_time(self, entry: LayerEntry) -> LayerOutput:
+        sources = [self._flat_source(ref, entry) for ref in _teacher_forced_refs(entry)]
+        module = entry.module
+        if isinstance(module, StatefulLayer):
+            whole = _apply_dropout(module, entry, [self._unflat(s) for s in sources])
+            return module.sequence(whole[0] if len(whole) == 1 else concat_outputs(whole))
+        return self._unflat(_call(module, entry, sources))
+
+    def _flat_source(self, ref: str, entry: LayerEntry) -> LayerOutput:
+        if ref.startswith("base:"):
+            base = self.outer[ref[len("base:") :]]
+            return _repeat_batch(base, self.time)
+        if ref in ("data", "data:source"):
+            return self._flat(_fit_time(self.x, self.time))
+        if ref.startswith("data:"):
+            return self._flat(_fit_time(self.outer[ref], self.time))
+        if ref == ":i":
+            steps = torch.arange(self.time, device=self.lengths.device).repeat(self.batch)
+            return LayerOutput(steps, None, DataSpec(dim=None, time=False, dtype="int64"))
+        if ref.startswith("prev:"):
+            name = ref[len("prev:") :]
+            full = self.full[name]
+            first = _initial(self.layer.entries, name, self.batch, full.tensor[:, 0])
+            shifted = torch.cat([first[:, None], full.tensor[:, :-1]], dim=1)
+            return self._flat(LayerOutput(shifted, full.lengths, full.spec))
+        return self._flat(self.full[ref])
+
+    # ------------------------------------------------------------ the loop
+
+    def _loop(self, loop: list[LayerEntry]) -> None:
+        previous: dict[str, LayerOutput] = {}
+        states: dict[str, Any] = {}
+        steps: dict[str, list[torch.Tensor]] = {e.name: [] for e in loop}
+        for t in range(self.time):
+            current: dict[str, LayerOutput] = {}
+            for entry in loop:
+                sources = [self._step_source(ref, t, current, previous) for ref in _teacher_forced_refs(entry)]
+                module = entry.module
+                if isinstance(module, StatefulLayer):
+                    x = _apply_dropout(module, entry, sources)
+                    x = x[0] if len(x) == 1 else concat_outputs(x)
+                    if entry.name not in states:
+                        states[entry.name] = module.initial_state(self.batch, x.tensor)
+                    out, states[entry.name] = module.step(x, states[entry.name])
+                else:
+                    out = _call(module, entry, sources)
+                current[entry.name] = out
+                steps[entry.name].append(out.tensor)
+            previous = current
+        for entry in loop:
+            spec = entry.module.out_spec.copy(time=True)
+            self.full[entry.name] = LayerOutput(torch.stack(steps[entry.name], dim=1), self.lengths, spec)
+
+    def _step_source(
+        self, ref: str, t: int, current: dict[str, LayerOutput], previous: dict[str, LayerOutput]
+    ) -> LayerOutput:
+        if ref.startswith("base:"):
+            return self.outer[ref[len("base:") :]]
+        if ref in ("data", "data:source"):
+            return _frame(_fit_time(self.x, self.time), t)
+        if ref.startswith("data:"):
+            return _frame(_fit_time(self.outer[ref], self.time), t)
+        if ref == ":i":
+            steps = torch.full((self.batch,), t, dtype=torch.int64, device=self.lengths.device)
+            return LayerOutput(steps, None, DataSpec(dim=None, time=False, dtype="int64"))
+        if ref.startswith("prev:"):
+            name = ref[len("prev:") :]
+            if name in previous:
+                return previous[name]
+            if name in self.full:
+                if t > 0:
+                    return _frame(self.full[name], t - 1)
+                first = _initial(self.layer.entries, name, self.batch, self.full[name].tensor[:, 0])
+                return LayerOutput(first, None, self.full[name].spec.copy(time=False))
+            entry = next(e for e in self.layer.entries if e.name == name)
+            like = self._like(entry)
+            return LayerOutput(_initial(self.layer.entries, name, self.batch, like), None, entry.module.out_spec)
+        if ref in current:
+            return current[ref]
+        return _frame(self.full[ref], t)
+
+    def _like(self, entry: LayerEntry) -> torch.Tensor:
+        """A zero tensor shaped like one step of ``entry``'s output."""
+        spec = entry.module.out_spec
+        shape = (self.batch, *spec.spatial) + ((spec.dim,) if spec.feature_axis else ())
+        dtype = getattr(torch, spec.dtype) if isinstance(spec.dtype, str) else spec.dtype
+        return torch.zeros(shape, dtype=dtype, device=self.lengths.device)
+
+
+def _teacher_forced_refs(entry: LayerEntry) -> list[str]:
+    """What a layer reads in training: a choice layer only its target (its last source)."""
+    return entry.sources[-1:] if isinstance(entry.module, ChoiceLayer) else entry.sources
+
+
+def _unflat_opt(tensor: torch.Tensor | None, run: _TeacherForcedRun) -> torch.Tensor | None:
+    if tensor is None:
+        return None
+    return tensor.reshape(run.batch, run.time, *tensor.shape[1:])
+
+
+def _fit_time(out: LayerOutput, time: int) -> LayerOutput:
+    """``out`` padded or cut to ``time`` frames (data keys may be shorter or longer than the loop)."""
+    length = out.tensor.shape[1]
+    if length == time:
+        return out
+    if length > time:
+        return LayerOutput(out.tensor[:, :time], out.lengths, out.spec)
+    pad = out.tensor.new_zeros(out.tensor.shape[0], time - length, *out.tensor.shape[2:])
+    return LayerOutput(torch.cat([out.tensor, pad], dim=1), out.lengths, out.spec)
+
+
+def _frame(out: LayerOutput, t: int) -> LayerOutput:
+    return LayerOutput(out.tensor[:, t], None, out.spec.copy(time=False))
+
+
+def _repeat_batch(out: LayerOutput, times: int) -> LayerOutput:
+    """Each sequence of ``out`` repeated ``times`` times in the batch (for ``[B*T]`` steps)."""
+    tensor = out.tensor.repeat_interleave(times, dim=0) if out.tensor.shape[0] > 1 else out.tensor
+    lengths = out.lengths.repeat_interleave(times, dim=0) if out.lengths is not None else None
+    return LayerOutput(tensor, lengths, out.spec)
+
+
+def _initial(entries: list[LayerEntry], name: str, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """``prev:name`` at the first step: the layer's ``initial_output`` (0 by default), shaped like one step."""
+    entry = next(e for e in entries if e.name == name)
+    value = entry.options.get("initial_output", 0)
+    if value in (None, "zeros"):
+        value = 0
+    if value == "ones":
+        value = 1
+    if not isinstance(value, (int, float, bool)):
+        raise ConfigError(f"network: unit layer {name!r}: initial_output must be a number, 'zeros' or 'ones'")
+    return torch.full((batch, *like.shape[1:]), value, dtype=like.dtype, device=like.device)
+
+
+def _apply_dropout(module: Layer, entry: LayerEntry, sources: list[LayerOutput]) -> list[LayerOutput]:
+    from returnn.torch.network.network import dropout_sources
+
+    return dropout_sources(entry, sources, module.training)
+
+
+def _call(module: Layer, entry: LayerEntry, sources: list[LayerOutput]) -> LayerOutput:
+    sources = _apply_dropout(module, entry, sources)
+    return module(concat_outputs(sources)) if module.concat_sources else module(sources)

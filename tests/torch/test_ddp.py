@@ -1,0 +1,124 @@
+"""reduce_type "grad" (DistributedDataParallel around the config's own module) against the explicit all_reduce and
+one process accumulating, in forked processes of a gloo process group (see ``test_distributed.run_in_processes``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import torch
+
+from returnn.torch.engine import Engine
+from tests.torch.test_distributed import run_in_processes
+
+pytestmark = pytest.mark.slow
+
+EXPLICIT = {"reduce_type": "grad_explicit"}
+
+
+class TwoPartModel(torch.nn.Module):
+    """The step calls ``encode`` and ``out`` itself, never ``forward``; ``unused`` never gets a gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = torch.nn.Linear(5, 8)
+        self.out = torch.nn.Linear(8, 3)
+        self.unused = torch.nn.Linear(3, 3)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.hidden(x))
+
+
+def get_model(*, epoch: int, step: int, **kwargs: Any) -> torch.nn.Module:
+    return TwoPartModel()
+
+
+def train_step(*, model: TwoPartModel, data: dict[str, Any], run_ctx: Any, **kwargs: Any) -> None:
+    logits = model.out(model.encode(data["data"].float()))
+    mask = torch.arange(logits.shape[1])[None, :] < data["data:size1"][:, None]
+    ce = torch.nn.functional.cross_entropy(logits[mask], data["classes"][mask].long(), reduction="sum")
+    run_ctx.mark_as_loss(ce, "ce", inv_norm_factor=mask.sum())
+
+
+def _train(make_config, run_dir: str, *, processes: int, **overrides: Any) -> dict[int, dict[str, torch.Tensor]]:
+    """Train 2 epochs (one sequence per batch, plain SGD); the checkpoints' parameters by epoch."""
+    config = make_config(
+        run_dir=run_dir,
+        get_model=get_model,
+        train_step=train_step,
+        optimizer={"class": "sgd"},
+        max_seqs=1,
+        dev=None,
+        **overrides,
+    )
+    if processes == 1:
+        Engine(config).train()
+    else:
+        run_in_processes(lambda: Engine(config).train(), options=None)
+    prefix = config.value("model")
+    return {epoch: torch.load(f"{prefix}.00{epoch}.pt", weights_only=True)["model"] for epoch in (1, 2)}
+
+
+def _assert_close(a: dict[int, dict[str, torch.Tensor]], b: dict[int, dict[str, torch.Tensor]]) -> None:
+    for epoch in a:
+        assert a[epoch].keys() == b[epoch].keys()
+        for name in a[epoch]:
+            torch.testing.assert_close(a[epoch][name], b[epoch][name], rtol=1e-5, atol=1e-6, msg=f"{epoch} {name}")
+
+
+def test_ddp_equals_the_explicit_all_reduce_and_one_process_accumulating(make_config):
+    # 10 sequences, one per step: with 2 processes, step k trains positions 2k and 2k + 1 of the epoch's order, and
+    # an update every 2 steps averages over 4 sequences. One process accumulating 4 steps sums the same gradients:
+    # with half the learning rate it makes the same updates (also the one that spans the epoch boundary).
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 10, "seq_len": 4}
+    ddp_options = {"options": {"find_unused_parameters": True}}
+    one = _train(make_config, "one", processes=1, train=train, accum_grad_multiple_step=4, learning_rate=0.1)
+    ddp = _train(
+        make_config, "ddp", processes=2, train=train, accum_grad_multiple_step=2, learning_rate=0.2,
+        torch_distributed=ddp_options,
+    )  # fmt: skip
+    explicit = _train(
+        make_config, "explicit", processes=2, train=train, accum_grad_multiple_step=2, learning_rate=0.2,
+        torch_distributed=EXPLICIT,
+    )  # fmt: skip
+    assert not torch.equal(one[1]["out.weight"], one[2]["out.weight"])  # it trained
+    assert torch.equal(one[2]["unused.weight"], ddp[2]["unused.weight"])  # initial values: the same seed
+    _assert_close(ddp, one)
+    _assert_close(ddp, explicit)
+
+
+def test_ddp_uneven_last_round_and_bucket_views_equal_the_explicit_all_reduce(make_config, tmp_path):
+    # 11 sequences: in the last step of each epoch only rank 0 has data; it is an update step, which rank 1 takes
+    # part in with zero gradients, and the average is over the one process that had data (as with the explicit path)
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 11, "seq_len": 4}
+    options = {"find_unused_parameters": True, "gradient_as_bucket_view": True}
+    common = dict(train=train, accum_grad_multiple_step=2, learning_rate=0.2)
+    ddp = _train(make_config, "ddp", processes=2, torch_distributed={"options": options}, **common)
+    explicit = _train(make_config, "explicit", processes=2, torch_distributed=EXPLICIT, **common)
+    _assert_close(ddp, explicit)
+    optimizer_file = torch.load(tmp_path / "ddp/epoch.002.opt.pt", weights_only=True)
+    assert optimizer_file["pending_grads_by_rank"] == [None, None]  # the last step was an update step
+    assert os.path.exists(tmp_path / "ddp/epoch.002.pt")
+
+
+def test_ddp_hooks_fire_when_the_step_calls_submodules(make_config):
+    # Without find_unused_parameters, DDP's reducer (prepared around train_step) waits for the gradient of
+    # 'unused', which never comes: torch's error shows that the hooks are active although the step never calls
+    # the DDP wrapper.
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 4, "seq_len": 4}
+    with pytest.raises(AssertionError, match=r"TrainingError: .* set torch_distributed = \{'options': \{'find_unused"):
+        _train(make_config, "ddp", processes=2, train=train, learning_rate=0.1)
+
+
+def test_ddp_static_graph_and_fp16_compression_stay_close_to_the_explicit_all_reduce(make_config):
+    # static_graph finds the unused parameter in the first step by itself; fp16 compression rounds the gradients
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 8, "seq_len": 4}
+    common = dict(train=train, learning_rate=0.2)
+    ddp_options = {"options": {"static_graph": True}, "comm_hook": "fp16_compress"}
+    ddp = _train(make_config, "ddp", processes=2, torch_distributed=ddp_options, **common)
+    explicit = _train(make_config, "explicit", processes=2, torch_distributed=EXPLICIT, **common)
+    assert not torch.equal(ddp[2]["out.weight"], explicit[2]["out.weight"])  # rounded
+    for epoch in ddp:
+        for name, value in ddp[epoch].items():
+            torch.testing.assert_close(value, explicit[epoch][name], rtol=1e-3, atol=1e-4)
