@@ -125,12 +125,16 @@ class MetricsLog:
         """Whether any logger is on (in this process)."""
         return self._csv is not None or self._tensorboard is not None
 
+    def wants_step(self, global_step: int) -> bool:
+        """Whether the step with this number (the steps done so far, it included) is logged."""
+        return self.enabled and global_step % self.interval_steps == 0
+
     def step(self, epoch: int, global_step: int, values: dict[str, float | None]) -> None:
-        """Log a train step's values (every ``interval_steps`` steps); None values are left out.
+        """Log a train step's values (if :meth:`wants_step`); None values are left out.
 
         :param global_step: the steps done so far, this one included
         """
-        if self.enabled and global_step % self.interval_steps == 0:
+        if self.wants_step(global_step):
             self._write("step", epoch, global_step, values.items())
 
     def epoch(self, epoch: int, global_step: int, values: dict[str, float | None]) -> None:
