@@ -46,6 +46,11 @@ def _assert_same_run(tmp_path, assert_same_state, full: str, resumed: str, last_
         pytest.param({}, id="plain"),
         pytest.param({"accum_grad_multiple_step": 3}, id="accumulation"),
         pytest.param({"chunking": "4:2"}, id="chunking"),
+        pytest.param(
+            {"num_workers_per_gpu": 1, "chunking": "4:2", "accum_grad_multiple_step": 2, "dev": None},
+            id="worker-chunking-accumulation",
+            marks=pytest.mark.slow,  # starts DataLoader worker processes
+        ),
     ],
 )
 def test_sigterm_mid_epoch_then_restart_equals_uninterrupted(make_config, tmp_path, assert_same_state, options):
@@ -142,6 +147,7 @@ def test_options(make_config):
         RunControlOptions.from_config(make_config(checkpoint_interval_steps=1.5))
 
 
+@pytest.mark.slow  # starts a DataLoader worker process
 def test_dataloader_workers_survive_the_signal(make_config, tmp_path):
     def step(*, model, run_ctx, **kwargs):
         if run_ctx.global_step == 0:  # SLURM signals every process of the job; the workers get it first here

@@ -109,10 +109,11 @@ def _assert_same(full: pathlib.Path, resumed: pathlib.Path, assert_same_state) -
     assert not [name for name in os.listdir(resumed / "models") if ".tmp" in name]
 
 
-def test_sigterm_to_rnn_py_with_a_worker_then_restart_equals_uninterrupted(tmp_path, assert_same_state):
-    # 12 sequences of 5 frames in 3 chunks each (3 frames every 2), 2 per batch: 18 steps
+def test_sigterm_to_rnn_py_then_restart_equals_uninterrupted(tmp_path, assert_same_state):
+    # 12 sequences of 5 frames in 3 chunks each (3 frames every 2), 2 per batch: 18 steps. (DataLoader workers: the
+    # in-process tests of test_run_control.py, which cost no process start-ups.)
     for name in ("full", "resumed"):
-        _write_config(tmp_path / name, workers=1, wait_step=4 if name == "resumed" else -1)
+        _write_config(tmp_path / name, workers=0, wait_step=4 if name == "resumed" else -1)
     _run(tmp_path / "full", 1)
     stopped = _run_and_signal(tmp_path / "resumed", 1)
     assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr[-3000:]
