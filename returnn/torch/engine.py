@@ -16,6 +16,11 @@ The engine's options are read in :mod:`returnn.torch.engine_options`; where a ta
 ``preload_from_files``) is decided in :mod:`returnn.torch.model_loading`; the optimizer step is
 :mod:`returnn.torch.updater`'s; loss bookkeeping and the per-step log line are in :mod:`returnn.torch.scores`.
 
+Around the loops: mid-epoch checkpoints and stops on signals and time limits are :mod:`returnn.torch.run_control`'s,
+the progress lines and per-epoch resource line :mod:`returnn.torch.progress`'s, the metrics loggers
+:mod:`returnn.torch.metrics_log`'s, early stopping, debug limits, ``fast_dev_run`` and ``torch_compile``
+:mod:`returnn.torch.training_switches`'.
+
 Log lines have a stable ``key=value`` shape: one per step at verbosity 5 (``epoch=... step=... loss_<name>=...
 seqs=... step_time=... eta=...``), one per evaluated dataset at verbosity 4 and one per epoch at verbosity 3
 (``epoch=... train_loss_<name>=... dev_loss_<name>=... lr=... time=...``).
