@@ -139,6 +139,9 @@ class Engine:
             resume_step = self.run_control.resume_step(default=self.global_step)
             with MetricsLog.from_config(self.config, resume_step=resume_step, first_epoch=first_epoch) as metrics_log:
                 self.metrics_log = metrics_log
+                if (done := self.learning_rate_control.epoch_data.get(first_epoch - 1)) is not None:
+                    values = {**done.scores, "learning_rate": done.learning_rate}
+                    metrics_log.epoch_if_missing(first_epoch - 1, self.global_step, values)
                 for epoch in range(first_epoch, self.options.num_epochs + 1):
                     if (reason := self.switches.early_stop_reason(self.learning_rate_control.epoch_data)) is not None:
                         logger.info(f"{reason}: training ends before epoch {epoch}")
