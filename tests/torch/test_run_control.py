@@ -101,6 +101,20 @@ def test_periodic_mid_epoch_checkpoint_is_replaced_and_removed_at_epoch_end(make
     assert sorted(os.listdir(tmp_path / "models")) == ["epoch.001.opt.pt", "epoch.001.pt"]
 
 
+def test_checkpoint_interval_minutes(make_config, tmp_path):
+    seen = []
+
+    def step(*, run_ctx, **kwargs):
+        path = mid_epoch_filename(str(tmp_path / "models" / "epoch"))
+        seen.append(_load(path)["step"] if os.path.exists(path) else None)
+        train_step(run_ctx=run_ctx, **kwargs)
+
+    Engine(make_config(num_epochs=1, checkpoint_interval_minutes=1e-9, train_step=step)).train()
+    # a checkpoint after every train step (always due); gone when dev is evaluated (the epoch's checkpoint exists)
+    assert seen == [None, 1, 2, 3, None]
+    assert sorted(os.listdir(tmp_path / "models")) == ["epoch.001.opt.pt", "epoch.001.pt"]
+
+
 def test_max_wall_time_stops_with_mid_epoch_checkpoint(make_config, tmp_path):
     with pytest.raises(RunInterrupted, match=r"max_wall_time=1e-06s reached: stopped in epoch 1 after step 1"):
         Engine(make_config(max_wall_time=1e-6)).train()
