@@ -45,6 +45,7 @@ TASK_HELP = {
     "train": "train the model, evaluating dev/eval_datasets after each epoch; resumes from the newest checkpoint",
     "eval": "score the loaded checkpoint on dev and eval_datasets, write the scores to the learning_rates file",
     "forward": "run forward_step over the 'forward' dataset (with forward_init_hook / forward_finish_hook)",
+    "search": "network dicts: beam search over search_data (default dev) into search_output_file",
     "compute_priors": "network dicts: the output layer's average softmax over 'train' as log priors in output_file",
     "initialize_model": "write a freshly initialized model as epoch-0 checkpoint",
     "cleanup_old_models": "delete old checkpoints according to cleanup_old_models",
@@ -52,8 +53,6 @@ TASK_HELP = {
     "config:<name>": "call the function <name> defined in the config",
     "optional-config:<name>": "the same, skipped when the config does not define <name>",
 }
-
-_UNSUPPORTED_TASKS = ("search",)
 
 declare_options(
     "General",
@@ -165,11 +164,6 @@ def run_task(config: Config) -> int:
             _run_config_function(config, task)
         config.report_unread_keys()
         return 0
-    if task in _UNSUPPORTED_TASKS:
-        raise ConfigError(
-            f"task {task!r} is not supported: write a forward_step (with forward_init_hook / forward_finish_hook) "
-            "that computes and writes what you need, and run task 'forward'"
-        )
     if task not in _ENGINE_TASKS:
         choices = ", ".join(TASK_HELP)
         raise ConfigError(f"config key 'task': unknown task {task!r}; choose one of: {choices}")
@@ -187,7 +181,7 @@ def run_task(config: Config) -> int:
 
 
 # each an Engine method
-_ENGINE_TASKS = ("train", "eval", "forward", "compute_priors", "initialize_model", "cleanup_old_models")
+_ENGINE_TASKS = ("train", "eval", "forward", "search", "compute_priors", "initialize_model", "cleanup_old_models")
 
 
 def get_engine_class(config: Config) -> type[Engine]:

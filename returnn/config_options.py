@@ -62,6 +62,7 @@ OPTION_MODULES = (
     "returnn.__main__",
     "returnn.torch.engine",
     "returnn.torch.network.steps",
+    "returnn.torch.network.search_task",
     "returnn.tools.torch_export_to_onnx",
 )
 
@@ -175,6 +176,5 @@ RETURNN_KEYS_NOT_USED = frozenset(
         "use_tensorboard",
         "use_train_proc_manager",
         "watch_memory",
-        "window",
     }
 )

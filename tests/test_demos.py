@@ -259,3 +259,43 @@ def test_network_dict(tmp_path):
     with h5py.File(tmp_path / "out.hdf", "r") as f:
         assert f["inputs"].shape[1] == 8 and len(f["seqTags"]) == 40
         assert np.allclose(f["inputs"][:].sum(axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_network_attention(tmp_path):
+    dev = {"demo_dev_seqs": 50}
+    run_demo(tmp_path, "network_attention.config", num_epochs=3, demo_train_seqs=1500, max_seqs=8, **dev)
+    epochs = read_learning_rates(tmp_path / "demo-output" / "network_attention" / "learning_rates")
+    dev_error = scores(epochs, "dev_error")
+    assert dev_error[-1] < dev_error[0]
+
+    out = run_demo(
+        tmp_path,
+        "network_attention.config",
+        task="search",
+        search_output_file="hyps.py",
+        search_output_file_format="py",
+        **dev,
+    )
+    hyps = ast.literal_eval((tmp_path / "hyps.py").read_text(encoding="utf-8"))  # as pipelines read it
+    assert sorted(hyps) == sorted(f"seq-{i}" for i in range(50))
+    # the dev targets, as the config generates them
+    from returnn.datasets.generating import TaskNumberBaseConvertDataset
+    from returnn.torch.network.losses import edit_distance
+
+    data = TaskNumberBaseConvertDataset(
+        input_base=8, output_base=2, max_input_seq_len=6, num_seqs=50, fixed_random_seed=42
+    )
+    errors = ref_length = 0
+    for tag, nbest in hyps.items():
+        # the rec layer keeps the beam: [(score, "1 0 1 ..."), ...], best first
+        assert len(nbest) == 4 and [s for s, _ in nbest] == sorted((s for s, _ in nbest), reverse=True)
+        best = [int(label) for label in nbest[0][1].split()]
+        assert set(best) <= {0, 1}  # the end label is not written
+        ref = data.get_corpus_seq(int(tag.removeprefix("seq-"))).get_data("classes").tolist()
+        errors += edit_distance(best, ref)
+        ref_length += len(ref)
+    label_error_rate = errors / ref_length
+    assert log_values(out, "label_error_rate") == [pytest.approx(label_error_rate, abs=1e-4)]
+    # about 0.2 here; 0.6 for the best guess that ignores the input, 0.39 for random bits of the right length
+    assert label_error_rate < 0.3

@@ -79,10 +79,10 @@ def test_unknown_task(tmp_path, capsys):
     assert "unknown task 'trian'; choose one of: train, eval, forward" in err
 
 
-def test_search_points_to_forward(tmp_path, capsys):
+def test_search_without_a_network_points_to_forward(tmp_path, capsys):
     code, _, err = run_main(capsys, write_config(tmp_path, "task = 'search'\n"))
     assert code == 2
-    assert "task 'search' is not supported" in err and "run task 'forward'" in err
+    assert "task 'search' is for network dicts" in err and "run task 'forward'" in err
 
 
 def test_compute_priors_without_a_network_points_to_forward(tmp_path, capsys):

@@ -118,7 +118,11 @@ class Dataset:
         chosen once with ``fixed_random_subset_seed``.
     :param fixed_random_subset_seed: seed of the fixed subset.
     :param random_subset: per full epoch, a new random subset of this many sequences (int) or this fraction.
+    :param window: (HDFDataset) each frame of ``data`` becomes the ``window`` frames around it, concatenated
+        (``[T, window * dim]``, zeros beyond the edges); an even window grows by one.
     """
+
+    supports_window = False  # whether the class implements the option window
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Dataset:
         # Remember the constructor arguments: unpickling (spawned DataLoader workers) rebuilds from them.
@@ -142,6 +146,7 @@ class Dataset:
         fixed_random_subset: int | float | None = None,
         fixed_random_subset_seed: int = 42,
         random_subset: int | float | None = None,
+        window: int = 1,
     ):
         self.name = name or type(self).__name__
         self.seq_ordering = seq_ordering
@@ -159,6 +164,9 @@ class Dataset:
         self.fixed_random_subset = _check_subset(self, "fixed_random_subset", fixed_random_subset)
         self.fixed_random_subset_seed = fixed_random_subset_seed
         self.random_subset = _check_subset(self, "random_subset", random_subset)
+        self.window = _check_count(self, "window", window) | 1  # an even window grows by one, as in RETURNN
+        if self.window > 1 and not self.supports_window:
+            raise DatasetError(f"{self}: the option window is supported by HDFDataset only; stack frames in the model")
         self.epoch: int | None = None
         self.num_inputs = 0
         self.num_outputs: dict[str, tuple[int, int]] = {}

@@ -280,6 +280,8 @@ def _dtype_name(dtype: np.dtype) -> str:
 class HDFDataset(Dataset):
     """Sequences from one or more HDF files in RETURNN's format, read lazily (see the module docstring).
 
+    The common option ``window`` stacks each frame of ``data`` with its neighbours (see :class:`Dataset`).
+
     Several files are one corpus, in the order given. Their keys must agree: a later file may have more keys
     (they are ignored, with a warning), but not fewer, and each key's dimension, dtype and shape must match.
 
@@ -287,6 +289,8 @@ class HDFDataset(Dataset):
     :param use_cache_manager: fetch each file through :func:`returnn.util.basic.cf` (the cluster file cache)
     :param cache_byte_size: accepted for RETURNN configs; this dataset never caches data (reads are lazy)
     """
+
+    supports_window = True
 
     def __init__(
         self,
@@ -330,8 +334,8 @@ class HDFDataset(Dataset):
             self._check_same_keys(hdf_file)
         self._files.append(hdf_file)
         self._file_starts.append(self._file_starts[-1] + hdf_file.num_seqs)
-        self.num_outputs = {key: (info.dim, info.ndim) for key, info in self._keys.items()}
-        self.num_inputs = self._keys["data"].dim if "data" in self._keys else 0
+        self.num_outputs = {key: (self.get_data_dim(key), info.ndim) for key, info in self._keys.items()}
+        self.num_inputs = self.get_data_dim("data") if "data" in self._keys else 0
         logger.debug(f"{self}: added {hdf_file.filename} ({hdf_file.num_seqs} seqs, keys {sorted(hdf_file.keys)})")
 
     def _check_same_keys(self, hdf_file: _HDFFile) -> None:
@@ -404,7 +408,18 @@ class HDFDataset(Dataset):
 
     def get_data(self, seq_idx: int, key: str) -> np.ndarray:
         hdf_file, local_idx = self._locate_seq(seq_idx)
-        return hdf_file.read(local_idx, key)
+        return self._windowed(key, hdf_file.read(local_idx, key))
+
+    def _windowed(self, key: str, values: np.ndarray) -> np.ndarray:
+        """``data`` with each frame replaced by the ``window`` frames around it (option window)."""
+        if key != "data" or self.window == 1:
+            return values
+        if values.ndim != 2:
+            raise DatasetError(f"{self}: window needs 'data' of shape [T, dim], got {list(values.shape)}")
+        half = self.window // 2
+        padded = np.pad(values, ((half, half), (0, 0)))
+        windows = np.lib.stride_tricks.sliding_window_view(padded, self.window, axis=0)  # [T, dim, window]
+        return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(len(values), -1)
 
     def get_tag(self, seq_idx: int) -> str:
         hdf_file, local_idx = self._locate_seq(seq_idx)
@@ -420,7 +435,7 @@ class HDFDataset(Dataset):
     def get_corpus_seq(self, corpus_idx: int) -> DatasetSeq:
         """The sequence at a corpus index, independent of the epoch's order."""
         hdf_file, local_idx = self._locate(corpus_idx)
-        features = {key: hdf_file.read(local_idx, key) for key in self._keys}
+        features = {key: self._windowed(key, hdf_file.read(local_idx, key)) for key in self._keys}
         return DatasetSeq(seq_idx=corpus_idx, features=features, seq_tag=hdf_file.tag(local_idx))
 
     # ------------------------------------------------------------------ description
@@ -432,7 +447,7 @@ class HDFDataset(Dataset):
         return sorted(key for key in self._keys if key != "data")
 
     def get_data_dim(self, key: str) -> int:
-        return self._key_info(key).dim
+        return self._key_info(key).dim * (self.window if key == "data" else 1)
 
     def get_data_dtype(self, key: str) -> str:
         return self._key_info(key).dtype
@@ -441,7 +456,8 @@ class HDFDataset(Dataset):
         return self._key_info(key).sparse
 
     def get_data_shape(self, key: str) -> list[int]:
-        return list(self._key_info(key).shape)
+        shape = list(self._key_info(key).shape)
+        return shape[:-1] + [shape[-1] * self.window] if key == "data" and self.window > 1 and shape else shape
 
     def len_info(self) -> str:
         return f"{self.name}, {self.get_total_num_seqs()} seqs in {len(self._files)} HDF file(s)"

@@ -20,6 +20,7 @@ class Tensor:
     :param sparse_dim: for class indices: the dim of the classes
     :param feature_dim: the feature axis (default: the last static dim of a dense tensor)
     :param raw_tensor: the values
+    :param available_for_inference: False for data that only training has (targets); forwarding may lack it
     """
 
     def __init__(
@@ -31,9 +32,11 @@ class Tensor:
         sparse_dim: Dim | None = None,
         feature_dim: Dim | None = None,
         raw_tensor: Any = None,
+        available_for_inference: bool = True,
         **_mainline_options: Any,
     ):
         self.name = name
+        self.available_for_inference = available_for_inference  # False: data only training has (targets)
         self.dims = tuple(dims)
         self.sparse_dim = sparse_dim
         self._feature_dim = feature_dim

@@ -105,4 +105,5 @@ def tensor_from_spec(name: str, spec: Mapping[str, Any]) -> Tensor:
             shape = (None,) if sparse_dim is not None or spec.get("dim") is None else (None, spec["dim"])
         names = ["time" if size is None else "feature" for size in shape]
         dims = (batch_dim, *(Dim(size, f"{name}:{kind}{i}") for i, (size, kind) in enumerate(zip(shape, names))))
-    return Tensor(name, dims, spec.get("dtype"), sparse_dim=sparse_dim)
+    available = bool(spec.get("available_for_inference", True))
+    return Tensor(name, dims, spec.get("dtype"), sparse_dim=sparse_dim, available_for_inference=available)

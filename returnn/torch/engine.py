@@ -56,6 +56,7 @@ from returnn.torch.data.loader import BatchLoader, build_data_loader
 from returnn.torch.data.options import DataPipelineOptions
 from returnn.torch.device import autocast
 from returnn.torch.engine_options import EngineOptions
+from returnn.torch.last_best import reset_to_last_best_model
 from returnn.torch.metrics_log import MetricsLog
 from returnn.torch.model_loading import (
     PreloadSpec,
@@ -66,6 +67,7 @@ from returnn.torch.model_loading import (
     load_model_params,
     train_start_point,
 )
+from returnn.torch.network.growth import pretrain_epoch_start, train_start_model_epoch
 from returnn.torch.output_files import output_locations, prepare_outputs, remove_stale_temporary_files
 from returnn.torch.progress import Progress, ProgressOptions
 from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
@@ -217,6 +219,34 @@ class Engine:
             _check_not_empty(num_batches, "forward", None)
             logger.info(f"forward: batches={num_batches} epoch={self.epoch}")
 
+    def search(self) -> None:
+        """Task search (network dicts): beam search over ``search_data`` (else ``dev``), the hypotheses written to
+        ``search_output_file`` (see :mod:`returnn.torch.network.search_task`)."""
+        from returnn.torch.network.search_task import SearchOptions, search_hypotheses, write_search_output
+
+        if self.config.typed_value("network") is None:
+            raise ConfigError(
+                "task 'search' is for network dicts; with get_model, write a forward_step that decodes (e.g. with "
+                "returnn.torch.network.search.beam_search) and run task 'forward'"
+            )
+        options = SearchOptions(self.config)
+        definition = options.dataset or self.options.datasets.get("dev")
+        if not definition:
+            raise ConfigError("task 'search' needs a dataset: set 'search_data' (or 'dev')")
+        self.options.datasets["search"] = definition
+        with self._running_task():
+            self._init_model_for_task("search")
+            loader = self._init_data_loaders(["search"], mode="forward")["search"]
+            self._model.eval()
+            target = self.config.value("target")
+            with torch.no_grad(), autocast(self.device, self.options.amp_dtype):
+                batches = (self._to_device(data) for data in loader.iter_epoch(None))
+                hyps, (errors, ref_length) = search_hypotheses(self._model, batches, options.output_layer, target)
+            dataset = self.datasets["search"]
+            write_search_output(options, hyps, dataset.labels.get(target))
+            error_rate = f" label_error_rate={errors / ref_length:.6g}" if ref_length else ""
+            logger.info(f"search: seqs={len(hyps)}{error_rate} wrote {options.output_file}")
+
     def compute_priors(self) -> None:
         """Task compute_priors (network dicts): the average softmax of ``forward_output_layer`` over all frames of
         the ``train`` dataset (else ``forward``), written as log priors to ``output_file``."""
@@ -354,8 +384,14 @@ class Engine:
         return scores
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Hook: before the epoch's first step: seed, learning rate, train mode."""
+        """Hook: before the epoch's first step: the network of a pretrain epoch, back to the best model
+        (``use_last_best_model``), seed, learning rate, train mode."""
         self.epoch = epoch
+        grown = pretrain_epoch_start(self, epoch)  # a network dict with 'pretrain': this epoch's network
+        if grown is not None:
+            self._model, self.updater = grown
+        if (updater := reset_to_last_best_model(self, epoch)) is not None:  # use_last_best_model
+            self.updater = updater
         seed_all(distributed.process_seed(derive_seed(self.options.random_seed, epoch, self.global_step)))
         learning_rate = self.learning_rate_control.get_learning_rate_for_epoch(epoch)
         self.updater.set_epoch_learning_rate(epoch, learning_rate)
@@ -426,7 +462,8 @@ class Engine:
         """Build the model of ``start`` and load its parameters, then ``preload_from_files``: in training only when
         it starts anew (``init_for_train`` entries), in the other tasks always (the other entries)."""
         self.epoch, self.global_step = start.epoch, start.step
-        self._model = self.build_model(epoch=start.epoch, step=start.step)
+        model_epoch = train_start_model_epoch(self.config, start) if for_train else start.epoch
+        self._model = self.build_model(epoch=model_epoch, step=start.step)
         load_model_params(self._model, start, ignore_missing=self.options.load_ignore_missing_vars)
         if not for_train or start.kind in ("fresh", "import"):
             specs = PreloadSpec.list_from_config(self.config)
@@ -477,6 +514,8 @@ class Engine:
             defaults = {"name": name}
             if name == "train" and self.options.train_seq_ordering:
                 defaults["seq_ordering"] = self.options.train_seq_ordering
+            if self.options.window > 1:
+                defaults["window"] = self.options.window
             dataset = init_dataset(self.options.datasets[name], default_kwargs=defaults)
             self.datasets[name] = dataset
             self.data_loaders[name] = self.build_data_loader(name, dataset, mode=mode)

@@ -36,6 +36,11 @@ declare_options(
             "RETURNN's TensorFlow-era default seq_ordering of the train dataset (e.g. 'random'), used where the "
             "dataset sets none.",
         ),
+        "window": (
+            1,
+            "RETURNN's window for every dataset of the config that sets none (HDFDataset: each frame of data "
+            "concatenated with its neighbours).",
+        ),
         "num_epochs": (5, "Train up to this epoch."),
         "save_interval": (1, "Save a checkpoint every N epochs (and after the last one)."),
         "random_seed": (42, "Seed of the model initialization and of each epoch's random numbers."),
@@ -66,6 +71,7 @@ class EngineOptions:
     :param datasets: the dataset definitions by name: train, dev, forward and the ``eval_datasets`` entries
     :param eval_names: the datasets evaluated after each epoch, dev first
     :param train_seq_ordering: the config key ``batching``: the train dataset's seq_ordering where it sets none
+    :param window: the config key ``window``: the datasets' window where they set none
     :param cleanup: the ``cleanup_old_models`` policy, or None without cleanup
     """
 
@@ -82,6 +88,7 @@ class EngineOptions:
     eval_names: tuple[str, ...]
     distributed: distributed.DistributedOptions
     train_seq_ordering: str | None = None
+    window: int = 1
 
     @classmethod
     def from_config(cls, config: Config) -> EngineOptions:
@@ -91,7 +98,8 @@ class EngineOptions:
         """
         num_epochs = config.int("num_epochs")
         save_interval = config.int("save_interval")
-        for key, value in (("num_epochs", num_epochs), ("save_interval", save_interval)):
+        window = config.int("window")
+        for key, value in (("num_epochs", num_epochs), ("save_interval", save_interval), ("window", window)):
             if value is None or value < 1:
                 raise ConfigError(f"config key {key!r}: expected an int >= 1, got {value!r}")
         model_prefix = path_option(config, "model")
@@ -110,6 +118,7 @@ class EngineOptions:
             eval_names=eval_names,
             distributed=distributed.DistributedOptions.from_config(config),
             train_seq_ordering=config.value("batching"),
+            window=window,
         )
 
     def require_model_prefix(self, what: str) -> str:

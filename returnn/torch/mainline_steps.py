@@ -93,6 +93,9 @@ def extern_data_from_batch(template: TensorDict | None, data: dict[str, Any]) ->
                     dims.append(Dim(size, f"{key}:size{axis}"))
                 template.data[key] = Tensor(key, dims)
     for key, tensor in template.items():
+        if key not in data and not tensor.available_for_inference:
+            tensor.raw_tensor = None  # e.g. the targets, when forwarding data without them
+            continue
         if key not in data:
             raise StepFunctionError(
                 f"extern_data[{key!r}]: the dataset has no data key {key!r} (it has "

@@ -216,6 +216,11 @@ class RunControl:
         )
         return epoch
 
+    @property
+    def resuming_mid_epoch(self) -> bool:
+        """Between :meth:`resume_point` loading a mid-epoch checkpoint and the epoch's batches starting after it."""
+        return self._resume is not None
+
     def resume_step(self, *, default: int) -> int:
         """The global step training continues after: the mid-epoch checkpoint's if it resumes from one."""
         return int(self._resume["step"]) if self._resume is not None else default

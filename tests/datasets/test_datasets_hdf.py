@@ -469,3 +469,21 @@ def test_use_cache_manager_without_cf_reads_in_place(tmp_path, monkeypatch, read
     dataset = init_dataset({"class": "HDFDataset", "files": [str(tmp_path / "a.hdf")], "use_cache_manager": True})
     assert dataset.files == [str(tmp_path / "a.hdf")]
     assert [tag for tag, _ in read_all(dataset)] == TAGS
+
+
+def test_window_stacks_each_frame_with_its_neighbours(tmp_path):
+    from returnn.datasets.hdf import SimpleHDFWriter
+
+    path = str(tmp_path / "w.hdf")
+    with SimpleHDFWriter(path, dim=2, extra_type={"classes": (5, 1, "int32")}) as writer:
+        frames = np.arange(6, dtype="float32").reshape(1, 3, 2) + 1  # frames [1, 2], [3, 4], [5, 6]
+        writer.insert_batch(frames, [3], ["s"], extra={"classes": np.array([[0, 1, 2]], dtype="int32")})
+    dataset = init_dataset({"class": "HDFDataset", "files": [path], "window": 2})  # even: grows to 3
+    assert dataset.window == 3 and dataset.get_data_dim("data") == 6 and dataset.num_inputs == 6
+    assert dataset.get_data_shape("data") == [6] and dataset.num_outputs["data"] == (6, 2)
+    dataset.init_seq_order(epoch=1)
+    dataset.load_seqs(0, 1)
+    assert dataset.get_data(0, "data").tolist() == [[0, 0, 1, 2, 3, 4], [1, 2, 3, 4, 5, 6], [3, 4, 5, 6, 0, 0]]
+    assert dataset.get_data(0, "classes").tolist() == [0, 1, 2]
+    with pytest.raises(DatasetError, match="the option window is supported by HDFDataset only"):
+        init_dataset({"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 2, "window": 3})

@@ -317,3 +317,30 @@ def test_forward_applies_amp(make_config, tmp_path):
     config = make_config(torch_amp="bfloat16", forward=make_config().typed_value("dev"), forward_step=forward_step)
     Engine(config).forward()
     assert dtypes == {torch.bfloat16}
+
+
+def test_global_window_reaches_the_hdf_datasets(make_config, tmp_path):
+    import numpy as np
+
+    from returnn.datasets.hdf import SimpleHDFWriter
+
+    path = str(tmp_path / "w.hdf")
+    with SimpleHDFWriter(path, dim=5, extra_type={"classes": (3, 1, "int32")}) as writer:
+        for i in range(4):
+            features = np.random.default_rng(i).normal(size=(1, 6, 5)).astype("float32")
+            writer.insert_batch(features, [6], [f"s{i}"], extra={"classes": np.zeros((1, 6), "int32")})
+    seen_dims = []
+
+    def get_model(*, epoch, step, **kwargs):
+        return torch.nn.Linear(15, 3)  # 5 features x window 3
+
+    def train_step(*, model, data, run_ctx, **kwargs):
+        seen_dims.append(data["data"].shape[-1])
+        logits = model(data["data"])
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), data["classes"].flatten().long(), reduction="sum")
+        run_ctx.mark_as_loss(ce, "ce", inv_norm_factor=logits.shape[0] * logits.shape[1])
+
+    hdf = {"class": "HDFDataset", "files": [path]}
+    config = make_config(get_model=get_model, train_step=train_step, train=hdf, dev=hdf, window=3, num_epochs=1)
+    Engine(config).train()
+    assert seen_dims and set(seen_dims) == {15}

@@ -9,6 +9,10 @@ that fits into one chunk becomes a single chunk; one shorter than ``min_chunk_si
 sequence, shared by all chunked keys (so that e.g. features and 4x-downsampled labels stay aligned). A sequence
 that fits into one chunk in every key always starts at 0, so that short sequences are never cut.
 
+With ``context`` (RETURNN's ``context_window``), the chunks of a key reach ``left`` frames before and ``right``
+frames after their bounds, with the sequence's own frames where it has them and zeros beyond its ends; without
+chunking, :func:`add_context` pads whole sequences so.
+
 All chunked keys of a sequence must give the same number of chunks; the other entries (``seq_tag``, ``seq_idx``,
 keys that are not chunked) are carried along unchanged into every chunk. Chunks are views of the sequence's
 arrays: nothing is copied here.
@@ -24,7 +28,9 @@ import numpy as np
 from returnn.errors import ConfigError, DatasetError
 from returnn.torch.data.iterate import SEQ_TAG, Item
 
-__all__ = ["ChunkStream", "ChunkingSpec", "chunk_bounds", "chunk_items"]
+__all__ = ["ChunkStream", "ChunkingSpec", "Context", "add_context", "chunk_bounds", "chunk_items"]
+
+Context = Mapping[str, tuple[int, int]]  # {key: (frames before, frames after)}
 
 
 @dataclass(frozen=True)
@@ -69,25 +75,62 @@ def chunk_bounds(length: int, stream: ChunkStream, start: int = 0) -> list[tuple
     return bounds
 
 
-def chunk_items(items: Iterable[Item], spec: ChunkingSpec, *, rng: np.random.Generator | None = None) -> Iterator[Item]:
+def chunk_items(
+    items: Iterable[Item],
+    spec: ChunkingSpec,
+    *,
+    rng: np.random.Generator | None = None,
+    context: Context | None = None,
+) -> Iterator[Item]:
     """Yield the chunks of every item, in order.
 
     :param rng: draws the random starts (``spec.random_start``); seed it per epoch and shard for reproducibility.
+    :param context: frames around each chunk, per key (see the module docstring)
     """
+    context = context or {}
     if spec.random_start and rng is None:
         rng = np.random.default_rng(0)
     for item in items:
         streams = _streams_of(item, spec)
-        if not streams:
-            yield item
+        if not streams:  # nothing to chunk: the whole sequence gets its context
+            yield _with_context(item, context)
             continue
         bounds = _bounds_of(item, streams, rng if spec.random_start else None)
         for chunk_index in range(len(next(iter(bounds.values())))):
             chunk = dict(item)
             for key, key_bounds in bounds.items():
                 begin, end = key_bounds[chunk_index]
-                chunk[key] = item[key][begin:end]
+                left, right = context.get(key, (0, 0))
+                chunk[key] = _frames(item[key], begin - left, end + right)
             yield chunk
+
+
+def add_context(items: Iterable[Item], context: Context) -> Iterator[Item]:
+    """Without chunking: each sequence of a key in ``context`` padded with zeros, ``left`` frames before it and
+    ``right`` after."""
+    for item in items:
+        yield _with_context(item, context)
+
+
+def _with_context(item: Item, context: Context) -> Item:
+    if not context:
+        return item
+    padded = dict(item)
+    for key, (left, right) in context.items():
+        if key in item:
+            padded[key] = _frames(item[key], -left, _length(item, key) + right)
+    return padded
+
+
+def _frames(array: np.ndarray, begin: int, end: int) -> np.ndarray:
+    """Frames ``begin`` to ``end`` of ``array`` (a view), zeros where they lie outside it."""
+    if begin >= 0 and end <= len(array):
+        return array[begin:end]
+    result = np.zeros((end - begin, *array.shape[1:]), dtype=array.dtype)
+    inside_begin, inside_end = max(begin, 0), min(end, len(array))
+    if inside_end > inside_begin:
+        result[inside_begin - begin : inside_end - begin] = array[inside_begin:inside_end]
+    return result
 
 
 def _streams_of(item: Item, spec: ChunkingSpec) -> Mapping[str, ChunkStream]:

@@ -49,6 +49,11 @@ _OPTIONS = {
         "An int or a string chunks every key with a time axis alike.",
     ),
     "min_chunk_size": (None, "With chunking: drop chunks shorter than this (int, or {key: int}); default 0."),
+    "context_window": (
+        None,
+        "RETURNN's context frames around each chunk (or, without chunking, each sequence), zeros beyond the "
+        "sequence: N (for 'data'; N - 1 frames, the odd one on the right), {key: N}, or ({key: left}, {key: right}).",
+    ),
     "online_shuffle_batches": (
         None,
         'Shuffle batches through a buffer of this many batches in training (int, or {"buffer_size": int, '
@@ -77,6 +82,7 @@ _PARSED_KEYS = (
     "chunking_options",
     "chunking",
     "min_chunk_size",
+    "context_window",
     "online_shuffle_batches",
     "num_workers_per_gpu",
     "torch_dataloader_opts",
@@ -127,6 +133,7 @@ class DataPipelineOptions:
     min_seq_length: LengthLimit = None
     max_seq_length: LengthLimit = None
     chunking: ChunkingSpec | None = None
+    context: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     shuffle_buffer_size: int | None = None
     shuffle_seed: int | None = None
     num_workers: int | None = None
@@ -176,6 +183,7 @@ class DataPipelineOptions:
             min_seq_length=_length_limit("min_seq_length", values["min_seq_length"], problems),
             max_seq_length=_length_limit("max_seq_length", values["max_seq_length"], problems),
             chunking=_chunking(values["chunking_options"], values["chunking"], values["min_chunk_size"], problems),
+            context=_context_window(values["context_window"], problems),
             shuffle_buffer_size=shuffle_buffer_size,
             shuffle_seed=shuffle_seed,
             num_workers=_num_workers(values["num_workers_per_gpu"], values["torch_dataloader_opts"], problems),
@@ -240,6 +248,32 @@ def _max_seqs(value: Any, problems: list[str]) -> int | None:
 
 def _length_limit(key: str, value: Any, problems: list[str]) -> LengthLimit:
     return None if value is None else _int_or_dict(key, value, 0, problems)
+
+
+def _context_window(value: Any, problems: list[str]) -> dict[str, tuple[int, int]]:
+    """``{key: (left, right)}`` from RETURNN's forms (see the declaration)."""
+
+    def split(key: str, frames: Any) -> tuple[int, int]:
+        if not _is_int(frames) or frames < 1:
+            problems.append(f"'context_window': expected an int >= 1 for {key!r}, got {frames!r}")
+            return 0, 0
+        return (frames - 1) // 2, (frames - 1) - (frames - 1) // 2
+
+    if value is None:
+        return {}
+    if _is_int(value):
+        return {"data": split("data", value)}
+    if isinstance(value, Mapping):
+        return {key: split(key, frames) for key, frames in value.items()}
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(side, Mapping) for side in value):
+        left, right = value
+        bad = [(k, v) for side in value for k, v in side.items() if not _is_int(v) or v < 0]
+        if bad:
+            problems.append(f"'context_window': frames must be ints >= 0, got {bad}")
+            return {}
+        return {key: (left.get(key, 0), right.get(key, 0)) for key in sorted(set(left) | set(right))}
+    problems.append(f"'context_window': expected N, {{key: N}} or ({{key: left}}, {{key: right}}), got {value!r}")
+    return {}
 
 
 def _online_shuffle_batches(value: Any, problems: list[str]) -> tuple[int | None, int | None]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from returnn.torch.data.batching import batch_items, shuffle_batches
-from returnn.torch.data.chunking import chunk_items
+from returnn.torch.data.chunking import add_context, chunk_items
 from returnn.torch.data.collate import CollatedBatch, collate_batch
 from returnn.torch.data.filter import filter_by_length
 from returnn.torch.data.iterate import iterate_dataset
@@ -45,7 +45,7 @@ def iterate_batches(
 
     What each mode applies: ``train`` all stages (``drop_last`` drops the last batch of the last shard: one batch
     per epoch); ``eval`` no batch shuffling and no ``drop_last`` (every sequence is evaluated); ``forward`` also no
-    length filter and no chunking (every sequence, whole).
+    length filter and no chunking (every sequence, whole). ``context_window`` frames are added in every mode.
 
     Random choices (chunk starts, batch shuffling) are seeded by (epoch, shard): reproducible for the same
     number of shards.
@@ -54,10 +54,14 @@ def iterate_batches(
     """
     check_mode(mode)
     items = iterate_dataset(dataset, epoch=epoch, shard_index=shard_index, num_shards=num_shards)
+    chunked = mode != "forward" and options.chunking is not None
     if mode != "forward":
         items = filter_by_length(items, min_seq_length=options.min_seq_length, max_seq_length=options.max_seq_length)
-        if options.chunking is not None:
-            items = chunk_items(items, options.chunking, rng=_rng(epoch, shard_index, _CHUNKING_STREAM))
+    if chunked:
+        rng = _rng(epoch, shard_index, _CHUNKING_STREAM)
+        items = chunk_items(items, options.chunking, rng=rng, context=options.context)
+    elif options.context:
+        items = add_context(items, options.context)
     # drop_last drops one batch per epoch, not one per shard: the last shard's last batch
     drop_last = options.drop_last and mode == "train" and shard_index == num_shards - 1
     batches = batch_items(items, batch_size=options.batch_size, max_seqs=options.max_seqs, drop_last=drop_last)

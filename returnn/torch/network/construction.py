@@ -219,8 +219,13 @@ class NetworkBuilder:
             sources += cls.dependencies_from_options(options, **({"builder": self} if takes_builder else {}))
         own, common = self._split_options(cls, class_name, options, where)
         source_specs = [self.source_spec(ref, name) for ref in sources]
-        if isinstance(common.get("reuse_params"), str):
-            self._build(common["reuse_params"], needed_by=name)
+        reuse = common.get("reuse_params")
+        if reuse is not None and not isinstance(reuse, str):
+            raise ConfigError(
+                f"{where}: reuse_params {reuse!r}: only the name of the layer whose parameters to share is supported"
+            )
+        if reuse is not None:
+            self._build(reuse, needed_by=name)
         target_spec, target_key = self._target(name, common)
         loss_name = common.get("loss")
         ctx = LayerContext(

@@ -48,12 +48,37 @@ class Network(torch.nn.Module):
         """The layer module ``name``."""
         return self._modules[name]
 
-    def forward(self, data: dict[str, Any]) -> dict[str, LayerOutput]:
+    def search(self, data: dict[str, Any]) -> dict[str, LayerOutput]:
+        """Run the network with beam search in its recurrent units (their choice layers search instead of reading
+        the target). Layers that need data the batch does not have (e.g. the target) are left out."""
+        from returnn.torch.network.rec_unit import RecUnitLayer
+
+        units = [m for m in self.modules() if isinstance(m, RecUnitLayer)]
+        for unit in units:
+            unit.searching = True
+        try:
+            return self.forward(data, _skip_missing=True)
+        finally:
+            for unit in units:
+                unit.searching = False
+
+    def forward(self, data: dict[str, Any], _skip_missing: bool = False) -> dict[str, LayerOutput]:
         """Run all layers on ``data`` (``data[key]``, ``data[f"{key}:size1"]``). Returns the outputs by name."""
+        from returnn.torch.network.rec_unit import RecUnitLayer
+
         outputs = self.inputs(data)
         for entry in self.entries:
-            sources = [outputs[ref if ref in outputs else _data_ref(ref)] for ref in entry.sources]
-            sources = dropout_sources(entry, sources, self.training)
+            refs = [ref if ref in outputs else _data_ref(ref) for ref in entry.sources]
+            missing = [ref for ref in refs if ref not in outputs]
+            if missing and not _skip_missing:
+                raise DatasetError(
+                    f"network: layer {entry.name!r} reads {', '.join(missing)}, which the batch does not have; the "
+                    f"data keys: {', '.join(sorted(k[5:] for k in outputs if k.startswith('data:')))}"
+                )
+            if missing and not isinstance(entry.module, RecUnitLayer):
+                continue  # search without the data this layer needs (a unit's choice does without its target)
+            sources = [outputs.get(ref) for ref in refs]
+            sources = prepared_sources(entry, sources, self.training)
             if entry.module.concat_sources:
                 out = entry.module(concat_outputs(sources))
             else:
@@ -138,15 +163,39 @@ def _with_unit_entries(entries: list[LayerEntry]) -> list[LayerEntry]:
     return result
 
 
-def dropout_sources(entry: LayerEntry, sources: list[LayerOutput], training: bool) -> list[LayerOutput]:
-    """The sources of a layer with its ``dropout`` applied to its ``from`` sources (in training, or always with
-    ``dropout_on_forward``)."""
+def prepared_sources(entry: LayerEntry, sources: list[LayerOutput], training: bool) -> list[LayerOutput]:
+    """The ``from`` sources of a layer with its ``grad_filter`` and its ``dropout`` (in training, or always with
+    ``dropout_on_forward``) applied; the other sources (``base`` etc.) as they are."""
+    num_from = entry.num_from if entry.num_from else len(sources)
+    threshold = entry.options.get("grad_filter")
+    if threshold is not None:
+        sources = [_grad_filtered(s, threshold) if i < num_from else s for i, s in enumerate(sources)]
     rate = entry.options.get("dropout")
     if not rate or not (training or entry.options.get("dropout_on_forward")):
         return sources
     noise_shape = entry.options.get("dropout_noise_shape")
-    num_from = entry.num_from if entry.num_from else len(sources)
     return [_dropout(s, rate, noise_shape) if i < num_from else s for i, s in enumerate(sources)]
+
+
+class _GradFilter(torch.autograd.Function):
+    """Identity forward; backward zeroes the gradient of every frame whose gradient norm (over the feature axis)
+    is above the threshold."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, threshold: float) -> torch.Tensor:
+        ctx.threshold = threshold
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        norm = grad.norm(dim=-1, keepdim=True)
+        return torch.where(norm > ctx.threshold, torch.zeros_like(grad), grad), None
+
+
+def _grad_filtered(x: LayerOutput, threshold: float) -> LayerOutput:
+    if not x.tensor.is_floating_point() or not x.tensor.requires_grad:
+        return x
+    return LayerOutput(_GradFilter.apply(x.tensor, float(threshold)), x.lengths, x.spec, x.pre_activation)
 
 
 def _data_ref(ref: str) -> str:

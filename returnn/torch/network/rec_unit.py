@@ -25,169 +25,14 @@ from typing import Any
 import torch
 
 from returnn.errors import ConfigError
-from returnn.torch.network.construction import LayerEntry, NetworkBuilder, output_layer_names
+from returnn.torch.network.construction import LayerEntry, NetworkBuilder
 from returnn.torch.network.data import DataSpec, LayerOutput
 from returnn.torch.network.layers.base import Layer, LayerContext, concat_outputs, concat_spec
 from returnn.torch.network.layers.loop import ChoiceLayer, StatefulLayer
 from returnn.torch.network.losses import LossSpec
+from returnn.torch.network.unit_construction import UnitBuilder, unit_dependencies
 
-__all__ = ["RecOutput", "RecUnitLayer", "UnitBuilder", "unit_dependencies"]
-
-_PREFIXES = ("prev:", "base:", "data:")
-
-
-def _strip(ref: str) -> str:
-    return ref.split(":", 1)[1] if ref.startswith(_PREFIXES) else ref
-
-
-def _refs_of(layer: dict[str, Any]) -> list[str]:
-    """Every reference a unit layer makes (its ``from`` and the options that name layers)."""
-    sources = layer.get("from", "data")
-    refs = [sources] if isinstance(sources, str) else list(sources or [])
-    for key in ("base", "weights", "position", "keys", "values", "chunking_layer"):
-        value = layer.get(key)
-        if isinstance(value, str):
-            refs.append(value)
-    return refs
-
-
-def unit_dependencies(unit: dict[str, Any], default_target: str) -> list[str]:
-    """What a unit needs from outside, as references of the enclosing network: its ``base:`` layers (as names)
-    and its data keys (``data:KEY``, targets of choice layers and losses included), sorted."""
-    deps = set()
-    for layer in unit.values():
-        if not isinstance(layer, dict):
-            continue
-        for ref in _refs_of(layer):
-            if ref.startswith("base:"):
-                deps.add(ref[len("base:") :])
-            elif ref.startswith("data:") and ref != "data:source":
-                deps.add(ref)
-        if layer.get("class") == "choice" or layer.get("loss"):
-            target = layer.get("target", default_target)
-            if isinstance(target, str) and not target.startswith("layer:"):
-                deps.add(f"data:{target}")
-    return sorted(deps)
-
-
-class UnitBuilder(NetworkBuilder):
-    """Builds the layers of a unit with per-step specs.
-
-    A reference that closes a cycle through ``prev:`` cannot wait for the layer to be built: its spec is taken from
-    the layer's options (``n_out``; the target of a ``choice`` layer) and checked once the layer is built.
-
-    :param unit: the unit dict
-    :param rec_name: the rec layer's name, for messages
-    :param outer: the specs of the enclosing network's references the unit makes (``name`` and ``data:KEY``)
-    :param input_spec: the spec of the rec layer's input (with its time axis), or None without ``from``
-    """
-
-    def __init__(
-        self,
-        unit: dict[str, Any],
-        *,
-        rec_name: str,
-        outer: dict[str, DataSpec],
-        input_spec: DataSpec | None,
-        default_target: str,
-    ):
-        data_specs = {
-            ref[len("data:") :]: spec.copy(time=False) for ref, spec in outer.items() if ref.startswith("data:")
-        }
-        if input_spec is not None:
-            data_specs["source"] = input_spec.copy(time=False)
-        for name, layer in unit.items():
-            if not isinstance(name, str) or not name or "." in name or "/" in name or ":" in name:
-                raise ConfigError(f"network: layer {rec_name!r}: unit layer name {name!r} must be a plain name")
-            if not isinstance(layer, dict):
-                raise ConfigError(f"network: layer {rec_name}/{name}: expected a dict {{'class': ...}}, got {layer!r}")
-            if layer.get("class") == "subnetwork":
-                raise ConfigError(f"network: layer {rec_name}/{name}: subnetworks inside a rec unit are not supported")
-        layers = {name: dict(layer) for name, layer in unit.items()}
-        for layer in layers.values():
-            if layer.get("class") == "rec" and isinstance(layer.get("unit", "lstm"), str):
-                layer["class"] = "rnn_cell"  # a cell unit inside a unit runs one step at a time
-        super().__init__(layers, data_specs, default_target)
-        self.rec_name = rec_name
-        self.outer = outer
-        self._via_prev: list[bool] = []
-        self._next_via_prev = False
-        self.guessed: dict[str, DataSpec] = {}
-
-    def build(self) -> list[LayerEntry]:
-        if "output" not in self.flat:
-            raise ConfigError(f"network: layer {self.rec_name!r}: its unit needs an 'output' layer")
-        names = output_layer_names(self.flat) + (["end"] if "end" in self.flat else [])
-        for name in names:
-            self._build(name, needed_by=None)
-        for name, guess in self.guessed.items():
-            if self.specs[name] != guess:
-                raise ConfigError(
-                    f"network: layer {self.rec_name}/{name}: prev:{name} was taken as {guess.describe()} (from its "
-                    f"options), but the layer outputs {self.specs[name].describe()}; set its n_out"
-                )
-        return list(self.entries.values())
-
-    def source_spec(self, ref: str, needed_by: str) -> DataSpec:
-        if ref == ":i":
-            return DataSpec(dim=None, time=False, dtype="int64")
-        if ref == "data":
-            ref = "data:source"
-        if ref == "data:source" and "source" not in self.data_specs:
-            raise ConfigError(
-                f"network: layer {self.rec_name}/{needed_by}: 'data:source' is the rec layer's input, but "
-                f"{self.rec_name!r} has no 'from'"
-            )
-        if ref.startswith("data:"):
-            return super().source_spec(ref, needed_by)
-        if ref.startswith("base:"):
-            name = ref[len("base:") :]
-            if name not in self.outer:
-                raise ConfigError(f"network: layer {self.rec_name}/{needed_by}: {ref} names no layer of the network")
-            return self.outer[name]
-        via_prev = ref.startswith("prev:")
-        name = _strip(ref)
-        if via_prev and name not in self.flat:
-            raise ConfigError(
-                f"network: layer {self.rec_name}/{needed_by}: {ref!r} names no layer of the unit"
-                f" (layers: {', '.join(self.flat)})"
-            )
-        if name in self.specs:
-            return self.specs[name]
-        if name in self._building:
-            position = self._building.index(name)
-            if via_prev or any(self._via_prev[position + 1 :]):
-                return self._guess(name, needed_by)
-        self._next_via_prev = via_prev
-        self._build(name, needed_by=needed_by)
-        return self.specs[name]
-
-    def _build(self, name: str, *, needed_by: str | None) -> None:
-        if name in self.entries:
-            return
-        self._via_prev.append(self._next_via_prev)
-        self._next_via_prev = False
-        try:
-            super()._build(name, needed_by=f"{self.rec_name}/{needed_by}" if needed_by else None)
-        finally:
-            self._via_prev.pop()
-
-    def _guess(self, name: str, needed_by: str) -> DataSpec:
-        options = self.flat[name]
-        spec = None
-        if options.get("class") == "choice":
-            target = options.get("target", self.default_target)
-            if target in self.data_specs:
-                spec = self.data_specs[target]
-        elif options.get("n_out") is not None:
-            spec = DataSpec(dim=options["n_out"], time=False)
-        if spec is None:
-            raise ConfigError(
-                f"network: layer {self.rec_name}/{needed_by}: needs {name!r} of the previous step before {name!r} "
-                f"can be built; give {self.rec_name}/{name} an 'n_out'"
-            )
-        self.guessed[name] = spec
-        return spec
+__all__ = ["RecOutput", "RecUnitLayer", "loop_phases", "run_order"]
 
 
 @dataclasses.dataclass
@@ -195,6 +40,7 @@ class RecOutput(LayerOutput):
     """The output of a rec layer with a unit, and every unit layer's output over the whole sequence."""
 
     inner: dict[str, LayerOutput] = dataclasses.field(default_factory=dict)
+    nbest: Any = None  # in search: the hypotheses (a returnn.torch.network.search.SearchResult)
 
 
 class RecUnitLayer(Layer):
@@ -211,11 +57,12 @@ class RecUnitLayer(Layer):
         n_out: int | None = None,
         max_seq_len: Any = None,
         size_target: str | None = None,
+        include_eos: bool = False,
         unit_opts: dict[str, Any] | None = None,
     ):
         super().__init__(ctx)
         default_target = ctx.builder.default_target if ctx.builder is not None else "classes"
-        self.dep_refs = unit_dependencies(unit, default_target)
+        self.dep_refs = unit_dependencies(unit, default_target, max_seq_len, size_target)
         num_from = len(ctx.sources) - len(self.dep_refs)
         input_spec = concat_spec(ctx.sources[:num_from], ctx) if num_from else None
         if input_spec is not None and not input_spec.time:
@@ -232,12 +79,20 @@ class RecUnitLayer(Layer):
             self._modules[entry.name] = entry.module
         self.time_key = self._time_key(size_target, ctx, input_spec)
         self.max_seq_len = max_seq_len
+        self.include_eos = include_eos
+        self.searching = False  # set while the network searches (Network.search)
+        if max_seq_len is not None and not isinstance(max_seq_len, (int, str)):
+            raise ctx.error("max_seq_len must be an int or an expression like \"max_len_from('base:encoder') * 2\"")
         self.phases = loop_phases(self.entries)
-        self.order = run_order(self.entries, teacher_forcing=True)
+        self.order = run_order(self.entries, teacher_forcing=True, phases=self.phases)
         self.inner_losses: dict[str, LossSpec] = {e.name: e.loss for e in self.entries if e.loss is not None}
         self.out_spec = builder.specs["output"].copy(time=True)
         if n_out is not None and self.out_spec.dim != n_out:
             raise ctx.error(f"n_out={n_out}, but the unit's output is {self.out_spec.describe()}")
+
+    def layer(self, name: str) -> Layer:
+        """The unit layer ``name``."""
+        return self._modules[name]
 
     def _time_key(self, size_target: str | None, ctx: LayerContext, input_spec: DataSpec | None) -> str | None:
         """The data key whose lengths are the loop's in training (None: the input's)."""
@@ -254,11 +109,17 @@ class RecUnitLayer(Layer):
 
     @staticmethod
     def dependencies_from_options(options: dict[str, Any], builder: NetworkBuilder) -> list[str]:
-        return unit_dependencies(options["unit"], builder.default_target)
+        return unit_dependencies(
+            options["unit"], builder.default_target, options.get("max_seq_len"), options.get("size_target")
+        )
 
     def forward(self, sources: list[LayerOutput]) -> RecOutput:
         x = concat_outputs(sources[: self.num_from]) if self.num_from else None
         outer = dict(zip(self.dep_refs, sources[self.num_from :]))
+        if self.searching:
+            from returnn.torch.network.unit_search import UnitSearch
+
+            return UnitSearch(self, x, outer).run()
         timing = x if self.time_key is None else outer[f"data:{self.time_key}"]
         run = _TeacherForcedRun(self, x, outer, timing.tensor.shape[1], timing.lengths)
         return run.run()
@@ -275,9 +136,18 @@ def current_edges(entries: list[LayerEntry], *, teacher_forcing: bool) -> dict[s
     return edges
 
 
-def run_order(entries: list[LayerEntry], *, teacher_forcing: bool) -> list[LayerEntry]:
-    """The unit layers in an order in which each comes after the layers it reads at the same step."""
+def run_order(
+    entries: list[LayerEntry], *, teacher_forcing: bool, phases: dict[str, str] | None = None
+) -> list[LayerEntry]:
+    """The unit layers in an order in which each comes after the layers it reads at the same step; with
+    ``phases``, a layer that runs over the whole sequence also after the layers whose previous output it reads
+    (outside the loop, ``prev:x`` is ``x`` shifted by one step)."""
     edges = current_edges(entries, teacher_forcing=teacher_forcing)
+    if phases is not None:
+        for entry in entries:
+            if phases[entry.name] != "loop":
+                prev = {r[len("prev:") :] for r in entry.sources if r.startswith("prev:")}
+                edges[entry.name] |= {name for name in prev if phases[name] != "loop" and name != entry.name}
     by_name = {e.name: e for e in entries}
     order: list[LayerEntry] = []
     done: set[str] = set()
@@ -511,9 +381,9 @@ def _initial(entries: list[LayerEntry], name: str, batch: int, like: torch.Tenso
 
 
 def _apply_dropout(module: Layer, entry: LayerEntry, sources: list[LayerOutput]) -> list[LayerOutput]:
-    from returnn.torch.network.network import dropout_sources
+    from returnn.torch.network.network import prepared_sources
 
-    return dropout_sources(entry, sources, module.training)
+    return prepared_sources(entry, sources, module.training)
 
 
 def _call(module: Layer, entry: LayerEntry, sources: list[LayerOutput]) -> LayerOutput:

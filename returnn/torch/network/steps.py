@@ -59,12 +59,16 @@ declare_options(
 )
 
 
-def build_network(config: Config, data_specs: dict[str, DataSpec] | None = None) -> Network:
+def build_network(
+    config: Config, data_specs: dict[str, DataSpec] | None = None, net_dict: dict[str, Any] | None = None
+) -> Network:
     """The network of the config's ``network`` dict.
 
     :param data_specs: the input data; by default from ``extern_data`` / ``num_outputs`` or the train dataset
+    :param net_dict: another network dict than ``network`` (a pretrain stage)
     """
-    net_dict = config.typed_value("network")
+    if net_dict is None:
+        net_dict = config.typed_value("network")
     if data_specs is None:
         data_specs = data_specs_from_config(config) or _data_specs_from_datasets(config)
     flat = flatten_subnetworks(net_dict)
@@ -132,7 +136,14 @@ def _network_of(model: torch.nn.Module) -> Network:
 
 
 def network_get_model(*, config: Config, epoch: int, step: int, **kwargs) -> Network:
-    """``get_model`` of a network config."""
+    """``get_model`` of a network config (with ``pretrain``: the network of ``epoch``, see
+    :mod:`returnn.torch.network.pretrain`)."""
+    from returnn.torch.network.growth import build_pretrain_network
+    from returnn.torch.network.pretrain import pretrain_from_config
+
+    pretrain = pretrain_from_config(config)
+    if pretrain is not None:
+        return build_pretrain_network(config, pretrain, epoch)
     return build_network(config)
 
 

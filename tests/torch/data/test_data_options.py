@@ -15,6 +15,7 @@ _KEYS = (
     "chunking_options",
     "chunking",
     "min_chunk_size",
+    "context_window",
     "batch_size",
     "max_seqs",
     "batching_drop_last",
@@ -200,3 +201,25 @@ def test_online_shuffle_batches_forms():
 def test_num_workers_from_torch_dataloader_opts():
     options = DataPipelineOptions.parse(torch_dataloader_opts={"num_workers": 1, "prefetch_factor": 3})
     assert options.num_workers == 1 and options.dataloader_opts == {"prefetch_factor": 3}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, {}),
+        (1, {"data": (0, 0)}),
+        (5, {"data": (2, 2)}),
+        (4, {"data": (1, 2)}),  # the odd frame on the right
+        ({"data": 3, "aux": 2}, {"data": (1, 1), "aux": (0, 1)}),
+        (({"data": 2}, {"data": 1, "classes": 0}), {"classes": (0, 0), "data": (2, 1)}),
+    ],
+)
+def test_context_window_forms(value, expected):
+    assert DataPipelineOptions.parse(context_window=value).context == expected
+
+
+def test_context_window_bad_values():
+    with pytest.raises(ConfigError, match=r"'context_window': expected an int >= 1 for 'data', got 0"):
+        DataPipelineOptions.parse(context_window=0)
+    with pytest.raises(ConfigError, match=r"'context_window': expected N, \{key: N\} or"):
+        DataPipelineOptions.parse(context_window="5")

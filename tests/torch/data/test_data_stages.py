@@ -196,3 +196,27 @@ def test_drop_last_drops_one_batch_per_epoch_not_one_per_shard(static_dataset):
     assert [batch.num_seqs for batch in batches] == [3, 3, 2]
     unsharded = list(iterate_batches(static_dataset(10), options, epoch=1, mode="train"))
     assert [batch.num_seqs for batch in unsharded] == [3, 3, 3]
+
+
+def test_chunks_with_context_frames_from_the_sequence_and_zeros_beyond():
+    from returnn.torch.data.chunking import add_context
+
+    item = _item("s1", data=6, classes=6)
+    item["data"] = item["data"] + 1  # frames 1..6, so that the zero padding shows
+    spec = ChunkingSpec(streams={"data": ChunkStream(3, 3), "classes": ChunkStream(3, 3)})
+    chunks = list(chunk_items([item], spec, context={"data": (1, 2)}))
+    assert [c["data"].tolist() for c in chunks] == [[0, 1, 2, 3, 4, 5], [3, 4, 5, 6, 0, 0]]
+    assert [c["classes"].tolist() for c in chunks] == [[0, 1, 2], [3, 4, 5]]  # no context for classes
+    (padded,) = add_context([item], {"data": (2, 1), "absent": (1, 1)})
+    assert padded["data"].tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 0] and padded["classes"].tolist() == list(range(6))
+
+
+def test_context_window_in_the_pipeline_also_when_forwarding(static_dataset):
+    from returnn.torch.data import DataPipelineOptions
+    from returnn.torch.data.pipeline import iterate_batches
+
+    options = DataPipelineOptions.parse(batch_size=1000, max_seqs=1, context_window=3, chunking=(2, 2))
+    train = list(iterate_batches(static_dataset(2), options, epoch=1, mode="train"))
+    assert [batch.to_data_dict()["data"].shape[1] for batch in train] == [3, 4]  # seq-0: 1 frame, seq-1: 2 frames
+    forward = list(iterate_batches(static_dataset(2), options, epoch=None, mode="forward"))
+    assert [batch.to_data_dict()["data:size1"].tolist() for batch in forward] == [[3], [4]]

@@ -362,13 +362,34 @@ def test_self_attention_bad_options(options, message):
         build(one_layer(**options))
 
 
-def test_self_attention_needs_time_axis():
-    net = {
-        "pooled": {"class": "reduce", "from": "data", "mode": "max", "axes": "T"},
-        "output": {"from": "pooled", **SELF_ATTENTION},
+def test_self_attention_inside_a_rec_unit_attends_step_by_step_to_the_steps_before():
+    unit = {
+        "att": {"class": "self_attention", "from": ["data:source", "prev:out"], **_SA_OPTIONS},
+        "out": {"class": "linear", "from": "att", "n_out": 4, "activation": "tanh"},
+        "output": {"class": "copy", "from": "out"},
     }
-    with pytest.raises(ConfigError, match="has no time axis; self-attention runs on full sequences here"):
-        build(net)
+    network = build({"output": {"class": "rec", "from": "data", "unit": unit, "is_output_layer": True}})
+    assert network.layer("output").phases["att"] == "loop"
+    data = random_batch([5, 5])
+    got = run(network, data).tensor
+    # the same by hand: each step's keys and values are appended, the query attends to all of them
+    sd = network.state_dict()
+    qkv_w, out_w, out_b = sd["output.att.QKV"], sd["output.out.W"], sd["output.out.b"]
+    batch, time = data["data"].shape[:2]
+    prev, keys, values, outs = torch.zeros(batch, 4), [], [], []
+    for t in range(time):
+        qkv = (torch.cat([data["data"][:, t], prev], -1) @ qkv_w).reshape(batch, 2, -1)
+        q, k, v = qkv.split([3, 3, 2], dim=-1)
+        keys.append(k)
+        values.append(v)
+        energy = torch.einsum("bhd,bthd->bht", q * 3**-0.5, torch.stack(keys, 1))
+        att = torch.einsum("bht,bthd->bhd", energy.softmax(-1), torch.stack(values, 1)).reshape(batch, -1)
+        prev = torch.tanh(att @ out_w + out_b)
+        outs.append(prev)
+    torch.testing.assert_close(got, torch.stack(outs, 1), rtol=1e-5, atol=1e-6)
+
+
+_SA_OPTIONS = {"num_heads": 2, "total_key_dim": 6, "n_out": 4}
 
 
 # gauss_window_attention

@@ -419,3 +419,46 @@ def test_tf_only_options_are_accepted(caplog):
     caplog.set_level("INFO")
     build({"output": {"class": "softmax", "loss": "ce", "param_device": "cpu"}})
     assert any("param_device" in record.message and "no effect" in record.message for record in caplog.records)
+
+
+def test_copy_activation_dropout_constant_length_reinterpret_and_source_layers():
+    specs = {**SPECS, "extra": DataSpec(dim=3, sparse=True)}
+    net = build(
+        {
+            "act": {"class": "activation", "activation": "relu+exp"},
+            "drop": {"class": "dropout", "from": "act", "dropout": 0.5},
+            "copy": {"class": "copy", "from": ["act", "drop"]},
+            "const": {"class": "constant", "value": 2.5, "from": []},
+            "scaled": {"class": "combine", "kind": "mul", "from": ["copy", "const"]},
+            "len": {"class": "length", "from": "data"},
+            "src": {"class": "source", "data_key": "extra"},
+            "wider": {"class": "reinterpret_data", "from": "src", "increase_sparse_dim": 2},
+            "output": {"class": "copy", "from": "scaled", "is_output_layer": True},
+            "lengths_out": {"class": "copy", "from": "len", "is_output_layer": True},
+            "wider_out": {"class": "copy", "from": "wider", "is_output_layer": True},
+        },
+        specs,
+    )
+    data = batch()
+    data["extra"] = torch.tensor([[0, 2, 1, 0, 0], [1, 1, 2, 0, 0]])
+    data["extra:size1"] = data["data:size1"]
+    net.eval()  # no dropout
+    out = net(data)
+    act = torch.exp(torch.relu(data["data"]))
+    torch.testing.assert_close(out["output"].tensor, torch.cat([act, act], -1) * 2.5)
+    assert torch.equal(out["lengths_out"].tensor, data["data:size1"])
+    assert out["wider_out"].spec == DataSpec(dim=5, sparse=True) and torch.equal(out["wider_out"].tensor, data["extra"])
+    net.train()
+    dropped = net(data)["drop"].tensor
+    kept = dropped != 0
+    assert 0 < kept.float().mean() < 1  # about half the values are dropped, the others scaled by 2
+    torch.testing.assert_close(dropped[kept], 2 * act[kept])
+
+
+def test_dropout_noise_shape_shares_the_mask_over_time():
+    net = build({"output": {"class": "copy", "dropout": 0.5, "dropout_noise_shape": {"T": 1}, "is_output_layer": True}})
+    net.train()
+    data = batch(lengths=(5, 5))
+    data["data"] = torch.ones(2, 5, 4)
+    dropped = net(data)["output"].tensor
+    assert torch.equal(dropped, dropped[:, :1].expand_as(dropped))  # the same features dropped in every frame

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from returnn.torch.network.data import DataSpec, LayerOutput
 from returnn.torch.network.layers.base import Layer, LayerContext, concat_outputs, concat_spec, register_layer
+from returnn.torch.network.layers.loop import StatefulLayer
 
 __all__ = [
     "DotAttentionLayer",
@@ -283,8 +284,10 @@ def _from_given(ctx: LayerContext) -> bool:
 
 
 @register_layer("self_attention")
-class SelfAttentionLayer(Layer):
-    """Multi-head dot-product self-attention over the time axis of full sequences.
+class SelfAttentionLayer(StatefulLayer):
+    """Multi-head dot-product self-attention over the time axis of full sequences; inside a recurrent unit (an
+    input without a time axis) each step attends to itself and the steps before it, whose keys and values are its
+    state.
 
     The parameter ``QKV`` ``[n_in, 2 * total_key_dim + n_out]`` projects the input (on sparse input: a row lookup);
     as in RETURNN, its columns are ``num_heads`` blocks, one per head, each ``[q | k | v]`` with ``total_key_dim //
@@ -317,11 +320,6 @@ class SelfAttentionLayer(Layer):
             )
         if key_shift is not None:
             raise ctx.error("key_shift (relative positional encoding) is not supported yet; remove it")
-        if not source.time:
-            raise ctx.error(
-                f"its input {source.describe()} has no time axis; self-attention runs on full sequences here "
-                "(step-by-step inside a rec unit is not supported)"
-            )
         if source.spatial or source.dim is None:
             raise ctx.error(f"its input {source.describe()}: expected [B,T,F] or sparse [B,T]")
         attention_dropout = _number(attention_dropout, "attention_dropout", ctx) or 0.0
@@ -330,7 +328,8 @@ class SelfAttentionLayer(Layer):
         self.key_dim = total_key_dim // num_heads
         self.value_dim = n_out // num_heads
         self.attention_dropout = attention_dropout
-        self.attention_left_only = bool(attention_left_only)
+        # inside a unit the steps come one by one: a step attends to those before it
+        self.attention_left_only = bool(attention_left_only) or not source.time
         self.sparse_input = source.sparse
         n_qkv = 2 * total_key_dim + n_out
         self.QKV = self.add_param(
@@ -341,9 +340,23 @@ class SelfAttentionLayer(Layer):
             fan_out=n_qkv,
             where=f"{ctx.where}: QKV",
         )
-        self.out_spec = DataSpec(dim=n_out, time=True)
+        self.out_spec = DataSpec(dim=n_out, time=source.time)
 
-    def forward(self, x: LayerOutput) -> LayerOutput:
+    def initial_state(self, batch: int, like: torch.Tensor) -> Any:
+        return None
+
+    def step(self, x: LayerOutput, state: Any) -> tuple[LayerOutput, Any]:
+        batch = x.tensor.shape[0]
+        qkv = F.embedding(x.tensor.long(), self.QKV) if self.sparse_input else torch.matmul(x.tensor, self.QKV)
+        q, k, v = qkv.reshape(batch, self.num_heads, 1, -1).split([self.key_dim, self.key_dim, self.value_dim], -1)
+        keys, values = (k, v) if state is None else (torch.cat([state[0], k], 2), torch.cat([state[1], v], 2))
+        weights = torch.softmax(torch.matmul(q * self.key_dim**-0.5, keys.transpose(-1, -2)), dim=-1)
+        if self.attention_dropout and self.training:
+            weights = F.dropout(weights, self.attention_dropout, training=True)
+        out = torch.matmul(weights, values).reshape(batch, -1)  # [B, H*value_dim]
+        return LayerOutput(out, None, self.out_spec), (keys, values)
+
+    def sequence(self, x: LayerOutput) -> LayerOutput:
         batch, time = x.tensor.shape[:2]
         if self.sparse_input:
             qkv = F.embedding(x.masked(0).long(), self.QKV)
@@ -359,7 +372,7 @@ class SelfAttentionLayer(Layer):
         if self.attention_dropout and self.training:
             weights = F.dropout(weights, self.attention_dropout, training=True)
         out = torch.matmul(weights, v).transpose(1, 2).reshape(batch, time, -1)  # [B,T,H*value_dim]
-        return LayerOutput(out, x.lengths, self.out_spec)
+        return LayerOutput(out, x.lengths, self.out_spec.copy(time=True))
 
 
 @register_layer("gauss_window_attention")

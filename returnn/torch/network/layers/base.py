@@ -53,6 +53,8 @@ COMMON_OPTIONS = {
     "trainable": "False: the layer's parameters are not updated",
     "reuse_params": "share the parameters of another layer (its name)",
     "register_as_extern_data": "make this layer's output a data key that losses can use as target",
+    "grad_filter": "in training, the gradient of input frames whose gradient norm is above this is zeroed",
+    "initial_output": "inside a rec unit: prev:<layer> at the first step (0 by default; a number, 'zeros', 'ones')",
     "out_type": "the output's {'dim': ..., 'sparse': ...}, checked against what the layer computes",
     "n_out": "the output feature dimension",
 }
@@ -77,7 +79,6 @@ TF_ONLY_OPTIONS = frozenset(
         "need_last",
         "batch_norm",
         "state",
-        "include_eos",
         "cheating",
         "safe_embedding",
     }
