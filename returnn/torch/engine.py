@@ -16,6 +16,11 @@ The engine's options are read in :mod:`returnn.torch.engine_options`; where a ta
 ``preload_from_files``) is decided in :mod:`returnn.torch.model_loading`; the optimizer step is
 :mod:`returnn.torch.updater`'s; loss bookkeeping and the per-step log line are in :mod:`returnn.torch.scores`.
 
+Around the loops: mid-epoch checkpoints and stops on signals and time limits are :mod:`returnn.torch.run_control`'s,
+the progress lines and per-epoch resource line :mod:`returnn.torch.progress`'s, the metrics loggers
+:mod:`returnn.torch.metrics_log`'s, early stopping, debug limits, ``fast_dev_run`` and ``torch_compile``
+:mod:`returnn.torch.training_switches`'.
+
 Log lines have a stable ``key=value`` shape: one per step at verbosity 5 (``epoch=... step=... loss_<name>=...
 seqs=... step_time=... eta=...``), one per evaluated dataset at verbosity 4 and one per epoch at verbosity 3
 (``epoch=... train_loss_<name>=... dev_loss_<name>=... lr=... time=...``).
@@ -136,6 +141,9 @@ class Engine:
             resume_step = self.run_control.resume_step(default=self.global_step)
             with MetricsLog.from_config(self.config, resume_step=resume_step, first_epoch=first_epoch) as metrics_log:
                 self.metrics_log = metrics_log
+                if (done := self.learning_rate_control.epoch_data.get(first_epoch - 1)) is not None:
+                    values = {**done.scores, "learning_rate": done.learning_rate}
+                    metrics_log.epoch_if_missing(first_epoch - 1, self.global_step, values)
                 for epoch in range(first_epoch, self.options.num_epochs + 1):
                     if (reason := self.switches.early_stop_reason(self.learning_rate_control.epoch_data)) is not None:
                         logger.info(f"{reason}: training ends before epoch {epoch}")
@@ -366,6 +374,7 @@ class Engine:
                 with autocast(self.device, self.options.amp_dtype):
                     self.functions.train_step(model=self._model, data=self._to_device(data), run_ctx=run_ctx)
                 totals.add(run_ctx.losses, loss_values(run_ctx.losses).tolist())
+                self.run_control.during_evaluation(self, name)
         self._sum_over_processes(totals)
         _check_not_empty(totals.num_steps, name, self.epoch)
         scores = totals.scores(name)

@@ -72,6 +72,7 @@ class MetricsLog:
         self._csv_file = None
         self._csv = None
         self._tensorboard = None
+        self._logged_epochs: set[int] = set()  # epochs with rows in the CSV file
         if not distributed.is_main_process():
             return
         if csv_path:
@@ -107,6 +108,7 @@ class MetricsLog:
                 for row in read_metrics_csv(path)
                 if row["global_step"] <= resume_step and not (row["kind"] == "epoch" and row["epoch"] >= first_epoch)
             ]
+        self._logged_epochs = {row["epoch"] for row in kept if row["kind"] == "epoch"}
         directory = os.path.dirname(path)
         if directory:
             os.makedirs(directory, exist_ok=True)
@@ -125,19 +127,30 @@ class MetricsLog:
         """Whether any logger is on (in this process)."""
         return self._csv is not None or self._tensorboard is not None
 
+    def wants_step(self, global_step: int) -> bool:
+        """Whether the step with this number (the steps done so far, it included) is logged."""
+        return self.enabled and global_step % self.interval_steps == 0
+
     def step(self, epoch: int, global_step: int, values: dict[str, float | None]) -> None:
-        """Log a train step's values (every ``interval_steps`` steps); None values are left out.
+        """Log a train step's values (if :meth:`wants_step`); None values are left out.
 
         :param global_step: the steps done so far, this one included
         """
-        if self.enabled and global_step % self.interval_steps == 0:
+        if self.wants_step(global_step):
             self._write("step", epoch, global_step, values.items())
 
     def epoch(self, epoch: int, global_step: int, values: dict[str, float | None]) -> None:
         """Log an epoch's values (scores, learning rate); written to disk now."""
         if self.enabled:
             self._write("epoch", epoch, global_step, values.items())
+            self._logged_epochs.add(epoch)
             self.flush()
+
+    def epoch_if_missing(self, epoch: int, global_step: int, values: dict[str, float | None]) -> None:
+        """Log an epoch that the CSV file lacks: one whose evaluation a restart completed (the interrupted run
+        stopped before logging it). Without a CSV file nothing is known, and nothing is logged."""
+        if self._csv is not None and epoch not in self._logged_epochs:
+            self.epoch(epoch, global_step, values)
 
     def flush(self) -> None:
         """Write what is buffered to disk (with every checkpoint, so that a killed run has logged up to it)."""

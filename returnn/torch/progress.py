@@ -8,7 +8,8 @@
   When stderr is a terminal and the optional package ``tqdm`` is installed, a live bar on stderr replaces those
   lines (not at verbosity 5, whose per-step lines would tear it).
 - Verbosity 5: one line per step (``epoch=... step=... global_step=... loss_<name>=... seqs=... step_time=... eta=...
-  grad_norm=... lr=... data_time=...``).
+  grad_norm=... lr=... data_time=... peak_mem=...``; ``grad_norm`` only in steps that update, ``nan`` / ``inf`` in
+  an update skipped for it, ``data_time`` the step's wait for its batch).
 - After the epoch's train steps (verbosity 3): ``epoch=... part=train steps=... seqs=... grad_norm=<mean>
   skipped_updates=... peak_mem=...MB data_time=...s compute_time=...s``; the gradient norm is the global norm before
   clipping, peak memory the CUDA maximum allocated on a GPU (reset every epoch), else the process's peak RSS.
@@ -115,6 +116,7 @@ class Progress:
         self.num_steps = 0
         self.num_frames = 0
         self.data_time = 0.0
+        self._last_data_time = 0.0  # data_time at the last per-step line
         self.loss_sums: dict[str, float] = {}
         self._loss_steps = 0  # steps in loss_sums (a resumed epoch starts them anew)
         self.grad_norm_sum = 0.0
@@ -164,7 +166,7 @@ class Progress:
         if grad_norm is not None and math.isfinite(grad_norm):
             self.grad_norm_sum += grad_norm
             self.num_grad_norms += 1
-        if self.metrics_log is not None:
+        if self.metrics_log is not None and self.metrics_log.wants_step(global_step):
             values = {f"loss_{name}": value for name, value in step_losses.items()}
             self.metrics_log.step(
                 self.epoch, global_step, {**values, "learning_rate": learning_rate, "grad_norm": grad_norm}
@@ -177,8 +179,10 @@ class Progress:
             )
             logger.debug(
                 f"epoch={self.epoch} step={self.num_steps} global_step={global_step} {losses} seqs={num_seqs} "
-                f"step_time={now - self.last_time:.4f}s eta={self._eta(now)}{extra} data_time={self.data_time:.3f}s"
+                f"step_time={now - self.last_time:.4f}s eta={self._eta(now)}{extra} "
+                f"data_time={self.data_time - self._last_data_time:.4f}s peak_mem={peak_memory_mb(self.device):.0f}MB"
             )
+            self._last_data_time = self.data_time
         self.last_time = now
         if self._bar is not None:
             self._bar.update(num_seqs)

@@ -280,6 +280,15 @@ class RunControl:
                 f"(global_step={engine.global_step}), saved {path}; start the same command again to resume from there"
             )
 
+    def during_evaluation(self, engine: Engine, name: str) -> None:
+        """After an evaluation step: stop when a signal came (a restart evaluates what is missing). Only with one
+        process: with several, each evaluates its own number of batches, so there is no common step to stop at."""
+        if self.signals.received is not None and engine.data_parallel is None:
+            raise RunInterrupted(
+                f"received {self.signals.received}: stopped while evaluating {name!r} in epoch {engine.epoch}; start "
+                "the same command again: it evaluates what is missing and goes on"
+            )
+
     def epoch_saved(self, engine: Engine) -> None:
         """The epoch's checkpoint exists: the mid-epoch one is outdated."""
         distributed.remove_file(mid_epoch_filename(engine.options.model_prefix))

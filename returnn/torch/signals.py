@@ -3,6 +3,10 @@
 While training runs, :class:`StopSignals` replaces the default action of these signals (end the process at once,
 losing the epoch) by a note; the engine reads the note after each train step, writes a mid-epoch checkpoint and
 stops (see :mod:`returnn.torch.run_control`). SIGINT (Ctrl-C) keeps Python's behaviour: ``KeyboardInterrupt``.
+
+DataLoader worker processes ignore both (:func:`ignore_stop_signals`): SLURM signals every process of the job, and a
+worker ended by it would fail the training ("DataLoader worker exited unexpectedly") before the main process could
+save; the main process stops its workers when it is done.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["STOP_SIGNALS", "StopSignals"]
+__all__ = ["STOP_SIGNALS", "StopSignals", "ignore_stop_signals"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -41,3 +45,9 @@ class StopSignals:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def ignore_stop_signals() -> None:
+    """In a DataLoader worker process: ignore SIGTERM / SIGUSR1 (the main process decides when to stop)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)

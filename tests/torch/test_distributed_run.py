@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import textwrap
@@ -207,3 +208,48 @@ def test_an_error_in_one_process_stops_all(tmp_path):
     assert "RuntimeError: broken batch in rank 1" in result.stderr
     assert not os.path.exists(tmp_path / "models")
     assert [step[:2] for step in read_steps(tmp_path, 0)] == [("train", 1), ("train", 1)]
+
+
+def test_sigterm_to_torchrun_mid_epoch_then_restart_equals_uninterrupted(uneven_run, tmp_path, assert_same_state):
+    # both processes wait in global step 3 (the first of epoch 2) until they got the signal that torchrun passes on
+    extra = """
+        import time
+
+        _train_step = train_step
+
+
+        def train_step(*, model, data, run_ctx, **kwargs):
+            _train_step(model=model, data=data, run_ctx=run_ctx, **kwargs)
+            if model.training and run_ctx.global_step == 3:
+                open(f"reached.{_RANK}", "w").close()
+                deadline = time.monotonic() + 60
+                while run_ctx.engine.run_control.signals.received is None and time.monotonic() < deadline:
+                    time.sleep(0.02)
+    """
+    write_config(tmp_path, num_seqs=5, accum=2, extra=extra)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc-per-node=2"]
+    pipe = subprocess.PIPE
+    process = subprocess.Popen(
+        [*command, str(REPO_ROOT / "rnn.py"), "exp.config"], cwd=tmp_path, stdout=pipe, stderr=pipe
+    )
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"reached.{rank}").exists() for rank in (0, 1)):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0  # torchrun's own code; the processes' last lines say why
+    assert "received SIGTERM: stopped in epoch 2 after step 1 of it (global_step=4)" in stderr.decode()
+    mid = torch.load(tmp_path / "models" / "epoch.mid_epoch.pt", weights_only=True)
+    assert [process["num_batches"] for process in mid["processes"]] == [1, 1]
+    result = torchrun(tmp_path)  # the same command again
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    full = torch.load(uneven_run / "models" / "epoch.002.pt", weights_only=True)
+    assert_same_state(full, torch.load(tmp_path / "models" / "epoch.002.pt", weights_only=True))
+    full_opt = torch.load(uneven_run / "models" / "epoch.002.opt.pt", weights_only=True)
+    resumed_opt = torch.load(tmp_path / "models" / "epoch.002.opt.pt", weights_only=True)
+    assert_same_state(full_opt["optimizer"], resumed_opt["optimizer"])
+    for full_grads, resumed_grads in zip(full_opt["pending_grads_by_rank"], resumed_opt["pending_grads_by_rank"]):
+        assert_same_state(full_grads or {}, resumed_grads or {})
+    assert (tmp_path / "learning_rates").read_text() == (uneven_run / "learning_rates").read_text()
+    assert sorted(os.listdir(tmp_path / "models")) == sorted(os.listdir(uneven_run / "models"))

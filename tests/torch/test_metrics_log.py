@@ -90,3 +90,40 @@ def test_tensorboard_without_the_package(make_config, tmp_path):
 def test_bad_interval(make_config):
     with pytest.raises(ConfigError, match=r"'metrics_log_interval_steps': expected an int >= 1, got 0"):
         MetricsLog.from_config(make_config(metrics_log_interval_steps=0), resume_step=0, first_epoch=1)
+
+
+def test_tensorboard_after_stop_and_restart_has_each_step_once(make_config, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def config(**overrides):
+        return make_config(tensorboard_dir=str(tmp_path / "tb"), metrics_log_interval_steps=1, dev=None, **overrides)
+
+    with pytest.raises(KeyboardInterrupt):  # steps 6 and 7 are logged after the mid-epoch checkpoint of step 5
+        Engine(config(train_step=_signal_at(6, signal.SIGINT), checkpoint_interval_steps=5)).train()
+    Engine(config()).train()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("step/loss_ce")] == list(range(1, 9))
+    assert [event.step for event in events.Scalars("epoch/train_loss_ce")] == [1, 2]
+
+
+def test_csv_after_stop_in_evaluation_and_restart_equals_uninterrupted(make_config, tmp_path):
+    def config(name, **overrides):
+        return make_config(
+            name, metrics_csv=str(tmp_path / name / "metrics.csv"), metrics_log_interval_steps=1, **overrides
+        )
+
+    def step(*, model, run_ctx, **kwargs):
+        if not model.training and run_ctx.epoch == 1:  # the epoch's rows are not logged yet
+            os.kill(os.getpid(), signal.SIGTERM)
+        train_step(model=model, run_ctx=run_ctx, **kwargs)
+
+    Engine(config("full")).train()
+    with pytest.raises(RunInterrupted, match="while evaluating 'dev'"):
+        Engine(config("resumed", train_step=step)).train()
+    Engine(config("resumed")).train()  # evaluates dev of epoch 1, then logs the epoch
+    full = read_metrics_csv(str(tmp_path / "full" / "metrics.csv"))
+    resumed = read_metrics_csv(str(tmp_path / "resumed" / "metrics.csv"))
+    assert _keys(resumed) == _keys(full)
+    assert [row["value"] for row in resumed] == [row["value"] for row in full]

@@ -95,7 +95,7 @@ def test_per_step_line_at_verbosity_5_has_grad_norm_and_learning_rate(make_confi
     Engine(config).train()
     step_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch=1 step=")]
     assert " grad_norm=" not in step_lines[0]  # no update in step 1 of 2
-    assert re.search(r" grad_norm=[\d.]+ lr=0.01 data_time=[\d.]+s$", step_lines[1]), step_lines[1]
+    assert re.search(r" grad_norm=[\d.]+ lr=0.01 data_time=[\d.]+s peak_mem=\d+MB$", step_lines[1]), step_lines[1]
 
 
 def test_live_bar_with_tqdm(caplog, capsys):

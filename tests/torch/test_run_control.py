@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from returnn.errors import CheckpointError, ConfigError, RunInterrupted
+from returnn.learning_rate_control import load_learning_rate_file
 from returnn.torch.engine import Engine
 from returnn.torch.run_control import RunControlOptions, mid_epoch_filename, parse_duration
 
@@ -45,6 +46,11 @@ def _assert_same_run(tmp_path, assert_same_state, full: str, resumed: str, last_
         pytest.param({}, id="plain"),
         pytest.param({"accum_grad_multiple_step": 3}, id="accumulation"),
         pytest.param({"chunking": "4:2"}, id="chunking"),
+        pytest.param(
+            {"num_workers_per_gpu": 1, "chunking": "4:2", "accum_grad_multiple_step": 2, "dev": None},
+            id="worker-chunking-accumulation",
+            marks=pytest.mark.slow,  # starts DataLoader worker processes
+        ),
     ],
 )
 def test_sigterm_mid_epoch_then_restart_equals_uninterrupted(make_config, tmp_path, assert_same_state, options):
@@ -95,6 +101,20 @@ def test_periodic_mid_epoch_checkpoint_is_replaced_and_removed_at_epoch_end(make
     assert sorted(os.listdir(tmp_path / "models")) == ["epoch.001.opt.pt", "epoch.001.pt"]
 
 
+def test_checkpoint_interval_minutes(make_config, tmp_path):
+    seen = []
+
+    def step(*, run_ctx, **kwargs):
+        path = mid_epoch_filename(str(tmp_path / "models" / "epoch"))
+        seen.append(_load(path)["step"] if os.path.exists(path) else None)
+        train_step(run_ctx=run_ctx, **kwargs)
+
+    Engine(make_config(num_epochs=1, checkpoint_interval_minutes=1e-9, train_step=step)).train()
+    # a checkpoint after every train step (always due); gone when dev is evaluated (the epoch's checkpoint exists)
+    assert seen == [None, 1, 2, 3, None]
+    assert sorted(os.listdir(tmp_path / "models")) == ["epoch.001.opt.pt", "epoch.001.pt"]
+
+
 def test_max_wall_time_stops_with_mid_epoch_checkpoint(make_config, tmp_path):
     with pytest.raises(RunInterrupted, match=r"max_wall_time=1e-06s reached: stopped in epoch 1 after step 1"):
         Engine(make_config(max_wall_time=1e-6)).train()
@@ -139,3 +159,35 @@ def test_options(make_config):
         RunControlOptions.from_config(make_config(max_wall_time="soon"))
     with pytest.raises(ConfigError, match=r"'checkpoint_interval_steps': expected an int > 0, got 1.5"):
         RunControlOptions.from_config(make_config(checkpoint_interval_steps=1.5))
+
+
+@pytest.mark.slow  # starts a DataLoader worker process
+def test_dataloader_workers_survive_the_signal(make_config, tmp_path):
+    def step(*, model, run_ctx, **kwargs):
+        if run_ctx.global_step == 0:  # SLURM signals every process of the job; the workers get it first here
+            for worker in run_ctx.engine.data_loaders["train"].data_loader._iterator._workers:
+                os.kill(worker.pid, signal.SIGTERM)
+        if run_ctx.global_step == 9:
+            os.kill(os.getpid(), signal.SIGTERM)
+        train_step(model=model, run_ctx=run_ctx, **kwargs)
+
+    config = make_config(num_workers_per_gpu=1, train_step=step, max_seqs=1)  # 12 steps per epoch
+    with pytest.raises(RunInterrupted, match=r"received SIGTERM: stopped in epoch 1 after step 10"):
+        Engine(config).train()
+
+
+def test_sigterm_during_evaluation_then_restart_equals_uninterrupted(make_config, tmp_path, assert_same_state):
+    dev = {**make_config().typed_value("dev"), "num_seqs": 12}  # 3 batches
+
+    def step(*, model, run_ctx, **kwargs):
+        if not model.training and run_ctx.epoch == 1 and not (tmp_path / "signalled").exists():
+            (tmp_path / "signalled").touch()
+            os.kill(os.getpid(), signal.SIGTERM)
+        train_step(model=model, run_ctx=run_ctx, **kwargs)
+
+    Engine(make_config("full", dev=dev)).train()
+    with pytest.raises(RunInterrupted, match=r"received SIGTERM: stopped while evaluating 'dev' in epoch 1; start"):
+        Engine(make_config("resumed", dev=dev, train_step=step)).train()
+    assert "dev_loss_ce" not in load_learning_rate_file(str(tmp_path / "resumed" / "learning_rates"))[1].error
+    Engine(make_config("resumed", dev=dev)).train()
+    _assert_same_run(tmp_path, assert_same_state, "full", "resumed", 2)

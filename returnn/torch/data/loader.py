@@ -43,6 +43,7 @@ from returnn.torch.data.collate import CollatedBatch
 from returnn.torch.data.options import DataPipelineOptions
 from returnn.torch.data.pipeline import Mode, check_mode, iterate_batches
 from returnn.torch.data.stats import BatchStatistics
+from returnn.torch.signals import ignore_stop_signals
 
 if TYPE_CHECKING:
     from returnn.datasets.basic import Dataset
@@ -107,7 +108,8 @@ class PipelineDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[CollatedBatch]:
         info = torch.utils.data.get_worker_info()
         worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        if self.dataset is None:
+        if self.dataset is None:  # first iteration in a worker process
+            ignore_stop_signals()  # the main process saves and stops the workers (returnn.torch.signals)
             self.dataset = self._unpickle_dataset()
         yield from iterate_batches(
             self.dataset,
