@@ -24,12 +24,12 @@ from typing import Any
 
 from returnn.config_options import (
     PIPELINE_INJECTED_KEYS,
-    RETURNN_KEYS_NOT_USED,
     ConfigOption,
     closest_known_key,
     declare_options,
     declared_option,
     declared_options,
+    returnn_key_not_used,
 )
 from returnn.errors import ConfigError
 
@@ -385,7 +385,7 @@ class Config:
             return
         typos = []
         for key in self.unread_user_keys():
-            if declared_option(key) is not None or key in RETURNN_KEYS_NOT_USED or key in self._code_strings:
+            if declared_option(key) is not None or returnn_key_not_used(key) or key in self._code_strings:
                 continue
             close = closest_known_key(key, ())
             if close:
@@ -409,7 +409,7 @@ class Config:
         for key in self.unread_user_keys():
             if declared_option(key) is not None:
                 continue  # read by code that did not run in this task
-            if key in RETURNN_KEYS_NOT_USED:
+            if returnn_key_not_used(key):
                 logger.warning(
                     f"config key {key!r} is a RETURNN option that this trainer does not use; it has no effect"
                 )

@@ -17,6 +17,7 @@ from typing import Any
 __all__ = [
     "PIPELINE_INJECTED_KEYS",
     "RETURNN_KEYS_NOT_USED",
+    "returnn_key_not_used",
     "ConfigOption",
     "closest_known_key",
     "declare_options",
@@ -178,3 +179,9 @@ RETURNN_KEYS_NOT_USED = frozenset(
         "watch_memory",
     }
 )
+
+
+def returnn_key_not_used(key: str) -> bool:
+    """Whether ``key`` is an option of RETURNN or Mini-RETURNN that this trainer does not implement (the keys above,
+    and RETURNN's many ``debug_*`` switches of its TensorFlow backend)."""
+    return key in RETURNN_KEYS_NOT_USED or key.startswith("debug_")

@@ -387,7 +387,9 @@ def test_unknown_key_other_is_warning_once_it_is_known_what_was_read(caplog):
 def test_returnn_options_this_trainer_ignores_are_warnings_not_typos(caplog):
     import returnn.torch.data.options  # noqa: F401  (declares batch_size)
 
-    config = Config({"log_batch_size": True, "cache_size": "0", "bach_size": 5000})
+    config = Config(
+        {"log_batch_size": True, "cache_size": "0", "debug_print_layer_output_shape": True, "bach_size": 5000}
+    )
     with pytest.raises(ConfigError, match=r"never read: 'bach_size' \(did you mean 'batch_size'\?\); fix"):
         config.check_unknown_keys()
     del config.typed_dict["bach_size"]
@@ -397,7 +399,7 @@ def test_returnn_options_this_trainer_ignores_are_warnings_not_typos(caplog):
         config.report_unread_keys()
     assert [r.getMessage() for r in caplog.records] == [
         f"config key {key!r} is a RETURNN option that this trainer does not use; it has no effect"
-        for key in ("cache_size", "log_batch_size")
+        for key in ("cache_size", "debug_print_layer_output_shape", "log_batch_size")
     ]
 
 
