@@ -42,16 +42,9 @@ def train_step(*, model: TwoPartModel, data: dict[str, Any], run_ctx: Any, **kwa
 
 
 def _train(make_config, run_dir: str, *, processes: int, **overrides: Any) -> dict[int, dict[str, torch.Tensor]]:
-    """Train 2 epochs (one sequence per batch, plain SGD); the checkpoints' parameters by epoch."""
-    config = make_config(
-        run_dir=run_dir,
-        get_model=get_model,
-        train_step=train_step,
-        optimizer={"class": "sgd"},
-        max_seqs=1,
-        dev=None,
-        **overrides,
-    )
+    """Train 2 epochs (by default one sequence per batch, plain SGD); the checkpoints' parameters by epoch."""
+    options = dict(get_model=get_model, train_step=train_step, optimizer={"class": "sgd"}, max_seqs=1, dev=None)
+    config = make_config(run_dir=run_dir, **{**options, **overrides})
     if processes == 1:
         Engine(config).train()
     else:
@@ -68,19 +61,21 @@ def _assert_close(a: dict[int, dict[str, torch.Tensor]], b: dict[int, dict[str, 
 
 
 def test_ddp_equals_the_explicit_all_reduce_and_one_process_accumulating(make_config):
-    # 10 sequences, one per step: with 2 processes, step k trains positions 2k and 2k + 1 of the epoch's order, and
-    # an update every 2 steps averages over 4 sequences. One process accumulating 4 steps sums the same gradients:
-    # with half the learning rate it makes the same updates (also the one that spans the epoch boundary).
-    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 10, "seq_len": 4}
+    # 50 sequences in batches of 5 (batch_size 20, 4 frames each): 10 batches per epoch. With 2 processes, step k
+    # trains the epoch's batches 2k and 2k + 1, and an update every 2 steps averages over 4 batches. One process
+    # accumulating 4 steps sums the same gradients: with half the learning rate it makes the same updates (also the
+    # one that spans the epoch boundary).
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 50, "seq_len": 4}
+    common = dict(train=train, max_seqs=None, batch_size=20)
     ddp_options = {"options": {"find_unused_parameters": True}}
-    one = _train(make_config, "one", processes=1, train=train, accum_grad_multiple_step=4, learning_rate=0.1)
+    one = _train(make_config, "one", processes=1, accum_grad_multiple_step=4, learning_rate=0.1, **common)
     ddp = _train(
-        make_config, "ddp", processes=2, train=train, accum_grad_multiple_step=2, learning_rate=0.2,
-        torch_distributed=ddp_options,
+        make_config, "ddp", processes=2, accum_grad_multiple_step=2, learning_rate=0.2, torch_distributed=ddp_options,
+        **common,
     )  # fmt: skip
     explicit = _train(
-        make_config, "explicit", processes=2, train=train, accum_grad_multiple_step=2, learning_rate=0.2,
-        torch_distributed=EXPLICIT,
+        make_config, "explicit", processes=2, accum_grad_multiple_step=2, learning_rate=0.2,
+        torch_distributed=EXPLICIT, **common,
     )  # fmt: skip
     assert not torch.equal(one[1]["out.weight"], one[2]["out.weight"])  # it trained
     assert torch.equal(one[2]["unused.weight"], ddp[2]["unused.weight"])  # initial values: the same seed
