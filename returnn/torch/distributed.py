@@ -307,7 +307,10 @@ class DataParallel:
                 "start the training with torchrun (python -m torch.distributed.run --nproc-per-node=N rnn.py ...)"
             )
         backend = options.backend_for(device)
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=options.timeout_sec))
+        timeout = datetime.timedelta(seconds=options.timeout_sec)
+        dist.init_process_group(
+            backend=backend, timeout=timeout, store=_attempt_store(timeout), rank=rank(), world_size=world_size()
+        )
         try:
             quiet_non_main_logging(dist.get_rank())
             logger.info(
@@ -485,6 +488,27 @@ class DataParallel:
                 f"the training processes disagree on {what} ({by_rank}); all processes must see the same files "
                 "(put the model directory and the learning_rates file on a file system shared by all machines)"
             )
+
+
+def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
+    """The key-value store through which the processes find each other, with a namespace of its own per restart.
+
+    torchrun keeps its store (at ``MASTER_ADDR:MASTER_PORT``) across the restarts of ``--max-restarts``; every attempt
+    (``TORCHELASTIC_RESTART_COUNT``) sets up its process group under its own prefix, so that keys left by the
+    processes of an earlier attempt (their addresses, the counters of the group's set-up) are never read as the
+    current ones. Outside torchrun's agent, rank 0 hosts the store, as with ``init_method="env://"``.
+    """
+    uses_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size(),
+        is_master=not uses_agent_store and rank() == 0,
+        timeout=timeout,
+        wait_for_workers=False,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"returnn/attempt{attempt}/", store)
 
 
 def _buckets(tensors: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
