@@ -117,3 +117,22 @@ def test_ddp_static_graph_and_fp16_compression_stay_close_to_the_explicit_all_re
     for epoch in ddp:
         for name, value in ddp[epoch].items():
             torch.testing.assert_close(value, explicit[epoch][name], rtol=1e-3, atol=1e-4)
+
+
+class BackwardItself(Engine):
+    """A CustomEngine whose run_train_step calls backward itself instead of self.updater.backward."""
+
+    def run_train_step(self, data: dict[str, Any], run_ctx: Any) -> torch.Tensor:
+        self.functions.train_step(model=self.model, data=data, run_ctx=run_ctx)
+        run_ctx.total_loss().backward()
+        return torch.zeros(2)
+
+
+def test_a_step_that_bypasses_the_updater_backward_is_an_error_not_unsynchronised_gradients(make_config):
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 4, "seq_len": 4}
+    config = make_config(
+        get_model=get_model, train_step=train_step, optimizer={"class": "sgd"}, max_seqs=1, dev=None, train=train,
+        torch_distributed={"options": {"find_unused_parameters": True}},
+    )  # fmt: skip
+    with pytest.raises(AssertionError, match=r"TrainingError: a train step computed gradients without passing"):
+        run_in_processes(lambda: BackwardItself(config).train(), options=None)
