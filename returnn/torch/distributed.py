@@ -9,10 +9,11 @@ only adjusts how. Every process runs the same training:
 - Set-up: ``torch.cuda.set_device(LOCAL_RANK)`` first (device ``cuda`` means ``cuda:<LOCAL_RANK>``), then the
   process group (backend ``gloo`` on the CPU, ``cpu:gloo,cuda:nccl`` with CUDA). Rank 0's parameters and buffers are
   broadcast after the model is built and loaded, so all processes start equal.
-- Data: each process reads its shard of every dataset (``build_data_loader(rank=, world_size=)``). Per train step,
-  one all_reduce of a "has a batch" flag keeps the processes in step: a process whose shard is done takes part in
-  the steps of the others with no gradients until all are done. So every sequence is used once per epoch, and shards
-  of different sizes cannot hang the training.
+- Data: each process gets its share of every dataset's batches (``build_data_loader(rank=, world_size=)``: by
+  default the epoch's batches are formed as in one process and batch i goes to rank i mod N, see
+  :mod:`returnn.torch.data.loader`). Per train step, one all_reduce of a "has a batch" flag keeps the processes in
+  step: a process whose share is done takes part in the steps of the others with no gradients until all are done. So
+  every batch is used once per epoch, and shares of different sizes cannot hang the training.
 - Gradients (``reduce_type = "grad"``, the default): the module is wrapped in torch's ``DistributedDataParallel``
   (:mod:`returnn.torch.ddp`): the gradients are all-reduced in buckets while the backward pass runs and averaged over
   the processes; the steps between updates (``accum_grad_multiple_step``) run under ``no_sync()``. ``train_step``
