@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import gc
 import hashlib
 import logging
 import os
@@ -312,14 +313,18 @@ class DataParallel:
         dist.init_process_group(
             backend=backend, timeout=timeout, store=_attempt_store(timeout), rank=rank(), world_size=world_size()
         )
+        data_parallel = None
         try:
             quiet_non_main_logging(dist.get_rank())
             logger.info(
                 f"distributed: processes={dist.get_world_size()} backend={backend} "
                 f"reduce_type={options.reduce_type} timeout={options.timeout_sec:g}s"
             )
-            yield cls(options)
+            data_parallel = cls(options)
+            yield data_parallel
         finally:
+            if data_parallel is not None:
+                data_parallel.release_model()
             dist.destroy_process_group()
 
     # ---------------------------------------------------------------- steps
@@ -347,6 +352,13 @@ class DataParallel:
         module itself stays what the step functions get and what is saved."""
         if self.options.reduce_type == "grad":
             self.ddp = DdpStep(module, self.options.options or {}, self.options.comm_hook, device)
+
+    def release_model(self) -> None:
+        """Drop the DDP wrapper while the process group still exists. Else the group would be destroyed later, when
+        the wrapper is garbage collected, with the Python lock held, while gloo's threads may still need it to free
+        the tensors of finished collectives: a deadlock at exit."""
+        self.ddp = None
+        gc.collect()
 
     def gradient_step(self, *, sync: bool) -> contextlib.AbstractContextManager[None]:
         """Around one train step's forward and backward pass; ``sync``: it is an update step."""

@@ -44,7 +44,10 @@ def train_step(*, model: TwoPartModel, data: dict[str, Any], run_ctx: Any, **kwa
 def _train(make_config, run_dir: str, *, processes: int, **overrides: Any) -> dict[int, dict[str, torch.Tensor]]:
     """Train 2 epochs (by default one sequence per batch, plain SGD); the checkpoints' parameters by epoch."""
     options = dict(get_model=get_model, train_step=train_step, optimizer={"class": "sgd"}, max_seqs=1, dev=None)
-    config = make_config(run_dir=run_dir, **{**options, **overrides})
+    overrides = {**options, **overrides}
+    if processes > 1:  # a hung collective fails after 30 s with the place it hung in, before the harness gives up
+        overrides["torch_distributed"] = {"timeout_sec": 30, **overrides.get("torch_distributed", {})}
+    config = make_config(run_dir=run_dir, **overrides)
     if processes == 1:
         Engine(config).train()
     else:
@@ -106,14 +109,21 @@ def test_ddp_hooks_fire_when_the_step_calls_submodules(make_config):
         _train(make_config, "ddp", processes=2, train=train, learning_rate=0.1)
 
 
-def test_ddp_static_graph_and_fp16_compression_stay_close_to_the_explicit_all_reduce(make_config):
-    # static_graph finds the unused parameter in the first step by itself; fp16 compression rounds the gradients
+def test_ddp_static_graph_equals_the_explicit_all_reduce(make_config):
+    # static_graph finds the unused parameter in the first step by itself
     train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 8, "seq_len": 4}
     common = dict(train=train, learning_rate=0.2)
-    ddp_options = {"options": {"static_graph": True}, "comm_hook": "fp16_compress"}
+    ddp = _train(make_config, "ddp", processes=2, torch_distributed={"options": {"static_graph": True}}, **common)
+    _assert_close(ddp, _train(make_config, "explicit", processes=2, torch_distributed=EXPLICIT, **common))
+
+
+def test_ddp_fp16_compression_stays_close_to_the_explicit_all_reduce(make_config):
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 8, "seq_len": 4}
+    common = dict(train=train, learning_rate=0.2)
+    ddp_options = {"options": {"find_unused_parameters": True}, "comm_hook": "fp16_compress"}
     ddp = _train(make_config, "ddp", processes=2, torch_distributed=ddp_options, **common)
     explicit = _train(make_config, "explicit", processes=2, torch_distributed=EXPLICIT, **common)
-    assert not torch.equal(ddp[2]["out.weight"], explicit[2]["out.weight"])  # rounded
+    assert not torch.equal(ddp[2]["out.weight"], explicit[2]["out.weight"])  # the gradients were rounded
     for epoch in ddp:
         for name, value in ddp[epoch].items():
             torch.testing.assert_close(value, explicit[epoch][name], rtol=1e-3, atol=1e-4)
