@@ -79,6 +79,8 @@ class DistributeFilesDataset(EpochOfInner, DescribedByInner, Dataset):
             )
         self.get_sub_epoch_dataset = get_sub_epoch_dataset
         self.distrib_shard_files = bool(distrib_shard_files)
+        # each process reads only its own files: the pipeline batches per shard (see torch.data.pipeline)
+        self.shards_itself = self.distrib_shard_files
         self._sizes: list[int] | None = None  # bytes per file tree, read when the first epoch starts
         self.inner = self._sub_dataset([self.files[0]], "description")
         self.copy_inner_description()

@@ -59,7 +59,7 @@ class DdpStep:
 
     :param module: the config's module, on this process's device (its parameters are broadcast from rank 0 here)
     :param options: keyword arguments of ``DistributedDataParallel`` (``find_unused_parameters``,
-        ``gradient_as_bucket_view``, ``static_graph``, ``bucket_cap_mb``, ``broadcast_buffers`` (default False: the
+        ``gradient_as_bucket_view``, ``static_graph``, ``bucket_cap_mb``, ``forward_sync_buffers`` (default False: the
         buffers are made equal at the end of each epoch instead), ...)
     :param comm_hook: one of :data:`COMM_HOOKS`, or None
     :param device: this process's device
@@ -72,7 +72,11 @@ class DdpStep:
                 "the trainer runs train_step on the unwrapped module; set torch_distributed = "
                 "{'reduce_type': 'grad_explicit'}"
             )
-        kwargs = {"broadcast_buffers": False, **options}
+        kwargs = dict(options)
+        if "broadcast_buffers" not in kwargs and "forward_sync_buffers" not in kwargs:
+            # the buffers are made equal at the end of each epoch, not before each step
+            accepted = inspect.signature(DistributedDataParallel.__init__).parameters
+            kwargs["forward_sync_buffers" if "forward_sync_buffers" in accepted else "broadcast_buffers"] = False
         device_ = torch.device(device)
         if device_.type == "cuda":
             kwargs["device_ids"] = [device_.index if device_.index is not None else torch.cuda.current_device()]

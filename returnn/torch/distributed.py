@@ -9,10 +9,11 @@ only adjusts how. Every process runs the same training:
 - Set-up: ``torch.cuda.set_device(LOCAL_RANK)`` first (device ``cuda`` means ``cuda:<LOCAL_RANK>``), then the
   process group (backend ``gloo`` on the CPU, ``cpu:gloo,cuda:nccl`` with CUDA). Rank 0's parameters and buffers are
   broadcast after the model is built and loaded, so all processes start equal.
-- Data: each process reads its shard of every dataset (``build_data_loader(rank=, world_size=)``). Per train step,
-  one all_reduce of a "has a batch" flag keeps the processes in step: a process whose shard is done takes part in
-  the steps of the others with no gradients until all are done. So every sequence is used once per epoch, and shards
-  of different sizes cannot hang the training.
+- Data: each process gets its share of every dataset's batches (``build_data_loader(rank=, world_size=)``: by
+  default the epoch's batches are formed as in one process and batch i goes to rank i mod N, see
+  :mod:`returnn.torch.data.loader`). Per train step, one all_reduce of a "has a batch" flag keeps the processes in
+  step: a process whose share is done takes part in the steps of the others with no gradients until all are done. So
+  every batch is used once per epoch, and shares of different sizes cannot hang the training.
 - Gradients (``reduce_type = "grad"``, the default): the module is wrapped in torch's ``DistributedDataParallel``
   (:mod:`returnn.torch.ddp`): the gradients are all-reduced in buckets while the backward pass runs and averaged over
   the processes; the steps between updates (``accum_grad_multiple_step``) run under ``no_sync()``. ``train_step``
@@ -44,6 +45,7 @@ import contextlib
 import dataclasses
 import datetime
 import errno
+import gc
 import hashlib
 import logging
 import os
@@ -314,15 +316,22 @@ class DataParallel:
                 "start the training with torchrun (python -m torch.distributed.run --nproc-per-node=N rnn.py ...)"
             )
         backend = options.backend_for(device)
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=options.timeout_sec))
+        timeout = datetime.timedelta(seconds=options.timeout_sec)
+        dist.init_process_group(
+            backend=backend, timeout=timeout, store=_attempt_store(timeout), rank=rank(), world_size=world_size()
+        )
+        data_parallel = None
         try:
             quiet_non_main_logging(dist.get_rank())
             logger.info(
                 f"distributed: processes={dist.get_world_size()} backend={backend} "
                 f"reduce_type={options.reduce_type} timeout={options.timeout_sec:g}s"
             )
-            yield cls(options)
+            data_parallel = cls(options)
+            yield data_parallel
         finally:
+            if data_parallel is not None:
+                data_parallel.release_model()
             dist.destroy_process_group()
 
     # ---------------------------------------------------------------- steps
@@ -350,6 +359,13 @@ class DataParallel:
         module itself stays what the step functions get and what is saved."""
         if self.options.reduce_type == "grad":
             self.ddp = DdpStep(module, self.options.options or {}, self.options.comm_hook, device)
+
+    def release_model(self) -> None:
+        """Drop the DDP wrapper while the process group still exists. Else the group would be destroyed later, when
+        the wrapper is garbage collected, with the Python lock held, while gloo's threads may still need it to free
+        the tensors of finished collectives: a deadlock at exit."""
+        self.ddp = None
+        gc.collect()
 
     def gradient_step(self, *, sync: bool) -> contextlib.AbstractContextManager[None]:
         """Around one train step's forward and backward pass; ``sync``: it is an update step."""
@@ -492,6 +508,27 @@ class DataParallel:
                 f"the training processes disagree on {what} ({by_rank}); all processes must see the same files "
                 "(put the model directory and the learning_rates file on a file system shared by all machines)"
             )
+
+
+def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
+    """The key-value store through which the processes find each other, with a namespace of its own per restart.
+
+    torchrun keeps its store (at ``MASTER_ADDR:MASTER_PORT``) across the restarts of ``--max-restarts``; every attempt
+    (``TORCHELASTIC_RESTART_COUNT``) sets up its process group under its own prefix, so that keys left by the
+    processes of an earlier attempt (their addresses, the counters of the group's set-up) are never read as the
+    current ones. Outside torchrun's agent, rank 0 hosts the store, as with ``init_method="env://"``.
+    """
+    uses_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size(),
+        is_master=not uses_agent_store and rank() == 0,
+        timeout=timeout,
+        wait_for_workers=False,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"returnn/attempt{attempt}/", store)
 
 
 def _buckets(tensors: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:

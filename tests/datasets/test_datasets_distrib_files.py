@@ -67,10 +67,12 @@ def test_distrib_shard_files_gives_each_process_its_own_files(hdf_files):
     assert len(files_of(shards[0])) == len(files_of(shards[1])) == 2 and not files_of(shards[0]) & files_of(shards[1])
     unsharded = make(hdf_files, partition_epoch=2, seq_ordering="random")
     assert sorted(shards[0] + shards[1]) == sorted(epoch_tags(unsharded, 1))
-    # without distrib_shard_files, both processes open the part's files and split its sequences
+    # without distrib_shard_files, both processes open the part's files and split its sequences (batched per shard
+    # here; with the default batching_scope "epoch" they split its batches)
     plain = make(hdf_files, partition_epoch=2, seq_ordering="random")
+    per_shard = DataPipelineOptions.parse(batch_size=1000, batching_scope="shard")
     halves = [
-        [tag for batch in iterate_batches(plain, options, epoch=1, shard_index=i, num_shards=2)
+        [tag for batch in iterate_batches(plain, per_shard, epoch=1, shard_index=i, num_shards=2)
          for tag in batch.lists["seq_tag"]]
         for i in range(2)
     ]  # fmt: skip

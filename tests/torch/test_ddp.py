@@ -42,16 +42,12 @@ def train_step(*, model: TwoPartModel, data: dict[str, Any], run_ctx: Any, **kwa
 
 
 def _train(make_config, run_dir: str, *, processes: int, **overrides: Any) -> dict[int, dict[str, torch.Tensor]]:
-    """Train 2 epochs (one sequence per batch, plain SGD); the checkpoints' parameters by epoch."""
-    config = make_config(
-        run_dir=run_dir,
-        get_model=get_model,
-        train_step=train_step,
-        optimizer={"class": "sgd"},
-        max_seqs=1,
-        dev=None,
-        **overrides,
-    )
+    """Train 2 epochs (by default one sequence per batch, plain SGD); the checkpoints' parameters by epoch."""
+    options = dict(get_model=get_model, train_step=train_step, optimizer={"class": "sgd"}, max_seqs=1, dev=None)
+    overrides = {**options, **overrides}
+    if processes > 1:  # a hung collective fails after 30 s with the place it hung in, before the harness gives up
+        overrides["torch_distributed"] = {"timeout_sec": 30, **overrides.get("torch_distributed", {})}
+    config = make_config(run_dir=run_dir, **overrides)
     if processes == 1:
         Engine(config).train()
     else:
@@ -68,19 +64,21 @@ def _assert_close(a: dict[int, dict[str, torch.Tensor]], b: dict[int, dict[str, 
 
 
 def test_ddp_equals_the_explicit_all_reduce_and_one_process_accumulating(make_config):
-    # 10 sequences, one per step: with 2 processes, step k trains positions 2k and 2k + 1 of the epoch's order, and
-    # an update every 2 steps averages over 4 sequences. One process accumulating 4 steps sums the same gradients:
-    # with half the learning rate it makes the same updates (also the one that spans the epoch boundary).
-    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 10, "seq_len": 4}
+    # 50 sequences in batches of 5 (batch_size 20, 4 frames each): 10 batches per epoch. With 2 processes, step k
+    # trains the epoch's batches 2k and 2k + 1, and an update every 2 steps averages over 4 batches. One process
+    # accumulating 4 steps sums the same gradients: with half the learning rate it makes the same updates (also the
+    # one that spans the epoch boundary).
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 50, "seq_len": 4}
+    common = dict(train=train, max_seqs=None, batch_size=20)
     ddp_options = {"options": {"find_unused_parameters": True}}
-    one = _train(make_config, "one", processes=1, train=train, accum_grad_multiple_step=4, learning_rate=0.1)
+    one = _train(make_config, "one", processes=1, accum_grad_multiple_step=4, learning_rate=0.1, **common)
     ddp = _train(
-        make_config, "ddp", processes=2, train=train, accum_grad_multiple_step=2, learning_rate=0.2,
-        torch_distributed=ddp_options,
+        make_config, "ddp", processes=2, accum_grad_multiple_step=2, learning_rate=0.2, torch_distributed=ddp_options,
+        **common,
     )  # fmt: skip
     explicit = _train(
-        make_config, "explicit", processes=2, train=train, accum_grad_multiple_step=2, learning_rate=0.2,
-        torch_distributed=EXPLICIT,
+        make_config, "explicit", processes=2, accum_grad_multiple_step=2, learning_rate=0.2,
+        torch_distributed=EXPLICIT, **common,
     )  # fmt: skip
     assert not torch.equal(one[1]["out.weight"], one[2]["out.weight"])  # it trained
     assert torch.equal(one[2]["unused.weight"], ddp[2]["unused.weight"])  # initial values: the same seed
@@ -111,14 +109,40 @@ def test_ddp_hooks_fire_when_the_step_calls_submodules(make_config):
         _train(make_config, "ddp", processes=2, train=train, learning_rate=0.1)
 
 
-def test_ddp_static_graph_and_fp16_compression_stay_close_to_the_explicit_all_reduce(make_config):
-    # static_graph finds the unused parameter in the first step by itself; fp16 compression rounds the gradients
+def test_ddp_static_graph_equals_the_explicit_all_reduce(make_config):
+    # static_graph finds the unused parameter in the first step by itself
     train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 8, "seq_len": 4}
     common = dict(train=train, learning_rate=0.2)
-    ddp_options = {"options": {"static_graph": True}, "comm_hook": "fp16_compress"}
+    ddp = _train(make_config, "ddp", processes=2, torch_distributed={"options": {"static_graph": True}}, **common)
+    _assert_close(ddp, _train(make_config, "explicit", processes=2, torch_distributed=EXPLICIT, **common))
+
+
+def test_ddp_fp16_compression_stays_close_to_the_explicit_all_reduce(make_config):
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 8, "seq_len": 4}
+    common = dict(train=train, learning_rate=0.2)
+    ddp_options = {"options": {"find_unused_parameters": True}, "comm_hook": "fp16_compress"}
     ddp = _train(make_config, "ddp", processes=2, torch_distributed=ddp_options, **common)
     explicit = _train(make_config, "explicit", processes=2, torch_distributed=EXPLICIT, **common)
-    assert not torch.equal(ddp[2]["out.weight"], explicit[2]["out.weight"])  # rounded
+    assert not torch.equal(ddp[2]["out.weight"], explicit[2]["out.weight"])  # the gradients were rounded
     for epoch in ddp:
         for name, value in ddp[epoch].items():
             torch.testing.assert_close(value, explicit[epoch][name], rtol=1e-3, atol=1e-4)
+
+
+class BackwardItself(Engine):
+    """A CustomEngine whose run_train_step calls backward itself instead of self.updater.backward."""
+
+    def run_train_step(self, data: dict[str, Any], run_ctx: Any) -> torch.Tensor:
+        self.functions.train_step(model=self.model, data=data, run_ctx=run_ctx)
+        run_ctx.total_loss().backward()
+        return torch.zeros(2)
+
+
+def test_a_step_that_bypasses_the_updater_backward_is_an_error_not_unsynchronised_gradients(make_config):
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 4, "seq_len": 4}
+    config = make_config(
+        get_model=get_model, train_step=train_step, optimizer={"class": "sgd"}, max_seqs=1, dev=None, train=train,
+        torch_distributed={"options": {"find_unused_parameters": True}},
+    )  # fmt: skip
+    with pytest.raises(AssertionError, match=r"TrainingError: a train step computed gradients without passing"):
+        run_in_processes(lambda: BackwardItself(config).train(), options=None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -88,8 +89,11 @@ def write_config(
     return str(path)
 
 
-def torchrun(run_dir: pathlib.Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def torchrun(
+    run_dir: pathlib.Path, *args: str, launcher_args: tuple[str, ...] = (), timeout: float = 120
+) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc-per-node=2"]
+    command += launcher_args
     command += [str(REPO_ROOT / "rnn.py"), "exp.config", *args]
     return subprocess.run(command, cwd=run_dir, capture_output=True, text=True, timeout=timeout)
 
@@ -253,3 +257,75 @@ def test_sigterm_to_torchrun_mid_epoch_then_restart_equals_uninterrupted(uneven_
         assert_same_state(full_grads or {}, resumed_grads or {})
     assert (tmp_path / "learning_rates").read_text() == (uneven_run / "learning_rates").read_text()
     assert sorted(os.listdir(tmp_path / "models")) == sorted(os.listdir(uneven_run / "models"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# train_step also notes the process's environment (LOCAL_RANK, WORLD_SIZE, the restart count) in env.<rank>.txt
+NOTE_ENVIRONMENT = """
+_train_step = train_step
+
+
+def train_step(*, model, data, run_ctx, **kwargs):
+    _train_step(model=model, data=data, run_ctx=run_ctx, **kwargs)
+    with open(f"env.{_RANK}.txt", "w") as f:
+        f.write(f"{os.environ['LOCAL_RANK']} {os.environ['WORLD_SIZE']} {os.environ.get('TORCHELASTIC_RESTART_COUNT')}")
+"""
+
+
+def test_two_nodes_by_c10d_rendezvous_on_localhost(uneven_run, tmp_path, assert_same_state):
+    # two torchrun agents, one process each, meet at a c10d rendezvous endpoint, as on two machines; each runs in
+    # its own directory, so that the files show which process wrote what
+    endpoint = f"127.0.0.1:{_free_port()}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
+    command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=test", str(REPO_ROOT / "rnn.py")]
+    nodes = [tmp_path / f"node{i}" for i in range(2)]
+    for node in nodes:
+        write_config(node, num_seqs=5, accum=2, extra=NOTE_ENVIRONMENT)
+    agents = [
+        subprocess.Popen(
+            [*command, "exp.config"], cwd=node, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for node in nodes
+    ]
+    outputs = [agent.communicate(timeout=120)[0] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    ranks = sorted(
+        (int(path.name.split(".")[1]), path.read_text()) for node in nodes for path in node.glob("env.*.txt")
+    )
+    assert ranks == [(0, "0 2 0"), (1, "0 2 0")]  # global ranks 0 and 1, each local rank 0 on its node
+    writer = next(node for node in nodes if (node / "env.0.txt").exists())
+    other = next(node for node in nodes if node != writer)
+    assert not (other / "models").exists() and not (other / "learning_rates").exists()  # one writer
+    assert_same_state(
+        torch.load(writer / "models/epoch.002.pt", weights_only=True)["model"],
+        torch.load(uneven_run / "models/epoch.002.pt", weights_only=True)["model"],
+    )
+
+
+def test_elastic_restart_after_a_killed_worker_resumes_and_ends_as_uninterrupted(
+    uneven_run, tmp_path, assert_same_state
+):
+    # rank 1 is killed in epoch 2 of the first attempt; torchrun restarts both processes, which continue after
+    # epoch 1 (in a fresh namespace of torchrun's store) and end with the uninterrupted run's model
+    extra = (
+        NOTE_ENVIRONMENT
+        + """\
+    if _RANK == "1" and run_ctx.epoch == 2 and not os.path.exists("killed"):
+        open("killed", "w").close()
+        os.kill(os.getpid(), 9)
+"""
+    )
+    write_config(tmp_path, num_seqs=5, accum=2, extra=extra)
+    result = torchrun(tmp_path, launcher_args=("--max-restarts=1",))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "killed").exists()
+    assert (tmp_path / "env.1.txt").read_text() == "1 2 1"  # written last by the restarted attempt
+    for name in ("epoch.002.pt", "epoch.002.opt.pt"):
+        full = torch.load(uneven_run / "models" / name, weights_only=True)
+        assert_same_state(full, torch.load(tmp_path / "models" / name, weights_only=True))
+    assert (tmp_path / "learning_rates").read_text() == (uneven_run / "learning_rates").read_text()

@@ -5,12 +5,17 @@ processes persist across epochs. Each epoch, :meth:`BatchLoader.iter_epoch` writ
 cell before it starts the DataLoader's iteration; every worker reads the cell when it starts the epoch, so the
 dataset's ``init_seq_order(epoch)`` runs in the worker with the right epoch.
 
-Sharding: worker ``w`` of ``W`` on rank ``r`` of ``R`` iterates shard ``r * W + w`` of ``R * W`` (0 workers count
-as 1), and the dataset's shard ``i`` of ``n`` holds the sequences ``i, i + n, i + 2n, ...`` of the epoch's order,
-so every sequence is visited exactly once per epoch. Each worker batches its own shard; the DataLoader takes
-batches from the workers in turn. For example, 8 sequences (epoch order 0..7) with ``max_seqs = 8`` and 2 workers
-give two batches of 4, not one of 8: first worker 0's ``[0, 2, 4, 6]``, then worker 1's ``[1, 3, 5, 7]``. A
-dataset that cannot be sharded works only with one shard; asking for more is a ConfigError.
+Sharding (``batching_scope``): with "epoch" (the default), every worker of every rank runs the stages over the whole
+epoch, so the epoch's batches are those of one process; the batches are then dealt out: rank ``r`` of ``R`` gets
+batches ``r, r + R, r + 2R, ...``, and of these its worker ``w`` of ``W`` (0 workers count as 1) every ``W``-th from
+the ``w``-th on. The DataLoader takes batches from the workers in turn, so each rank yields its batches in the
+epoch's order, and in step ``k`` the ranks train batches ``kR .. kR + R - 1``: what one process accumulating ``R``
+steps trains. Every worker reads every sequence (to know the sizes); only its own batches are collated. With
+"shard", worker ``w`` on rank ``r`` iterates shard ``r * W + w`` of ``R * W``, and the dataset's shard ``i`` of ``n``
+holds the sequences ``i, i + n, i + 2n, ...`` of the epoch's order; each worker batches its own shard. For example,
+8 sequences (epoch order 0..7) with ``max_seqs = 8`` and 2 workers give two batches of 4, not one of 8: first worker
+0's ``[0, 2, 4, 6]``, then worker 1's ``[1, 3, 5, 7]``. There, a dataset that cannot be sharded works only with one
+shard; asking for more is a ConfigError.
 
 Spawned workers: the dataset is pickled once, when the loader is built. If the pickle refers to functions or classes
 defined in the config file (e.g. a ``map_seq``), a worker first rebuilds the config from its command line
@@ -111,12 +116,18 @@ class PipelineDataset(torch.utils.data.IterableDataset):
         if self.dataset is None:  # first iteration in a worker process
             ignore_stop_signals()  # the main process saves and stops the workers (returnn.torch.signals)
             self.dataset = self._unpickle_dataset()
+        if self.options.batching_scope == "epoch":
+            # rank r gets the epoch's batches r, r + R, r + 2R, ..., and its workers deal them out in turn, so the
+            # DataLoader, which takes one batch from each worker in turn, yields them in the epoch's order
+            shard_index = self.rank + self.world_size * worker_id
+        else:
+            shard_index = self.rank * num_workers + worker_id
         yield from iterate_batches(
             self.dataset,
             self.options,
             epoch=self.epoch,
             mode=self.mode,
-            shard_index=self.rank * num_workers + worker_id,
+            shard_index=shard_index,
             num_shards=self.world_size * num_workers,
             shared_memory=info is not None,
         )
@@ -246,11 +257,12 @@ def build_data_loader(
     check_mode(mode)
     num_workers = options.num_workers if options.num_workers is not None else default_num_workers(device)
     num_shards = world_size * max(1, num_workers)
-    if num_shards > 1 and not dataset.supports_sharding():
+    if num_shards > 1 and options.batching_scope == "shard" and not dataset.supports_sharding():
         raise ConfigError(
             f"{dataset} cannot be split over {num_shards} shards ({num_workers} DataLoader workers x {world_size} "
-            "distributed processes): it does not support sharding. Set num_workers_per_gpu = 1 (or 0), or use a "
-            "dataset that supports sharding" + (" (distributed training needs one)" if world_size > 1 else "")
+            "distributed processes): it does not support sharding. Set batching_scope = 'epoch' (every shard reads "
+            "the whole dataset), or num_workers_per_gpu = 1 (or 0), or use a dataset that supports sharding"
+            + (" (distributed training needs one)" if world_size > 1 else "")
         )
     mp_context = _mp_context(options.dataloader_opts.get("multiprocessing_context", "spawn")) if num_workers else None
     pipeline = PipelineDataset(

@@ -59,6 +59,14 @@ _OPTIONS = {
         'Shuffle batches through a buffer of this many batches in training (int, or {"buffer_size": int, '
         '"seed": int}; the seed is combined with the epoch and shard).',
     ),
+    "batching_scope": (
+        "epoch",
+        '"epoch": batches are formed on the whole epoch\'s order (also drop_last, the online shuffle, the chunk '
+        "starts) and dealt to the processes and workers, batch i to shard i mod n: the same batches whatever "
+        'their number (each shard reads every sequence to know its size). "shard": each shard reads, batches and '
+        "shuffles only its own sequences (less reading; the batches depend on the number of shards, and the "
+        "dataset must support sharding).",
+    ),
     "num_workers_per_gpu": (
         None,
         "DataLoader worker processes per device; 0 loads in the main process. Default: 0 on CPU (a worker "
@@ -84,6 +92,7 @@ _PARSED_KEYS = (
     "min_chunk_size",
     "context_window",
     "online_shuffle_batches",
+    "batching_scope",
     "num_workers_per_gpu",
     "torch_dataloader_opts",
 )
@@ -136,6 +145,7 @@ class DataPipelineOptions:
     context: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     shuffle_buffer_size: int | None = None
     shuffle_seed: int | None = None
+    batching_scope: str = "epoch"
     num_workers: int | None = None
     dataloader_opts: Mapping[str, Any] = field(default_factory=dict)
     config_args: tuple[str, ...] = ()
@@ -186,6 +196,7 @@ class DataPipelineOptions:
             context=_context_window(values["context_window"], problems),
             shuffle_buffer_size=shuffle_buffer_size,
             shuffle_seed=shuffle_seed,
+            batching_scope=_batching_scope(values["batching_scope"], problems),
             num_workers=_num_workers(values["num_workers_per_gpu"], values["torch_dataloader_opts"], problems),
             dataloader_opts=_dataloader_opts(values["torch_dataloader_opts"], problems),
             config_args=tuple(config_args),
@@ -298,6 +309,18 @@ def _online_shuffle_batches(value: Any, problems: list[str]) -> tuple[int | None
         problems.append(f"'online_shuffle_batches': expected a positive int (batches in the buffer), got {value!r}")
         return None, None
     return value, seed
+
+
+BATCHING_SCOPES = ("epoch", "shard")
+
+
+def _batching_scope(value: Any, problems: list[str]) -> str:
+    if value is None:
+        return "epoch"
+    if value not in BATCHING_SCOPES:
+        problems.append(f"'batching_scope' must be one of {', '.join(map(repr, BATCHING_SCOPES))}, got {value!r}")
+        return "epoch"
+    return value
 
 
 def _num_workers(value: Any, dataloader_opts: Any, problems: list[str]) -> int | None:

@@ -11,7 +11,7 @@ from returnn.torch.data.batching import batch_items, shuffle_batches
 from returnn.torch.data.chunking import add_context, chunk_items
 from returnn.torch.data.collate import CollatedBatch, collate_batch
 from returnn.torch.data.filter import filter_by_length
-from returnn.torch.data.iterate import iterate_dataset
+from returnn.torch.data.iterate import Item, iterate_dataset
 from returnn.torch.data.options import DataPipelineOptions
 
 if TYPE_CHECKING:
@@ -47,12 +47,33 @@ def iterate_batches(
     per epoch); ``eval`` no batch shuffling and no ``drop_last`` (every sequence is evaluated); ``forward`` also no
     length filter and no chunking (every sequence, whole). ``context_window`` frames are added in every mode.
 
-    Random choices (chunk starts, batch shuffling) are seeded by (epoch, shard): reproducible for the same
-    number of shards.
+    Sharding (``options.batching_scope``): with "epoch", every shard runs the stages over the whole epoch and keeps
+    the batches ``shard_index, shard_index + num_shards, ...``, so the batches (and ``drop_last``, the shuffle, the
+    chunk starts) are the same for any number of shards. With "shard", the shard's sequences are every
+    ``num_shards``-th of the epoch's order, and it batches them alone. Random choices (chunk starts, batch
+    shuffling) are seeded by the epoch (and with "shard" by the shard): reproducible for the same number of shards.
+    A dataset that splits its data over the shards itself (``shards_itself``, e.g. ``DistributeFilesDataset`` with
+    ``distrib_shard_files``: each process reads only its files) is always batched per shard.
 
     :param shared_memory: collate into shared memory (in DataLoader workers).
     """
     check_mode(mode)
+    if options.batching_scope == "epoch" and not getattr(dataset, "shards_itself", False):
+        batches = _epoch_batches(dataset, options, epoch=epoch, mode=mode, shard_index=0, num_shards=1)
+        for index, batch in enumerate(batches):
+            if index % num_shards == shard_index:
+                yield collate_batch(batch, shared_memory=shared_memory)
+    else:
+        for batch in _epoch_batches(
+            dataset, options, epoch=epoch, mode=mode, shard_index=shard_index, num_shards=num_shards
+        ):
+            yield collate_batch(batch, shared_memory=shared_memory)
+
+
+def _epoch_batches(
+    dataset: Dataset, options: DataPipelineOptions, *, epoch: int | None, mode: Mode, shard_index: int, num_shards: int
+) -> Iterator[list[Item]]:
+    """The batches (lists of items) of the sequences of one shard of the dataset's epoch."""
     items = iterate_dataset(dataset, epoch=epoch, shard_index=shard_index, num_shards=num_shards)
     chunked = mode != "forward" and options.chunking is not None
     if mode != "forward":
@@ -71,8 +92,7 @@ def iterate_batches(
             buffer_size=options.shuffle_buffer_size,
             rng=_rng(epoch, shard_index, _SHUFFLE_STREAM, seed=options.shuffle_seed),
         )
-    for batch in batches:
-        yield collate_batch(batch, shared_memory=shared_memory)
+    return batches
 
 
 def _rng(epoch: int | None, shard_index: int, stream: int, *, seed: int | None = None) -> np.random.Generator:

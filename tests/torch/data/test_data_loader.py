@@ -154,22 +154,67 @@ def test_loader_without_workers_ignores_worker_only_dataloader_options(static_da
 
 def test_loader_refuses_more_shards_than_the_dataset_supports():
     endless = DummyDataset(input_dim=2, output_dim=3, num_seqs=float("inf"))
-    options = DataPipelineOptions.parse(batch_size=100, num_workers_per_gpu=2)
+    options = DataPipelineOptions.parse(batch_size=100, num_workers_per_gpu=2, batching_scope="shard")
     with pytest.raises(ConfigError, match=r"cannot be split over 2 shards \(2 DataLoader workers x 1 distributed"):
         build_data_loader(endless, options)
-    single = DataPipelineOptions.parse(batch_size=100, num_workers_per_gpu=0)
+    single = DataPipelineOptions.parse(batch_size=100, num_workers_per_gpu=0, batching_scope="shard")
     with pytest.raises(ConfigError, match=r"over 4 shards .* \(distributed training needs one\)"):
         build_data_loader(endless, single, rank=1, world_size=4)
 
 
 def test_distributed_ranks_split_the_epoch(static_dataset):
-    options = DataPipelineOptions.parse(batch_size=100, num_workers_per_gpu=0)
+    options = DataPipelineOptions.parse(batch_size=100, num_workers_per_gpu=0, batching_scope="shard")
     tags = []
     for rank in range(2):
         (batch,) = build_data_loader(static_dataset(6), options, rank=rank, world_size=2).iter_epoch(1)
         assert batch["seq_idx"] == list(range(rank, 6, 2))
         tags += batch["seq_tag"]
     assert sorted(tags) == [f"seq-{i}" for i in range(6)]
+
+
+def _data_dicts_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key] for key in a
+    )
+
+
+@pytest.mark.parametrize("num_ranks", [2, 4])
+def test_epoch_batches_are_dealt_to_ranks_and_the_same_for_any_number_of_ranks(static_dataset, num_ranks):
+    # length filter, random chunk starts, drop_last, online shuffle and partition_epoch all act on the epoch's
+    # order as in one process; rank r then trains the batches r, r + R, ... (in step k: batches kR .. kR + R - 1)
+    stream = {"size": 3, "step": 2}
+    options = DataPipelineOptions.parse(
+        batch_size=9,
+        max_seqs=2,
+        min_seq_length=2,
+        chunking_options={"chunk_streams": {"data": stream, "classes": stream}, "random_chunk_start": True},
+        online_shuffle_batches=4,
+        drop_last=True,
+        num_workers_per_gpu=0,
+    )
+
+    def batches(epoch: int, rank: int = 0, world_size: int = 1) -> list[dict]:
+        dataset = static_dataset(14, partition_epoch=2, seq_ordering="random")
+        return list(build_data_loader(dataset, options, rank=rank, world_size=world_size).iter_epoch(epoch))
+
+    uneven = []
+    for epoch in (1, 2):
+        single = batches(epoch)
+        per_rank = [batches(epoch, rank, num_ranks) for rank in range(num_ranks)]
+        assert len(single) > num_ranks
+        uneven.append(len(single) % num_ranks != 0)
+        # in an uneven last round, the first ranks have one batch more
+        assert [len(own) for own in per_rank] == [len(range(r, len(single), num_ranks)) for r in range(num_ranks)]
+        dealt = [per_rank[index % num_ranks][index // num_ranks] for index in range(len(single))]
+        assert all(_data_dicts_equal(a, b) for a, b in zip(dealt, single))
+    assert any(uneven)
+
+
+def test_epoch_batching_works_for_datasets_that_cannot_be_sharded():
+    endless = DummyDataset(input_dim=2, output_dim=3, num_seqs=float("inf"), seq_len=2)
+    options = DataPipelineOptions.parse(batch_size=100, max_seqs=2, num_workers_per_gpu=0)
+    batches = build_data_loader(endless, options, rank=1, world_size=2).iter_epoch(1)
+    assert [next(batches)["seq_idx"] for _ in range(3)] == [[2, 3], [6, 7], [10, 11]]
 
 
 def test_default_number_of_workers_by_device():

@@ -21,6 +21,7 @@ _KEYS = (
     "batching_drop_last",
     "batch_drop_last",
     "online_shuffle_batches",
+    "batching_scope",
     "num_workers_per_gpu",
     "torch_dataloader_opts",
 )
@@ -58,6 +59,7 @@ def test_from_config_reads_every_key():
                 "random_chunk_start": True,
             },
             "online_shuffle_batches": {"buffer_size": 100},
+            "batching_scope": "shard",
             "num_workers_per_gpu": 2,
             "torch_dataloader_opts": {"prefetch_factor": 4, "pin_memory": True},
         }
@@ -73,6 +75,7 @@ def test_from_config_reads_every_key():
             streams={"data": ChunkStream(200, 100, 10), "classes": ChunkStream(50, 50, 0)}, random_start=True
         ),
         shuffle_buffer_size=100,
+        batching_scope="shard",
         num_workers=2,
         dataloader_opts={"prefetch_factor": 4, "pin_memory": True},
     )
@@ -164,6 +167,7 @@ def test_drop_last_alias_conflict():
             r"'online_shuffle_batches': 'seed' must be an int >= 0, got 'x'",
         ),
         ({"num_workers_per_gpu": -1}, r"'num_workers_per_gpu' must be an int >= 0, got -1"),
+        ({"batching_scope": "global"}, r"'batching_scope' must be one of 'epoch', 'shard', got 'global'"),
         (
             {"num_workers_per_gpu": 1, "torch_dataloader_opts": {"num_workers": 2}},
             r"torch_dataloader_opts\['num_workers'\] = 2 disagree",

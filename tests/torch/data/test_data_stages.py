@@ -181,19 +181,21 @@ def test_shuffle_batches_is_a_seeded_bounded_permutation():
     assert all(position >= index - 4 for position, index in enumerate(shuffled))
 
 
-def test_drop_last_drops_one_batch_per_epoch_not_one_per_shard(static_dataset):
+@pytest.mark.parametrize("scope, expected", [("shard", [3, 3, 2]), ("epoch", [3, 3, 3])])
+def test_drop_last_drops_one_batch_per_epoch_not_one_per_shard(static_dataset, scope, expected):
     from returnn.torch.data import DataPipelineOptions
     from returnn.torch.data.pipeline import iterate_batches
 
-    # 10 sequences in 4 shards (3, 3, 2, 2 sequences), max_seqs 3: one batch per shard, and only one of them dropped
-    options = DataPipelineOptions.parse(batch_size=1000, max_seqs=3, drop_last=True)
+    # 10 sequences in 4 shards, max_seqs 3. Per shard (3, 3, 2, 2 sequences): one batch per shard, and only one of
+    # them dropped. On the epoch's order: batches of 3, 3, 3, 1, the last one dropped, as without shards.
+    options = DataPipelineOptions.parse(batch_size=1000, max_seqs=3, drop_last=True, batching_scope=scope)
     dataset = static_dataset(10)
     batches = [
         batch
         for shard in range(4)
         for batch in iterate_batches(dataset, options, epoch=1, mode="train", shard_index=shard, num_shards=4)
     ]
-    assert [batch.num_seqs for batch in batches] == [3, 3, 2]
+    assert [batch.num_seqs for batch in batches] == expected
     unsharded = list(iterate_batches(static_dataset(10), options, epoch=1, mode="train"))
     assert [batch.num_seqs for batch in unsharded] == [3, 3, 3]
 

@@ -51,11 +51,11 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_two_workers_shard_each_epoch_and_batch_their_shards(static_dataset, epoch_tags):
+def test_two_workers_shard_each_epoch_and_batch_their_shards_with_batching_scope_shard(static_dataset, epoch_tags):
     # 8 sequences, max_seqs 8, 2 workers: worker 0 batches positions [0, 2, 4, 6] of the epoch's order,
     # worker 1 [1, 3, 5, 7]; the DataLoader takes worker 0's batch first (see returnn.torch.data.loader).
     before = _worker_pids()
-    options = DataPipelineOptions.parse(batch_size=100, max_seqs=8, num_workers_per_gpu=2)
+    options = DataPipelineOptions.parse(batch_size=100, max_seqs=8, num_workers_per_gpu=2, batching_scope="shard")
     loader = build_data_loader(static_dataset(8, seq_ordering="random"), options)
     orders = []
     for epoch in (1, 2, 3):
@@ -99,6 +99,21 @@ def test_one_worker_gives_the_main_process_batches_and_is_collected_with_the_loa
     del with_worker
     gc.collect()
     assert _worker_pids() == before
+
+
+def test_two_workers_of_rank_1_yield_its_epoch_batches_in_order(static_dataset):
+    # batching_scope "epoch": rank 1 of 2 trains the epoch's batches 1, 3, 5, ...; its worker 0 makes 1, 5, 9, ...
+    # and worker 1 makes 3, 7, ...; the DataLoader interleaves them back into the epoch's order
+    options = DataPipelineOptions.parse(batch_size=100, max_seqs=2, num_workers_per_gpu=2)
+    in_process = DataPipelineOptions.parse(batch_size=100, max_seqs=2, num_workers_per_gpu=0)
+    with build_data_loader(static_dataset(13, seq_ordering="random"), options, rank=1, world_size=2) as loader:
+        for epoch in (1, 2):
+            got = [batch["seq_tag"] for batch in loader.iter_epoch(epoch)]
+            single = [
+                batch["seq_tag"]
+                for batch in build_data_loader(static_dataset(13, seq_ordering="random"), in_process).iter_epoch(epoch)
+            ]
+            assert got == single[1::2] and len(got) == 3
 
 
 _CONFIG = """\
