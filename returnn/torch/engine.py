@@ -27,7 +27,9 @@ seqs=... step_time=... eta=...``), one per evaluated dataset at verbosity 4 and 
 
 Started by torchrun as several processes, tasks train and eval run data-parallel (see :mod:`returnn.torch.distributed`):
 each process reads its share of the batches, gradients are averaged at every update (by torch's DDP by default),
-the scores are summed over the processes, and only rank 0 writes files. Hooks that a ``CustomEngine`` overrides then
+the scores are summed over the processes, and only rank 0 writes files. Task forward runs so when it writes
+``output_file`` with the trainer's own writers (see :mod:`returnn.torch.forward_output`); a config's own forward_step
+runs in one process. Hooks that a ``CustomEngine`` overrides then
 run in every process; an overridden :meth:`Engine.evaluate_dataset` sums its scores over the processes itself (as the
 default one does); an overridden :meth:`Engine.run_train_step` must call ``self.updater.backward(loss)``.
 """
@@ -189,14 +191,22 @@ class Engine:
 
     def forward(self) -> None:
         """Task forward: ``forward_step`` over the ``forward`` dataset, between ``forward_init_hook`` and
-        ``forward_finish_hook``. ``run_ctx.epoch`` and ``global_step`` are the checkpoint's."""
+        ``forward_finish_hook``. ``run_ctx.epoch`` and ``global_step`` are the checkpoint's.
+
+        Under torchrun, only the trainer's own writers of ``output_file`` run (see
+        :mod:`returnn.torch.forward_output`): each process forwards its share of the batches, and rank 0 merges the
+        parts into ``output_file`` in the order of one process. A config's own ``forward_step`` or
+        ``forward_callback`` runs in one process."""
         forward_step = self.functions.require("forward_step", "task 'forward'")
         if "forward" not in self.options.datasets:
             raise ConfigError("task 'forward' needs the config key 'forward': the dataset to run forward_step over")
-        if distributed.world_size() > 1:
+        if distributed.world_size() > 1 and not self.functions.forward_writes_output_file:
             raise ConfigError(
-                f"task 'forward' runs in one process, not {distributed.world_size()}: start it without torchrun "
-                "(each process would run forward_step over the whole dataset and write the same outputs)"
+                f"task 'forward' with the config's own forward_step (or forward_callback) runs in one process, not "
+                f"{distributed.world_size()}: start it without torchrun (python rnn.py CONFIG ++task forward). Its "
+                "hooks write their own files, which several processes would each write for a part of the data. "
+                "Several processes forward only into output_file: a network dict without forward_step, or "
+                "forward_step(*, model, extern_data) with mark_as_output and no forward_callback"
             )
         with self._running_task():
             self._init_model_for_task("forward")
@@ -216,8 +226,10 @@ class Engine:
                     num_batches += 1
                 if self.functions.forward_finish_hook is not None:
                     self.functions.forward_finish_hook(run_ctx)
+            if self.data_parallel is not None:  # a process may have had no batch: the shares differ by one
+                _, (num_batches,) = self.data_parallel.sum_totals({}, [num_batches])
             _check_not_empty(num_batches, "forward", None)
-            logger.info(f"forward: batches={num_batches} epoch={self.epoch}")
+            logger.info(f"forward: batches={num_batches} epoch={self.epoch} processes={distributed.world_size()}")
 
     def search(self) -> None:
         """Task search (network dicts): beam search over ``search_data`` (else ``dev``), the hypotheses written to

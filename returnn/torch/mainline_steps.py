@@ -24,8 +24,9 @@ from returnn.frontend.run_ctx import using_frontend_run_ctx
 from returnn.tensor import Dim, Tensor, TensorDict, batch_dim
 from returnn.tensor.tensor import sizes_tensor
 from returnn.torch.context import RunCtx
+from returnn.torch.forward_output import ForwardOutputFile
 
-__all__ = ["takes_extern_data", "mainline_functions"]
+__all__ = ["takes_extern_data", "mainline_functions", "writes_output_file"]
 
 declare_options(
     "Model and step functions",
@@ -64,6 +65,13 @@ def mainline_functions(config: Config, functions: dict[str, Callable[..., Any]])
         forward = _Forward(functions["forward_step"], template, _template(config, "model_outputs"), config)
         result.update(forward_step=forward.step, forward_init_hook=forward.init, forward_finish_hook=forward.finish)
     return result
+
+
+def writes_output_file(forward_step: Callable[..., Any] | None) -> bool:
+    """Whether ``forward_step`` (as :func:`mainline_functions` returned it) is a mainline forward_step whose outputs
+    go to the HDF ``output_file`` (no ``forward_callback``)."""
+    forward = getattr(forward_step, "__self__", None)
+    return isinstance(forward, _Forward) and forward.writes_output_file
 
 
 def _template(config: Config, key: str) -> TensorDict | None:
@@ -141,11 +149,21 @@ class _Forward:
         self.callback_spec = config.typed_value("forward_callback")
         self.output_file = config.value("output_file")
         self.callback: ForwardCallbackIface | None = None
+        self.output: ForwardOutputFile | None = None  # where the default callback writes
+
+    @property
+    def writes_output_file(self) -> bool:
+        """Whether the outputs go to the HDF ``output_file`` (no ``forward_callback``): the trainer's own writer, which
+        also runs in several processes."""
+        return self.callback_spec is None
 
     def init(self, run_ctx: RunCtx, **kwargs: Any) -> None:
         callback = self.callback_spec
         if callback is None:
-            callback = HDFOutputWriter(self.output_file or f"dump-fwd-epoch-{run_ctx.epoch}.hdf")
+            data_parallel = run_ctx.engine.data_parallel if run_ctx.engine is not None else None
+            filename = self.output_file or f"dump-fwd-epoch-{run_ctx.epoch}.hdf"
+            self.output = ForwardOutputFile(filename, data_parallel)
+            callback = HDFOutputWriter(self.output.path)
         elif callable(callback) and not isinstance(callback, ForwardCallbackIface):
             callback = callback()
         if not isinstance(callback, ForwardCallbackIface):
@@ -172,9 +190,13 @@ class _Forward:
         for b, seq_tag in enumerate(data["seq_tag"]):
             outputs = TensorDict({name: _sequence_of(tensor, b) for name, tensor in ctx.outputs.items()})
             self.callback.process_seq(seq_tag=seq_tag, outputs=outputs)
+        if self.output is not None:
+            self.output.add(data["seq_idx"])
 
     def finish(self, run_ctx: RunCtx, **kwargs: Any) -> None:
         self.callback.finish()
+        if self.output is not None:
+            self.output.finish(written=self.callback.writer is not None)
 
 
 def _sequence_of(tensor: Tensor, b: int) -> Tensor:

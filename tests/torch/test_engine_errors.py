@@ -218,7 +218,11 @@ def test_several_processes_need_torchrun_and_forward_runs_in_one(make_config, mo
     with pytest.raises(ConfigError, match=r"WORLD_SIZE=2 .* MASTER_ADDR and MASTER_PORT are not set; start .*torchrun"):
         Engine(make_config()).train()
     config = make_config(forward=make_config().typed_value("dev"), forward_step=lambda **kwargs: None)
-    with pytest.raises(ConfigError, match=r"task 'forward' runs in one process, not 2: start it without torchrun"):
+    with pytest.raises(
+        ConfigError,
+        match=r"task 'forward' with the config's own forward_step \(or forward_callback\) runs in one process, not 2: "
+        r"start it without torchrun \(python rnn.py CONFIG \+\+task forward\)",
+    ):
         Engine(config).forward()
 
 

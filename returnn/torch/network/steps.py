@@ -25,6 +25,7 @@ import torch
 
 from returnn.config import Config, declare_options
 from returnn.errors import ConfigError
+from returnn.torch.forward_output import ForwardOutputFile
 from returnn.torch.network.construction import NetworkBuilder, flatten_subnetworks
 from returnn.torch.network.data import DataSpec
 from returnn.torch.network.extern_data import data_specs_from_config, data_specs_from_dataset
@@ -169,23 +170,26 @@ def network_forward_init_hook(run_ctx: Any, *, config: Config, **kwargs) -> None
         raise ConfigError("task 'forward' of a network needs 'output_file': the HDF file to write the outputs to")
     spec = network.specs()[layer]
     ndim = int(spec.time) + len(spec.spatial) + int(spec.feature_axis)
-    run_ctx.network_output = (layer, SimpleHDFWriter(filename, dim=spec.dim, ndim=max(ndim, 1)))
+    output = ForwardOutputFile(filename, run_ctx.engine.data_parallel)
+    run_ctx.network_output = (layer, SimpleHDFWriter(output.path, dim=spec.dim, ndim=max(ndim, 1)), output)
 
 
 def network_forward_step(*, model: torch.nn.Module, data: dict[str, Any], run_ctx: Any, **kwargs) -> None:
     """Write the forward output layer of the batch's sequences."""
-    layer, writer = run_ctx.network_output
+    layer, writer, output = run_ctx.network_output
     out = model(data)[layer]
     tensor = out.tensor.float() if out.tensor.is_floating_point() else out.tensor
     lengths = out.lengths if out.lengths is not None else torch.ones(tensor.shape[0], dtype=torch.int64)
     writer.insert_batch(tensor.cpu().numpy(), np.asarray(lengths.cpu()), list(data["seq_tag"]))
+    output.add(data["seq_idx"])
 
 
 def network_forward_finish_hook(run_ctx: Any, **kwargs) -> None:
-    """Close ``output_file``."""
-    layer, writer = run_ctx.network_output
+    """Close ``output_file`` (with several processes: this process's part, which rank 0 merges into it)."""
+    layer, writer, output = run_ctx.network_output
     writer.close()
-    logger.info(f"forward: wrote layer {layer!r} to {writer.filename}")
+    output.finish(written=True)
+    logger.info(f"forward: wrote layer {layer!r} to {output.filename}")
 
 
 def network_step_functions(config: Config, defined: dict[str, Any]) -> dict[str, Any]:
