@@ -93,6 +93,7 @@ declare_options(
             "'bf16_compress' | 'fp16_compress') | 'grad_explicit' (one all_reduce of the gradients per update) | "
             "'param' (average parameters every 'param_sync_step' updates) | 'fsdp' (FSDP2: shard parameters, "
             "gradients and optimizer state; 'fsdp_modules': class names of submodules to shard as units, "
+            "'fsdp_forward_methods': methods of the model that the step calls instead of forward, "
             "'param_dtype' / 'reduce_dtype': 'bfloat16' | 'float16' | 'float32', 'cpu_offload': False)}.",
         ),
     },
@@ -215,6 +216,7 @@ class DistributedOptions:
     :param comm_hook: with "grad": compress the gradients for the all-reduce, one of
         :data:`~returnn.torch.ddp.COMM_HOOKS`
     :param fsdp_modules: with "fsdp": class names of the submodules that are sharded as units of their own
+    :param fsdp_forward_methods: with "fsdp": methods of the module that gather its parameters as ``forward`` does
     :param param_dtype: with "fsdp": the dtype of the parameters in forward and backward (mixed precision)
     :param reduce_dtype: with "fsdp": the dtype in which the gradients are reduced
     :param cpu_offload: with "fsdp": keep the parameter, gradient and optimizer state shards on the CPU
@@ -227,6 +229,7 @@ class DistributedOptions:
     options: dict[str, Any] | None = None
     comm_hook: str | None = None
     fsdp_modules: list[str] | None = None
+    fsdp_forward_methods: list[str] | None = None
     param_dtype: str | None = None
     reduce_dtype: str | None = None
     cpu_offload: bool = False
@@ -272,10 +275,12 @@ class DistributedOptions:
                 raise ConfigError(f"{where}: {name!r} is used only with reduce_type 'grad' (DistributedDataParallel)")
         if self.options is not None:
             check_ddp_options(self.options, where)
-        for name in ("fsdp_modules", "param_dtype", "reduce_dtype", "cpu_offload"):
+        for name in ("fsdp_modules", "fsdp_forward_methods", "param_dtype", "reduce_dtype", "cpu_offload"):
             if self.reduce_type != "fsdp" and getattr(self, name) not in (None, False):
                 raise ConfigError(f"{where}: {name!r} is used only with reduce_type 'fsdp'")
-        check_fsdp_options(self.fsdp_modules, self.param_dtype, self.reduce_dtype, self.cpu_offload, where)
+        check_fsdp_options(
+            self.fsdp_modules, self.fsdp_forward_methods, self.param_dtype, self.reduce_dtype, self.cpu_offload, where
+        )
         if self.comm_hook is not None and self.comm_hook not in COMM_HOOKS:
             raise ConfigError(
                 f"{where}: unknown comm_hook {self.comm_hook!r}; choose one of: {', '.join(COMM_HOOKS)} (or None)"
@@ -384,6 +389,7 @@ class DataParallel:
             self.fsdp = FsdpStep(
                 module,
                 fsdp_modules=self.options.fsdp_modules,
+                fsdp_forward_methods=self.options.fsdp_forward_methods,
                 param_dtype=self.options.param_dtype,
                 reduce_dtype=self.options.reduce_dtype,
                 cpu_offload=self.options.cpu_offload,

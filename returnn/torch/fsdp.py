@@ -9,8 +9,8 @@ is now the sharded one. For a step function this means:
 - A unit gathers its full parameters in a hook of its ``forward`` and frees them after it. Call the module
   (``model(...)``) and the listed submodules through ``__call__``: parameters of the root unit that are used without
   ``model(...)`` (e.g. ``model.encode(x)`` for a method ``encode``) are still shards, and torch then fails on the
-  DTensors; register such methods with ``torch.distributed.fsdp.register_fsdp_forward_method(model, "encode")``
-  in ``get_model``.
+  DTensors. Name such methods in ``fsdp_forward_methods`` (``["encode"]``): they then gather the root unit's
+  parameters as ``forward`` does (``torch.distributed.fsdp.register_fsdp_forward_method``).
 - Every process must run the same units' forwards in each step, also without gradients: a process whose data is
   done (the last round of an epoch, the evaluation of a dataset with fewer batches on it) repeats its last batch of
   the task with its losses ignored and zero gradients. A process that had no batch at all yet has nothing to repeat:
@@ -42,7 +42,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    FSDPModule,
+    MixedPrecisionPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
 
 from returnn.errors import ConfigError
 
@@ -54,15 +60,18 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on 
 _FULL_LOAD = StateDictOptions(full_state_dict=True)  # every process passes the whole state (each reads the file)
 
 
-def check_fsdp_options(fsdp_modules: Any, param_dtype: Any, reduce_dtype: Any, cpu_offload: Any, where: str) -> None:
+def check_fsdp_options(
+    fsdp_modules: Any, fsdp_forward_methods: Any, param_dtype: Any, reduce_dtype: Any, cpu_offload: Any, where: str
+) -> None:
     """Raise a ConfigError unless the fsdp options have their types."""
-    if fsdp_modules is not None and not (
-        isinstance(fsdp_modules, (list, tuple)) and all(isinstance(name, str) and name for name in fsdp_modules)
+    for name, value, example in (
+        ("fsdp_modules", fsdp_modules, "module class names (e.g. ['TransformerBlock'])"),
+        ("fsdp_forward_methods", fsdp_forward_methods, "method names of the model (e.g. ['encode'])"),
     ):
-        raise ConfigError(
-            f"{where}: 'fsdp_modules' must be a list of module class names (e.g. ['TransformerBlock']), "
-            f"got {fsdp_modules!r}"
-        )
+        if value is not None and not (
+            isinstance(value, (list, tuple)) and all(isinstance(x, str) and x for x in value)
+        ):
+            raise ConfigError(f"{where}: {name!r} must be a list of {example}, got {value!r}")
     for name, value in (("param_dtype", param_dtype), ("reduce_dtype", reduce_dtype)):
         if value is not None and value not in DTYPES:
             raise ConfigError(f"{where}: unknown {name} {value!r}; choose one of: {', '.join(DTYPES)} (or None)")
@@ -80,6 +89,7 @@ class FsdpStep:
 
     :param module: the config's module on this process's device, equal in all processes (broadcast before)
     :param fsdp_modules: class names of the submodules that become units of their own (before the root)
+    :param fsdp_forward_methods: methods of the module that gather the root unit's parameters as ``forward`` does
     :param param_dtype: the dtype of the gathered parameters in forward and backward (None: their own)
     :param reduce_dtype: the dtype in which gradients are reduced (None: that of the gathered parameters)
     :param cpu_offload: keep the shards (parameters, gradients, optimizer state) on the CPU
@@ -90,6 +100,7 @@ class FsdpStep:
         module: torch.nn.Module,
         *,
         fsdp_modules: list[str] | None = None,
+        fsdp_forward_methods: list[str] | None = None,
         param_dtype: str | None = None,
         reduce_dtype: str | None = None,
         cpu_offload: bool = False,
@@ -110,9 +121,17 @@ class FsdpStep:
                 f"config key 'torch_distributed': 'fsdp_modules' names {missing}, which the model does not contain; "
                 f"its submodule classes are: {present}"
             )
+        methods = [name for name in fsdp_forward_methods or () if not callable(getattr(module, name, None))]
+        if methods:
+            raise ConfigError(
+                f"config key 'torch_distributed': 'fsdp_forward_methods' names {methods}, which "
+                f"{type(module).__name__} does not have as methods"
+            )
         for sub in reversed(units):  # innermost first: a unit's parameters exclude those of units inside it
             fully_shard(sub, **kwargs)
         fully_shard(module, **kwargs)
+        for name in fsdp_forward_methods or ():
+            register_fsdp_forward_method(module, name)
         self.module = module
 
     @contextlib.contextmanager

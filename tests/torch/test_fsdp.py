@@ -57,6 +57,10 @@ class BlockModel(torch.nn.Module):
             x = block(x)
         return self.out(x)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """What a step may call instead of ``forward`` (under FSDP named in ``fsdp_forward_methods``)."""
+        return self.forward(x)
+
 
 def get_model(*, epoch: int, step: int, **kwargs: Any) -> torch.nn.Module:
     return BlockModel()
@@ -75,6 +79,13 @@ def train_step_summed(*, model: BlockModel, data: dict[str, Any], run_ctx: Any, 
     mask = torch.arange(logits.shape[1])[None, :] < data["data:size1"][:, None]
     ce = torch.nn.functional.cross_entropy(logits[mask], data["classes"][mask].long(), reduction="sum")
     run_ctx.mark_as_loss(ce, "ce", inv_norm_factor=mask.sum(), scale=distributed.world_size())
+
+
+def train_step_by_method(*, model: BlockModel, data: dict[str, Any], run_ctx: Any, **kwargs: Any) -> None:
+    logits = model.logits(data["data"].float())
+    mask = torch.arange(logits.shape[1])[None, :] < data["data:size1"][:, None]
+    ce = torch.nn.functional.cross_entropy(logits[mask], data["classes"][mask].long(), reduction="sum")
+    run_ctx.mark_as_loss(ce, "ce", inv_norm_factor=mask.sum())
 
 
 def _dataset(num_seqs: int) -> dict[str, Any]:
@@ -154,6 +165,15 @@ def test_fsdp_bfloat16_parameters_with_cpu_offload_train_close_to_float32(make_c
     _assert_close(fsdp16, fsdp32, rtol=0, atol=0.01)  # the shards stay float32: the updates differ a little
 
 
+def test_a_step_that_calls_a_method_named_in_fsdp_forward_methods_equals_ddp(make_config):
+    common = dict(train=_dataset(4), dev=_dataset(2), max_seqs=1, num_epochs=1, train_step=train_step_by_method)
+    ddp = _load(_train(make_config, "ddp", processes=2, **common), 1)["model"]
+    by_method = {**FSDP, "fsdp_forward_methods": ["logits"]}
+    _assert_close(
+        _load(_train(make_config, "fsdp", processes=2, torch_distributed=by_method, **common), 1)["model"], ddp
+    )
+
+
 @pytest.mark.parametrize(
     "value, match",
     [
@@ -162,6 +182,7 @@ def test_fsdp_bfloat16_parameters_with_cpu_offload_train_close_to_float32(make_c
         ({"reduce_type": "fsdp", "reduce_dtype": torch.float16}, r"unknown reduce_dtype torch.float16; choose one"),
         ({"reduce_type": "fsdp", "cpu_offload": 1}, r"'cpu_offload' must be True or False, got 1"),
         ({"fsdp_modules": ["Block"]}, r"'fsdp_modules' is used only with reduce_type 'fsdp'"),
+        ({"reduce_type": "fsdp", "fsdp_forward_methods": [1]}, r"'fsdp_forward_methods' must be a list of method n"),
         ({"reduce_type": "grad_explicit", "cpu_offload": True}, r"'cpu_offload' is used only with reduce_type 'fsdp'"),
         ({"reduce_type": "fsdp", "options": {}}, r"'options' is used only with reduce_type 'grad'"),
     ],
@@ -172,9 +193,11 @@ def test_bad_fsdp_options_are_one_line_config_errors(value, match):
     assert "\n" not in str(info.value)
 
 
-def test_fsdp_modules_that_the_model_lacks_are_named_with_the_classes_it_has():
+def test_fsdp_modules_and_methods_that_the_model_lacks_are_named():
     with pytest.raises(ConfigError, match=r"names \['TransformerBlock'\], .* classes are: \['Block', 'Linear', 'Mo"):
         FsdpStep(BlockModel(), fsdp_modules=["TransformerBlock", "Block"])
+    with pytest.raises(ConfigError, match=r"'fsdp_forward_methods' names \['encode'\], which BlockModel does not"):
+        FsdpStep(BlockModel(), fsdp_forward_methods=["logits", "encode"])
 
 
 def _error_of(func: Any) -> str | None:
