@@ -120,7 +120,10 @@ def _assert_close(a: dict[str, Any], b: dict[str, Any], *, rtol: float = 1e-5, a
 def test_fsdp_equals_ddp_with_clipping_accumulation_uneven_rounds_and_evaluation(make_config):
     # 11 training sequences, one per batch: in the last step of each epoch only rank 0 has data, and rank 1 repeats
     # its last batch with zero gradients. 3 dev sequences: rank 1 evaluates one batch, rank 0 two.
-    common = dict(train=_dataset(11), dev=_dataset(3), max_seqs=1, accum_grad_multiple_step=2, gradient_clip_norm=0.5)
+    common = dict(
+        train=_dataset(11), dev=_dataset(3), max_seqs=1, accum_grad_multiple_step=2, gradient_clip=0.05,
+        gradient_clip_norm=0.5,
+    )  # fmt: skip
     ddp = _train(make_config, "ddp", processes=2, **common)
     fsdp = _train(make_config, "fsdp", processes=2, torch_distributed=FSDP, **common)
     assert not torch.equal(_load(ddp, 1)["model"]["out.weight"], _load(ddp, 2)["model"]["out.weight"])  # it trained
