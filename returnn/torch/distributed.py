@@ -27,6 +27,10 @@ same training:
   are summed over the processes with one all_reduce per bucket and divided by the number of processes that computed
   any since the last update. Any model and any use of its parameters works, without options, but communication does
   not overlap with the backward pass.
+- Sharding (``reduce_type = "fsdp"``): torch's FSDP2 shards the parameters, gradients and optimizer state over the
+  processes (:mod:`returnn.torch.fsdp`), for models that do not fit one device with their optimizer state. The
+  config's module is sharded in place; every process runs every forward (a process without data repeats its last
+  batch with its losses ignored), and the checkpoints hold the full, gathered tensors.
 - Parameters (``reduce_type = "param"``): each process updates with its own gradients, and the parameters (and
   floating point buffers) are averaged every ``param_sync_step`` updates and at the end of each epoch's training.
 - Scores: the loss sums and inv_norm_factor sums of all processes are added up, so the learning_rates file and the
@@ -60,6 +64,7 @@ from returnn.config import Config, declare_options
 from returnn.errors import CheckpointError, ConfigError, TrainingError
 from returnn.log import log
 from returnn.torch.ddp import COMM_HOOKS, DdpStep, check_ddp_options
+from returnn.torch.fsdp import FsdpStep, check_fsdp_options
 
 __all__ = [
     "rank",
@@ -87,12 +92,15 @@ declare_options(
             "{'backend': 'gloo' on CPU / 'cpu:gloo,cuda:nccl' with CUDA, 'timeout_sec': 1800, "
             "'reduce_type': 'grad' (DistributedDataParallel; its arguments in 'options', 'comm_hook': "
             "'bf16_compress' | 'fp16_compress') | 'grad_explicit' (one all_reduce of the gradients per update) | "
-            "'param' (average parameters every 'param_sync_step' updates)}.",
+            "'param' (average parameters every 'param_sync_step' updates) | 'fsdp' (FSDP2: shard parameters, "
+            "gradients and optimizer state; 'fsdp_modules': class names of submodules to shard as units, "
+            "'fsdp_forward_methods': methods of the model that the step calls instead of forward, "
+            "'param_dtype' / 'reduce_dtype': 'bfloat16' | 'float16' | 'float32', 'cpu_offload': False)}.",
         ),
     },
 )
 
-REDUCE_TYPES = ("grad", "grad_explicit", "param")
+REDUCE_TYPES = ("grad", "grad_explicit", "param", "fsdp")
 # An option of mainline RETURNN's parameter averaging; it changes nothing here, and configs that set it still run.
 _WITHOUT_EFFECT = ("sync_on_cpu",)
 _BUCKET_BYTES = 32 * 2**20  # tensors are all-reduced in flat buckets of up to this size
@@ -208,6 +216,11 @@ class DistributedOptions:
     :param options: with "grad": keyword arguments of ``DistributedDataParallel``
     :param comm_hook: with "grad": compress the gradients for the all-reduce, one of
         :data:`~returnn.torch.ddp.COMM_HOOKS`
+    :param fsdp_modules: with "fsdp": class names of the submodules that are sharded as units of their own
+    :param fsdp_forward_methods: with "fsdp": methods of the module that gather its parameters as ``forward`` does
+    :param param_dtype: with "fsdp": the dtype of the parameters in forward and backward (mixed precision)
+    :param reduce_dtype: with "fsdp": the dtype in which the gradients are reduced
+    :param cpu_offload: with "fsdp": keep the parameter, gradient and optimizer state shards on the CPU
     """
 
     backend: str | None = None
@@ -216,6 +229,11 @@ class DistributedOptions:
     param_sync_step: int | None = None
     options: dict[str, Any] | None = None
     comm_hook: str | None = None
+    fsdp_modules: list[str] | None = None
+    fsdp_forward_methods: list[str] | None = None
+    param_dtype: str | None = None
+    reduce_dtype: str | None = None
+    cpu_offload: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> DistributedOptions:
@@ -258,6 +276,12 @@ class DistributedOptions:
                 raise ConfigError(f"{where}: {name!r} is used only with reduce_type 'grad' (DistributedDataParallel)")
         if self.options is not None:
             check_ddp_options(self.options, where)
+        for name in ("fsdp_modules", "fsdp_forward_methods", "param_dtype", "reduce_dtype", "cpu_offload"):
+            if self.reduce_type != "fsdp" and getattr(self, name) not in (None, False):
+                raise ConfigError(f"{where}: {name!r} is used only with reduce_type 'fsdp'")
+        check_fsdp_options(
+            self.fsdp_modules, self.fsdp_forward_methods, self.param_dtype, self.reduce_dtype, self.cpu_offload, where
+        )
         if self.comm_hook is not None and self.comm_hook not in COMM_HOOKS:
             raise ConfigError(
                 f"{where}: unknown comm_hook {self.comm_hook!r}; choose one of: {', '.join(COMM_HOOKS)} (or None)"
@@ -299,6 +323,7 @@ class DataParallel:
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.ddp: DdpStep | None = None  # with reduce_type "grad", once the model is wrapped
+        self.fsdp: FsdpStep | None = None  # with reduce_type "fsdp", once the model is sharded
         self._all_had_data = True  # in every step since the last update, every process had a batch
 
     @classmethod
@@ -357,19 +382,38 @@ class DataParallel:
 
     def wrap_model(self, module: torch.nn.Module, device: str) -> None:
         """With reduce_type "grad": wrap the module in DistributedDataParallel (see :mod:`returnn.torch.ddp`); the
-        module itself stays what the step functions get and what is saved."""
+        module itself stays what the step functions get and what is saved. With "fsdp": shard the module in place
+        (see :mod:`returnn.torch.fsdp`)."""
         if self.options.reduce_type == "grad":
             self.ddp = DdpStep(module, self.options.options or {}, self.options.comm_hook, device)
+        elif self.options.reduce_type == "fsdp":
+            self.fsdp = FsdpStep(
+                module,
+                fsdp_modules=self.options.fsdp_modules,
+                fsdp_forward_methods=self.options.fsdp_forward_methods,
+                param_dtype=self.options.param_dtype,
+                reduce_dtype=self.options.reduce_dtype,
+                cpu_offload=self.options.cpu_offload,
+            )
+
+    @property
+    def needs_every_forward(self) -> bool:
+        """Whether every process must run each step's forward (FSDP gathers the parameters in it), also a process
+        without data and in evaluation."""
+        return self.fsdp is not None
 
     def release_model(self) -> None:
-        """Drop the DDP wrapper while the process group still exists. Else the group would be destroyed later, when
-        the wrapper is garbage collected, with the Python lock held, while gloo's threads may still need it to free
-        the tensors of finished collectives: a deadlock at exit."""
+        """Drop the DDP wrapper (and the FSDP state) while the process group still exists. Else the group would be
+        destroyed later, when the wrapper is garbage collected, with the Python lock held, while gloo's threads may
+        still need it to free the tensors of finished collectives: a deadlock at exit."""
         self.ddp = None
+        self.fsdp = None
         gc.collect()
 
     def gradient_step(self, *, sync: bool) -> contextlib.AbstractContextManager[None]:
         """Around one train step's forward and backward pass; ``sync``: it is an update step."""
+        if self.fsdp is not None:
+            return self.fsdp.step(sync=sync)
         return self.ddp.step(sync=sync) if self.ddp is not None else contextlib.nullcontext()
 
     def before_backward(self, loss: torch.Tensor) -> torch.Tensor:
@@ -388,15 +432,15 @@ class DataParallel:
 
         With "grad_explicit" (or "grad" before the model is wrapped): replace each gradient by its sum over the
         processes, divided by the number of processes that computed any. A parameter without gradient in some
-        process counts as zero there; one without gradient in every process keeps ``grad = None``. With DDP, which
-        averaged over all processes already, rescale if some had no data.
+        process counts as zero there; one without gradient in every process keeps ``grad = None``. With DDP or FSDP,
+        which averaged over all processes already, rescale if some had no data.
 
         :param contributed: whether this process computed gradients since the last update
         """
         all_had_data, self._all_had_data = self._all_had_data, True
         if self.options.reduce_type == "param":
             return
-        if self.ddp is not None:
+        if self.ddp is not None or self.fsdp is not None:
             if not all_had_data:
                 self._rescale_to_contributors(params, contributed)
             return

@@ -104,6 +104,7 @@ class Engine:
         self.data_loaders: dict[str, BatchLoader] = {}
         self.datasets: dict[str, Dataset] = {}
         self.data_parallel: distributed.DataParallel | None = None  # while a task runs in several processes
+        self._last_batch: dict[str, Any] | None = None  # with FSDP: repeated where this process has no batch
         self.run_control = RunControl.from_config(config)  # mid-epoch checkpoints, stops on signals and time limits
         self.progress_options = ProgressOptions.from_config(config)
         self.metrics_log = MetricsLog()  # while training: metrics_csv, tensorboard_dir
@@ -380,8 +381,15 @@ class Engine:
             stage="train_step", device=self.device, engine=self, epoch=self.epoch, global_step=self.global_step
         )
         totals = LossTotals()
+        batches = self.switches.eval_batches(data_loader.iter_epoch(self.epoch))
+        if self.data_parallel is not None and self.data_parallel.needs_every_forward:
+            batches = self.data_parallel.in_step(batches)
         with using_run_ctx(run_ctx), torch.no_grad():
-            for data in self.switches.eval_batches(data_loader.iter_epoch(self.epoch)):
+            for data in batches:
+                if data is None:  # FSDP: the other processes' forwards need this one's
+                    self._repeat_last_batch(run_ctx, name)
+                    continue
+                self._last_batch = data
                 run_ctx.init_step(self.global_step)
                 with autocast(self.device, self.options.amp_dtype):
                     self.functions.train_step(model=self._model, data=self._to_device(data), run_ctx=run_ctx)
@@ -421,8 +429,9 @@ class Engine:
         if self.updater is not None:
             optimizer_state = {**self.updater.state_dict(), "epoch": epoch, "step": self.global_step}
             checkpoints.save_checkpoint(checkpoints.optimizer_filename(prefix, epoch), optimizer_state)
+        fsdp = self.data_parallel.fsdp if self.data_parallel is not None else None
         content = {
-            "model": self._model.state_dict(),
+            "model": fsdp.model_state_dict() if fsdp is not None else self._model.state_dict(),
             "epoch": epoch,
             "step": self.global_step,
             "effective_learning_rate": self.updater.learning_rate if self.updater is not None else None,
@@ -560,11 +569,15 @@ class Engine:
                 self.updater.epoch_continuous = self.epoch - 1 + progress.epoch_fraction()
                 if data is None:  # this process's data is done, others' not: their steps go on with it
                     with self._gradient_step():
-                        self.data_parallel.backward_without_data()
+                        if self.data_parallel.needs_every_forward:
+                            self._repeat_last_batch(run_ctx, "train").backward()
+                        else:
+                            self.data_parallel.backward_without_data()
                     self.optimizer_step(None)
                     self.global_step += 1
                     self.run_control.after_step(self, totals, progress)
                     continue
+                self._last_batch = data
                 with self._gradient_step():
                     step_values = self.run_train_step(self._to_device(data), run_ctx)
                 values = self.optimizer_step(step_values)
@@ -589,6 +602,23 @@ class Engine:
         skipped = self.updater.num_skipped_updates - skipped_before
         logger.info(progress.epoch_summary(num_steps=totals.num_steps, num_seqs=num_seqs, skipped_updates=skipped))
         return totals.scores("train")
+
+    def _repeat_last_batch(self, run_ctx: RunCtx, name: str) -> torch.Tensor:
+        """FSDP, in a step in which this process has no batch but others have: run ``train_step`` on the last batch
+        of this process again, so that it takes part in the others' gathering of the parameters. Its losses are
+        not counted. Returns zero times its total loss, whose backward pass adds zero gradients."""
+        if self._last_batch is None:
+            raise TrainingError(
+                f"torch_distributed reduce_type 'fsdp': process {self.data_parallel.rank} got no batch of dataset "
+                f"{name!r} to run the other processes' forward steps with; every process needs at least one batch "
+                "of each dataset (more sequences, or fewer processes)"
+            )
+        run_ctx.init_step(self.global_step)
+        with autocast(self.device, self.options.amp_dtype):
+            self.functions.train_step(model=self._model, data=self._to_device(self._last_batch), run_ctx=run_ctx)
+        total = run_ctx.total_loss()
+        run_ctx.init_step(self.global_step)
+        return total * 0.0
 
     def _gradient_step(self) -> contextlib.AbstractContextManager[None]:
         """Around a train step's forward and backward pass: with several processes, whether DDP all-reduces."""

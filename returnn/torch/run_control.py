@@ -199,7 +199,11 @@ class RunControl:
             if not explicit_start:
                 distributed.remove_file(path)
             return start.epoch
-        checkpoints.load_model_state(engine.model, content["model"], source=path)
+        fsdp = engine.data_parallel.fsdp if engine.data_parallel is not None else None
+        if fsdp is not None:  # the sharded model takes the full tensors through torch's state_dict helpers
+            fsdp.load_model_state_dict(content["model"])
+        else:
+            checkpoints.load_model_state(engine.model, content["model"], source=path)
         engine.updater.load_state_dict(content["updater"], source=path)
         engine.global_step = _int_entry(content, "epoch_start_step", path)
         processes = content.get("processes") or []
@@ -312,6 +316,7 @@ class RunControl:
 
     def _save(self, engine: Engine, totals: LossTotals, progress: Progress) -> str:
         path = mid_epoch_filename(engine.options.model_prefix)
+        fsdp = engine.data_parallel.fsdp if engine.data_parallel is not None else None
         process = {
             "num_batches": totals.num_steps,
             "loss_sums": {name: list(values) for name, values in totals.sums.items()},
@@ -321,7 +326,7 @@ class RunControl:
         }
         content = {
             "kind": "mid_epoch",
-            "model": engine.model.state_dict(),
+            "model": fsdp.model_state_dict() if fsdp is not None else engine.model.state_dict(),
             "updater": engine.updater.state_dict(),  # with several processes a collective
             "epoch": engine.epoch,
             "step": engine.global_step,

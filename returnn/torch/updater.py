@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 
 import returnn
 from returnn.config import Config, declare_options
@@ -205,6 +206,12 @@ class Updater:
         self.last_grad_norm: float | None = None  # of the last step, before clipping; None if it made no update
         self.num_skipped_updates = 0  # non-finite gradient norm, over the updater's life
         self.ema = WeightAverage(model, ema_decay) if ema_decay is not None else None
+        self.fsdp = data_parallel.fsdp if data_parallel is not None else None  # the sharded model's state helpers
+        if self.fsdp is not None and (gradient_noise is not None or ema_decay is not None):
+            raise ConfigError(
+                "torch_distributed reduce_type 'fsdp' does not support 'gradient_noise' or 'ema_decay' (the "
+                "parameters and gradients are shards); remove them or use reduce_type 'grad'"
+            )
 
     @classmethod
     def from_config(
@@ -325,6 +332,8 @@ class Updater:
             fetched = values.tolist()
             norm_is_finite = True
         else:
+            if isinstance(grad_norm, DTensor):  # FSDP: the norm over the shards of all processes
+                grad_norm = grad_norm.full_tensor()
             fetched = torch.cat([values, grad_norm.detach().float().reshape(1).to(values.device)]).tolist()
             self.last_grad_norm = fetched.pop()
             # without gradient_clip_norm the norm is only reported; the update happens as before
@@ -393,6 +402,8 @@ class Updater:
         """The optimizer file's content (plain types). Includes gradients accumulated but not applied yet; with
         several processes, those of every process (``pending_grads_by_rank``, on rank 0, which writes the file), so
         every process must call this."""
+        if self.fsdp is not None:
+            return self._fsdp_state_dict()
         pending = {name: p.grad for name, p in zip(self.param_names, self.params) if p.grad is not None}
         state = {
             "optimizer": self.optimizer.state_dict(),
@@ -409,6 +420,24 @@ class Updater:
             own = {name: grad.cpu() for name, grad in pending.items()} or None
             state["pending_grads_by_rank"] = self.data_parallel.gather_to_main(own)
         return state
+
+    def _fsdp_state_dict(self) -> dict[str, Any]:
+        """With FSDP: the full optimizer state gathered on rank 0, without accumulated gradients (they are inside
+        FSDP, unsharded, until the next update)."""
+        if self.has_local_gradients:
+            logger.warning(
+                "reduce_type 'fsdp': the optimizer file does not hold the gradients accumulated since the last update; "
+                "a run resumed from it starts without them"
+            )
+        return {
+            "optimizer": self.fsdp.optimizer_state_dict(self.optimizer, self.param_names),
+            "optimizer_class_name": type(self.optimizer).__name__,
+            "param_names": list(self.param_names),
+            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "pending_grads": None,
+            "num_consecutive_invalid": self.num_consecutive_invalid,
+            "returnn_version": returnn.__version__,
+        }
 
     def load_state_dict(self, state: dict[str, Any], *, source: str) -> None:
         """Restore :meth:`state_dict` (also accepts a bare ``optimizer.state_dict()``, as older trainers saved).
@@ -433,7 +462,10 @@ class Updater:
                 "or delete it and set allow_missing_optimizer_checkpoint = True"
             )
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.fsdp is not None:
+                self.fsdp.load_optimizer_state_dict(self.optimizer, state["optimizer"], self.param_names)
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as exc:
             raise CheckpointError(
                 f"{source}: cannot load the optimizer state ({exc}); was it written with another optimizer class or "
@@ -443,6 +475,9 @@ class Updater:
         if self.grad_scaler is not None and state.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         pending_grads = self._own_pending_grads(state, source=source) or {}
+        if self.fsdp is not None and pending_grads:
+            logger.warning(f"{source}: reduce_type 'fsdp' continues without the accumulated gradients saved there")
+            pending_grads = {}
         for name, param in zip(self.param_names, self.params):
             pending = pending_grads.get(name)
             param.grad = pending.to(param.device) if pending is not None else None
