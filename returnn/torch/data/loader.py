@@ -29,6 +29,7 @@ at interpreter exit. Workers also exit on their own when the main process dies (
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import multiprocessing
 import pickle
@@ -234,6 +235,12 @@ def _shutdown_workers(data_loader: torch.utils.data.DataLoader) -> None:
     data_loader._iterator = None
     if iterator is not None and hasattr(iterator, "_shutdown_workers"):
         iterator._shutdown_workers()
+    if data_loader.num_workers:
+        # The worker iterators (also those of finished epochs) hold multiprocessing queues in reference cycles; freed
+        # only by the garbage collector, their semaphores could outlive the process, and Python's resource tracker
+        # then prints "leaked semaphore objects" at exit. Free them now.
+        del iterator
+        gc.collect()
 
 
 def build_data_loader(
