@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 from typing import Any
 
@@ -203,20 +202,7 @@ class NetworkBuilder:
     def _build_layer(self, name: str, options: dict[str, Any]) -> None:
         where = f"network: layer {name!r}"
         class_name = options.pop("class", None)
-        if class_name is None:
-            raise ConfigError(f"{where}: needs 'class' (e.g. 'linear', 'rec', 'softmax')")
-        cls = get_layer_class(class_name, where)
-        if hasattr(cls, "select_class"):  # e.g. rec: a cell unit or a unit of layers
-            cls = cls.select_class(options)
-        if hasattr(cls, "sources_from_options"):
-            if options.get("from") not in (None, [], ()):
-                raise ConfigError(f"{where}: a {class_name!r} layer takes no 'from'")
-            options["from"] = cls.sources_from_options(options)
-        sources = _as_list(options.pop("from", "data"), where)
-        num_from = len(sources)
-        if hasattr(cls, "dependencies_from_options"):  # layers that read another layer besides 'from'
-            takes_builder = "builder" in inspect.signature(cls.dependencies_from_options).parameters
-            sources += cls.dependencies_from_options(options, **({"builder": self} if takes_builder else {}))
+        cls, sources, num_from = self._class_and_sources(class_name, options, where)
         own, common = self._split_options(cls, class_name, options, where)
         source_specs = [self.source_spec(ref, name) for ref in sources]
         reuse = common.get("reuse_params")
@@ -261,6 +247,22 @@ class NetworkBuilder:
         registered = common.get("register_as_extern_data")
         if registered:
             self.data_specs[registered] = spec
+
+    def _class_and_sources(
+        self, class_name: Any, options: dict[str, Any], where: str
+    ) -> tuple[type[Layer], list[str], int]:
+        """The layer class, its sources (``from``, then the layers its options name) and how many are ``from``."""
+        if class_name is None:
+            raise ConfigError(f"{where}: needs 'class' (e.g. 'linear', 'rec', 'softmax')")
+        cls = get_layer_class(class_name, where)
+        if hasattr(cls, "select_class"):  # e.g. rec: a cell unit or a unit of layers
+            cls = cls.select_class(options)
+        if hasattr(cls, "sources_from_options"):
+            if options.get("from") not in (None, [], ()):
+                raise ConfigError(f"{where}: a {class_name!r} layer takes no 'from'")
+            options["from"] = cls.sources_from_options(options)
+        sources = _as_list(options.pop("from", "data"), where)
+        return cls, sources + cls.dependencies_from_options(options, self.default_target), len(sources)
 
     def _split_options(
         self, cls: type[Layer], class_name: str, options: dict[str, Any], where: str

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from returnn.errors import DatasetError
+from returnn.errors import ConfigError, DatasetError
 from returnn.torch.network.construction import LayerEntry
 from returnn.torch.network.data import DataSpec, LayerOutput
 from returnn.torch.network.layers.base import concat_outputs
@@ -39,6 +39,7 @@ class Network(torch.nn.Module):
                 _share_params(entry.module, self._modules[reuse], entry.name, reuse)
         self.entries = entries
         self.data_specs = data_specs
+        self._loss_specs = _loss_specs(entries)  # the losses are fixed once built; read at every step
 
     def specs(self) -> dict[str, DataSpec]:
         """The output spec of every layer, by name, in the order they run."""
@@ -64,8 +65,6 @@ class Network(torch.nn.Module):
 
     def forward(self, data: dict[str, Any], _skip_missing: bool = False) -> dict[str, LayerOutput]:
         """Run all layers on ``data`` (``data[key]``, ``data[f"{key}:size1"]``). Returns the outputs by name."""
-        from returnn.torch.network.rec_unit import RecUnitLayer
-
         outputs = self.inputs(data)
         for entry in self.entries:
             refs = [ref if ref in outputs else _data_ref(ref) for ref in entry.sources]
@@ -75,8 +74,8 @@ class Network(torch.nn.Module):
                     f"network: layer {entry.name!r} reads {', '.join(missing)}, which the batch does not have; the "
                     f"data keys: {', '.join(sorted(k[5:] for k in outputs if k.startswith('data:')))}"
                 )
-            if missing and not isinstance(entry.module, RecUnitLayer):
-                continue  # search without the data this layer needs (a unit's choice does without its target)
+            if missing and not hasattr(entry.module, "searching"):
+                continue  # search without the data this layer needs (a rec unit's choice does without its target)
             sources = [outputs.get(ref) for ref in refs]
             sources = prepared_sources(entry, sources, self.training)
             if entry.module.concat_sources:
@@ -108,13 +107,7 @@ class Network(torch.nn.Module):
 
     def loss_specs(self) -> dict[str, LossSpec]:
         """The loss of every layer that has one, by layer name (``rec/inner`` for the layers of a rec unit)."""
-        specs = {}
-        for entry in self.entries:
-            if entry.loss is not None:
-                specs[entry.name] = entry.loss
-            for name, spec in getattr(entry.module, "inner_losses", {}).items():
-                specs[f"{entry.name}/{name}"] = spec
-        return specs
+        return self._loss_specs
 
     def losses(self, outputs: dict[str, LayerOutput]) -> dict[str, LossValues]:
         """The loss values of every layer that has a loss, by layer name."""
@@ -151,6 +144,16 @@ class Network(torch.nn.Module):
     def loss_layers(self) -> list[str]:
         """The names of the layers with a loss, in order."""
         return list(self.loss_specs())
+
+
+def _loss_specs(entries: list[LayerEntry]) -> dict[str, LossSpec]:
+    specs = {}
+    for entry in entries:
+        if entry.loss is not None:
+            specs[entry.name] = entry.loss
+        for name, spec in getattr(entry.module, "inner_losses", {}).items():
+            specs[f"{entry.name}/{name}"] = spec
+    return specs
 
 
 def _with_unit_entries(entries: list[LayerEntry]) -> list[LayerEntry]:
@@ -204,8 +207,6 @@ def _data_ref(ref: str) -> str:
 
 def _share_params(module: torch.nn.Module, other: torch.nn.Module, name: str, other_name: str) -> None:
     """``reuse_params``: ``module`` uses the parameters of ``other`` (same names and shapes)."""
-    from returnn.errors import ConfigError
-
     own = dict(module.named_parameters(recurse=False))
     theirs = dict(other.named_parameters(recurse=False))
     for param_name, param in own.items():

@@ -24,8 +24,7 @@ from typing import Any
 
 import torch
 
-from returnn.errors import ConfigError
-from returnn.torch.network.construction import LayerEntry, NetworkBuilder
+from returnn.torch.network.construction import LayerEntry
 from returnn.torch.network.data import DataSpec, LayerOutput
 from returnn.torch.network.layers.base import Layer, LayerContext, concat_outputs, concat_spec
 from returnn.torch.network.layers.loop import ChoiceLayer, StatefulLayer
@@ -83,6 +82,7 @@ class RecUnitLayer(Layer):
         self.searching = False  # set while the network searches (Network.search)
         if max_seq_len is not None and not isinstance(max_seq_len, (int, str)):
             raise ctx.error("max_seq_len must be an int or an expression like \"max_len_from('base:encoder') * 2\"")
+        self.initial_values = {e.name: _initial_value(e, ctx) for e in self.entries}
         self.phases = loop_phases(self.entries)
         self.order = run_order(self.entries, teacher_forcing=True, phases=self.phases)
         self.inner_losses: dict[str, LossSpec] = {e.name: e.loss for e in self.entries if e.loss is not None}
@@ -93,6 +93,15 @@ class RecUnitLayer(Layer):
     def layer(self, name: str) -> Layer:
         """The unit layer ``name``."""
         return self._modules[name]
+
+    def initial_output(
+        self, name: str, rows: int, device: torch.device, dtype: torch.dtype | None = None
+    ) -> LayerOutput:
+        """``prev:name`` at the first step: the layer's ``initial_output`` for ``rows`` rows of one step."""
+        spec = self.layer(name).out_spec
+        shape = (rows, *spec.spatial) + ((spec.dim,) if spec.feature_axis else ())
+        tensor = torch.full(shape, self.initial_values[name], dtype=dtype or getattr(torch, spec.dtype), device=device)
+        return LayerOutput(tensor, None, spec)
 
     def _time_key(self, size_target: str | None, ctx: LayerContext, input_spec: DataSpec | None) -> str | None:
         """The data key whose lengths are the loop's in training (None: the input's)."""
@@ -108,9 +117,9 @@ class RecUnitLayer(Layer):
         return key
 
     @staticmethod
-    def dependencies_from_options(options: dict[str, Any], builder: NetworkBuilder) -> list[str]:
+    def dependencies_from_options(options: dict[str, Any], default_target: str) -> list[str]:
         return unit_dependencies(
-            options["unit"], builder.default_target, options.get("max_seq_len"), options.get("size_target")
+            options["unit"], default_target, options.get("max_seq_len"), options.get("size_target")
         )
 
     def forward(self, sources: list[LayerOutput]) -> RecOutput:
@@ -267,7 +276,7 @@ class _TeacherForcedRun:
         if ref.startswith("prev:"):
             name = ref[len("prev:") :]
             full = self.full[name]
-            first = _initial(self.layer.entries, name, self.batch, full.tensor[:, 0])
+            first = self.layer.initial_output(name, self.batch, full.tensor.device, full.tensor.dtype).tensor
             shifted = torch.cat([first[:, None], full.tensor[:, :-1]], dim=1)
             return self._flat(LayerOutput(shifted, full.lengths, full.spec))
         return self._flat(self.full[ref])
@@ -317,21 +326,13 @@ class _TeacherForcedRun:
             if name in self.full:
                 if t > 0:
                     return _frame(self.full[name], t - 1)
-                first = _initial(self.layer.entries, name, self.batch, self.full[name].tensor[:, 0])
-                return LayerOutput(first, None, self.full[name].spec.copy(time=False))
-            entry = next(e for e in self.layer.entries if e.name == name)
-            like = self._like(entry)
-            return LayerOutput(_initial(self.layer.entries, name, self.batch, like), None, entry.module.out_spec)
+                full = self.full[name]
+                first = self.layer.initial_output(name, self.batch, full.tensor.device, full.tensor.dtype).tensor
+                return LayerOutput(first, None, full.spec.copy(time=False))
+            return self.layer.initial_output(name, self.batch, self.lengths.device)
         if ref in current:
             return current[ref]
         return _frame(self.full[ref], t)
-
-    def _like(self, entry: LayerEntry) -> torch.Tensor:
-        """A zero tensor shaped like one step of ``entry``'s output."""
-        spec = entry.module.out_spec
-        shape = (self.batch, *spec.spatial) + ((spec.dim,) if spec.feature_axis else ())
-        dtype = getattr(torch, spec.dtype) if isinstance(spec.dtype, str) else spec.dtype
-        return torch.zeros(shape, dtype=dtype, device=self.lengths.device)
 
 
 def _teacher_forced_refs(entry: LayerEntry) -> list[str]:
@@ -367,17 +368,17 @@ def _repeat_batch(out: LayerOutput, times: int) -> LayerOutput:
     return LayerOutput(tensor, lengths, out.spec)
 
 
-def _initial(entries: list[LayerEntry], name: str, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """``prev:name`` at the first step: the layer's ``initial_output`` (0 by default), shaped like one step."""
-    entry = next(e for e in entries if e.name == name)
+def _initial_value(entry: LayerEntry, ctx: LayerContext) -> float | int | bool:
+    """A unit layer's ``initial_output`` as a number (0 by default; ``"zeros"``, ``"ones"``)."""
     value = entry.options.get("initial_output", 0)
-    if value in (None, "zeros"):
-        value = 0
-    if value == "ones":
-        value = 1
-    if not isinstance(value, (int, float, bool)):
-        raise ConfigError(f"network: unit layer {name!r}: initial_output must be a number, 'zeros' or 'ones'")
-    return torch.full((batch, *like.shape[1:]), value, dtype=like.dtype, device=like.device)
+    if value is None or isinstance(value, str):
+        value = {None: 0, "zeros": 0, "ones": 1}.get(value)
+    if not isinstance(value, (int, float)):
+        raise ctx.error(
+            f"unit layer {entry.name!r}: initial_output must be a number, 'zeros' or 'ones', "
+            f"got {entry.options.get('initial_output')!r}"
+        )
+    return value
 
 
 def _apply_dropout(module: Layer, entry: LayerEntry, sources: list[LayerOutput]) -> list[LayerOutput]:

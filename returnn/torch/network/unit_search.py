@@ -16,7 +16,7 @@ import torch
 from returnn.errors import ConfigError
 from returnn.torch.network.data import DataSpec, LayerOutput
 from returnn.torch.network.layers.loop import ChoiceLayer, StatefulLayer
-from returnn.torch.network.rec_unit import RecOutput, _call, _frame, _initial, _repeat_batch, run_order
+from returnn.torch.network.rec_unit import RecOutput, _call, _frame, _repeat_batch, run_order
 from returnn.torch.network.search import BeamState, finish, prune
 
 if TYPE_CHECKING:
@@ -145,14 +145,7 @@ class UnitSearch:
             name = ref[len("prev:") :]
             if name in previous:
                 return previous[name]
-            entry = next(e for e in self.layer.entries if e.name == name)
-            spec = entry.module.out_spec
-            like = torch.zeros(
-                (rows, *spec.spatial) + ((spec.dim,) if spec.feature_axis else ()),
-                dtype=getattr(torch, spec.dtype),
-                device=self.device,
-            )
-            return LayerOutput(_initial(self.layer.entries, name, rows, like), None, spec)
+            return self.layer.initial_output(name, rows, self.device)
         return current[ref]
 
 

@@ -216,6 +216,17 @@ def test_search_output_py_and_txt_read_back(tmp_path):
         ({"x": {"class": "copy"}}, r"its unit needs an 'output' layer"),
         (
             {
+                "output": {
+                    "class": "linear",
+                    "from": ["data:source", "prev:output"],
+                    "n_out": 3,
+                    "initial_output": "f(0)",
+                }
+            },
+            r"initial_output must be a number, 'zeros' or 'ones', got 'f\(0\)'",
+        ),
+        (
+            {
                 "a": {"class": "copy", "from": "b"},
                 "b": {"class": "copy", "from": "a"},
                 "output": {"class": "copy", "from": "a"},

@@ -79,7 +79,7 @@ class SoftmaxOverSpatialLayer(Layer):
     concat_sources = False
 
     @staticmethod
-    def dependencies_from_options(options: dict[str, Any]) -> list[str]:
+    def dependencies_from_options(options: dict[str, Any], default_target: str) -> list[str]:
         """The layers among ``start``, ``window_start`` and ``window_size``, appended to the sources in that order."""
         return [options[key] for key in ("start", "window_start", "window_size") if isinstance(options.get(key), str)]
 
@@ -168,7 +168,7 @@ class DotAttentionLayer(Layer):
     concat_sources = False
 
     @staticmethod
-    def dependencies_from_options(options: dict[str, Any]) -> list[str]:
+    def dependencies_from_options(options: dict[str, Any], default_target: str) -> list[str]:
         """``base_ctx`` (if given) and ``base``, appended to the sources in that order."""
         return [options[key] for key in ("base_ctx", "base") if isinstance(options.get(key), str)]
 
@@ -223,7 +223,7 @@ class GenericAttentionLayer(Layer):
     concat_sources = False
 
     @staticmethod
-    def dependencies_from_options(options: dict[str, Any]) -> list[str]:
+    def dependencies_from_options(options: dict[str, Any], default_target: str) -> list[str]:
         """``weights`` (if given) and ``base``, appended to the sources in that order."""
         return [options[key] for key in ("weights", "base") if isinstance(options.get(key), str)]
 
@@ -389,7 +389,7 @@ class GaussWindowAttentionLayer(Layer):
     concat_sources = False
 
     @staticmethod
-    def dependencies_from_options(options: dict[str, Any]) -> list[str]:
+    def dependencies_from_options(options: dict[str, Any], default_target: str) -> list[str]:
         """``base``, appended to the sources."""
         base = options.get("base")
         return [base] if isinstance(base, str) else []

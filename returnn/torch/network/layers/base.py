@@ -154,6 +154,15 @@ class Layer(torch.nn.Module):
         self.register_parameter(name, param)
         return param
 
+    @staticmethod
+    def dependencies_from_options(options: dict[str, Any], default_target: str) -> list[str]:
+        """Layers (or ``data:KEY``) that this layer reads besides ``from``, named by its options (e.g. ``base``);
+        they are built first and passed after the ``from`` sources.
+
+        :param default_target: the data key of a target where the options name none
+        """
+        return []
+
     def forward(self, sources):
         raise NotImplementedError
 

@@ -149,9 +149,9 @@ class ChoiceLayer(Layer):
         self.out_spec = ctx.target.copy(time=False)
 
     @staticmethod
-    def dependencies_from_options(options: dict[str, Any], builder: Any) -> list[str]:
+    def dependencies_from_options(options: dict[str, Any], default_target: str) -> list[str]:
         """The target (training gives it as the label of each step)."""
-        return [f"data:{options.get('target', builder.default_target)}"]
+        return [f"data:{options.get('target', default_target)}"]
 
     def forward(self, sources: list[LayerOutput]) -> LayerOutput:
         # training: the last source is this step's target
@@ -231,7 +231,7 @@ class GatherLayer(Layer):
         self.out_spec = source.copy(time=positions.time)
 
     @staticmethod
-    def dependencies_from_options(options: dict[str, Any]) -> list[str]:
+    def dependencies_from_options(options: dict[str, Any], default_target: str) -> list[str]:
         position = options.get("position")
         return [position] if isinstance(position, str) else []
 

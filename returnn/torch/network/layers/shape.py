@@ -387,7 +387,7 @@ class TimeUnChunkingLayer(Layer):
     concat_sources = False
 
     @staticmethod
-    def dependencies_from_options(options: dict[str, Any]) -> list[str]:
+    def dependencies_from_options(options: dict[str, Any], default_target: str) -> list[str]:
         """The chunking layer, appended to the sources (its output tells the batch and lengths to restore)."""
         chunking_layer = options.get("chunking_layer")
         return [chunking_layer] if isinstance(chunking_layer, str) else []
