@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from returnn.errors import StepFunctionError
+from returnn.torch import distributed
 
 if TYPE_CHECKING:
     from returnn.torch.engine import Engine
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["Loss", "RunCtx", "get_run_ctx", "set_run_ctx", "using_run_ctx", "STAGES"]
 
 STAGES = ("load", "train_step", "forward_step")
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -96,6 +99,25 @@ class RunCtx:
     @property
     def global_step(self) -> int:
         return self._global_step
+
+    @property
+    def rank(self) -> int:
+        """This process's rank under torchrun (0 in one process)."""
+        return distributed.rank()
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes under torchrun (1 in one process)."""
+        return distributed.world_size()
+
+    def all_gather(self, value: T) -> list[T]:
+        """``value`` of every process, by rank (``[value]`` in one process). Every process must call it at the same
+        point, e.g. in ``forward_finish_hook`` to sum what the steps accumulated before rank 0 writes it. The values
+        are pickled: move tensors to the CPU first."""
+        data_parallel = self._engine.data_parallel if self._engine is not None else None
+        if data_parallel is None:
+            return [value]
+        return data_parallel.all_gather(value)
 
     def init_step(self, global_step: int) -> None:
         """Start a new step: forget the losses of the previous one."""

@@ -27,11 +27,11 @@ seqs=... step_time=... eta=...``), one per evaluated dataset at verbosity 4 and 
 
 Started by torchrun as several processes, tasks train and eval run data-parallel (see :mod:`returnn.torch.distributed`):
 each process reads its share of the batches, gradients are averaged at every update (by torch's DDP by default),
-the scores are summed over the processes, and only rank 0 writes files. Task forward runs so when it writes
-``output_file`` with the trainer's own writers (see :mod:`returnn.torch.forward_output`); a config's own forward_step
-runs in one process. Hooks that a ``CustomEngine`` overrides then
-run in every process; an overridden :meth:`Engine.evaluate_dataset` sums its scores over the processes itself (as the
-default one does); an overridden :meth:`Engine.run_train_step` must call ``self.updater.backward(loss)``.
+the scores are summed over the processes, and only rank 0 writes files. In task forward each process forwards its
+share, and rank 0 puts the outputs together as one process would have written them (see
+:mod:`returnn.torch.forward_output` and :mod:`returnn.torch.forward_parts`). Hooks that a ``CustomEngine`` overrides
+then run in every process; an overridden :meth:`Engine.evaluate_dataset` sums its scores over the processes itself
+(as the default one does); an overridden :meth:`Engine.run_train_step` must call ``self.updater.backward(loss)``.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from returnn.torch.data.loader import BatchLoader, build_data_loader
 from returnn.torch.data.options import DataPipelineOptions
 from returnn.torch.device import autocast
 from returnn.torch.engine_options import EngineOptions
+from returnn.torch.forward_parts import ProcessDirectory
 from returnn.torch.last_best import reset_to_last_best_model
 from returnn.torch.metrics_log import MetricsLog
 from returnn.torch.model_loading import (
@@ -194,21 +195,13 @@ class Engine:
         """Task forward: ``forward_step`` over the ``forward`` dataset, between ``forward_init_hook`` and
         ``forward_finish_hook``. ``run_ctx.epoch`` and ``global_step`` are the checkpoint's.
 
-        Under torchrun, only the trainer's own writers of ``output_file`` run (see
-        :mod:`returnn.torch.forward_output`): each process forwards its share of the batches, and rank 0 merges the
-        parts into ``output_file`` in the order of one process. A config's own ``forward_step`` or
-        ``forward_callback`` runs in one process."""
+        Under torchrun each process forwards its share of the batches. The trainer's own forward functions gather
+        the outputs into ``output_file`` or ``forward_callback`` on rank 0 (:mod:`returnn.torch.forward_output`); a
+        config's own hooks and steps run in a directory per process, whose files rank 0 merges
+        (:mod:`returnn.torch.forward_parts`). Either way the results are those of one process."""
         forward_step = self.functions.require("forward_step", "task 'forward'")
         if "forward" not in self.options.datasets:
             raise ConfigError("task 'forward' needs the config key 'forward': the dataset to run forward_step over")
-        if distributed.world_size() > 1 and not self.functions.forward_writes_output_file:
-            raise ConfigError(
-                f"task 'forward' with the config's own forward_step (or forward_callback) runs in one process, not "
-                f"{distributed.world_size()}: start it without torchrun (python rnn.py CONFIG ++task forward). Its "
-                "hooks write their own files, which several processes would each write for a part of the data. "
-                "Several processes forward only into output_file: a network dict without forward_step, or "
-                "forward_step(*, model, extern_data) with mark_as_output and no forward_callback"
-            )
         with self._running_task():
             self._init_model_for_task("forward")
             loader = self._init_data_loaders(["forward"], mode="forward")["forward"]
@@ -216,17 +209,27 @@ class Engine:
                 stage="forward_step", device=self.device, engine=self, epoch=self.epoch, global_step=self.global_step
             )
             self._model.eval()
+            directory = None
+            if self.data_parallel is not None and not self.functions.forward_gathers_outputs:
+                directory = ProcessDirectory(self.data_parallel)
+            in_directory = directory.inside if directory is not None else contextlib.nullcontext
             num_batches = 0
             with using_run_ctx(run_ctx), torch.no_grad():
                 if self.functions.forward_init_hook is not None:
-                    self.functions.forward_init_hook(run_ctx)
+                    with in_directory():
+                        self.functions.forward_init_hook(run_ctx)
                 for data in loader.iter_epoch(None):
                     run_ctx.init_step(self.global_step)
-                    with autocast(self.device, self.options.amp_dtype):
+                    with in_directory(), autocast(self.device, self.options.amp_dtype):
                         forward_step(model=self._model, data=self._to_device(data), run_ctx=run_ctx)
+                    if directory is not None:
+                        directory.note_batch(data["seq_tag"], data["seq_idx"])
                     num_batches += 1
                 if self.functions.forward_finish_hook is not None:
-                    self.functions.forward_finish_hook(run_ctx)
+                    with in_directory():
+                        self.functions.forward_finish_hook(run_ctx)
+            if directory is not None:
+                directory.finish()
             if self.data_parallel is not None:  # a process may have had no batch: the shares differ by one
                 _, (num_batches,) = self.data_parallel.sum_totals({}, [num_batches])
             _check_not_empty(num_batches, "forward", None)

@@ -24,9 +24,9 @@ from returnn.frontend.run_ctx import using_frontend_run_ctx
 from returnn.tensor import Dim, Tensor, TensorDict, batch_dim
 from returnn.tensor.tensor import sizes_tensor
 from returnn.torch.context import RunCtx
-from returnn.torch.forward_output import ForwardOutputFile
+from returnn.torch.forward_output import ForwardOutputFile, GatheredCallback
 
-__all__ = ["takes_extern_data", "mainline_functions", "writes_output_file"]
+__all__ = ["takes_extern_data", "mainline_functions", "is_mainline_forward"]
 
 declare_options(
     "Model and step functions",
@@ -67,11 +67,10 @@ def mainline_functions(config: Config, functions: dict[str, Callable[..., Any]])
     return result
 
 
-def writes_output_file(forward_step: Callable[..., Any] | None) -> bool:
-    """Whether ``forward_step`` (as :func:`mainline_functions` returned it) is a mainline forward_step whose outputs
-    go to the HDF ``output_file`` (no ``forward_callback``)."""
-    forward = getattr(forward_step, "__self__", None)
-    return isinstance(forward, _Forward) and forward.writes_output_file
+def is_mainline_forward(forward_step: Callable[..., Any] | None) -> bool:
+    """Whether ``forward_step`` (as :func:`mainline_functions` returned it) is a mainline forward_step (whose outputs
+    go to the ``forward_callback`` or the HDF ``output_file``, in one process or gathered from several)."""
+    return isinstance(getattr(forward_step, "__self__", None), _Forward)
 
 
 def _template(config: Config, key: str) -> TensorDict | None:
@@ -150,29 +149,30 @@ class _Forward:
         self.output_file = config.value("output_file")
         self.callback: ForwardCallbackIface | None = None
         self.output: ForwardOutputFile | None = None  # where the default callback writes
-
-    @property
-    def writes_output_file(self) -> bool:
-        """Whether the outputs go to the HDF ``output_file`` (no ``forward_callback``): the trainer's own writer, which
-        also runs in several processes."""
-        return self.callback_spec is None
+        self.gathered: GatheredCallback | None = None  # under torchrun, with the config's forward_callback
 
     def init(self, run_ctx: RunCtx, **kwargs: Any) -> None:
-        callback = self.callback_spec
-        if callback is None:
-            data_parallel = run_ctx.engine.data_parallel if run_ctx.engine is not None else None
+        data_parallel = run_ctx.engine.data_parallel if run_ctx.engine is not None else None
+        if self.callback_spec is None:
             filename = self.output_file or f"dump-fwd-epoch-{run_ctx.epoch}.hdf"
             self.output = ForwardOutputFile(filename, data_parallel)
-            callback = HDFOutputWriter(self.output.path)
-        elif callable(callback) and not isinstance(callback, ForwardCallbackIface):
+            self.callback = HDFOutputWriter(self.output.path)
+        elif data_parallel is not None:  # rank 0 creates the callback when it hands it the outputs of all processes
+            if not callable(self.callback_spec) and not isinstance(self.callback_spec, ForwardCallbackIface):
+                raise _callback_type_error(self.callback_spec)
+            self.gathered = GatheredCallback(self._make_callback, data_parallel)
+            return
+        else:
+            self.callback = self._make_callback()
+        self.callback.init(model=_model_of(run_ctx))
+
+    def _make_callback(self) -> ForwardCallbackIface:
+        callback = self.callback_spec
+        if callable(callback) and not isinstance(callback, ForwardCallbackIface):
             callback = callback()
         if not isinstance(callback, ForwardCallbackIface):
-            raise ConfigError(
-                "config key 'forward_callback': expected a returnn.forward_iface.ForwardCallbackIface (instance, "
-                f"class or factory), got {type(callback).__name__}"
-            )
-        self.callback = callback
-        callback.init(model=run_ctx.engine.model if run_ctx.engine is not None else None)
+            raise _callback_type_error(callback)
+        return callback
 
     def step(self, *, model: torch.nn.Module, data: dict[str, Any], run_ctx: RunCtx, **kwargs: Any) -> None:
         extern_data = extern_data_from_batch(self.template, data)
@@ -187,16 +187,33 @@ class _Forward:
                 "forward_step marked no output; call rf.get_run_ctx().mark_as_default_output(tensor) or "
                 "mark_as_output(tensor, name)"
             )
-        for b, seq_tag in enumerate(data["seq_tag"]):
+        for b, (seq_tag, position) in enumerate(zip(data["seq_tag"], data["seq_idx"])):
             outputs = TensorDict({name: _sequence_of(tensor, b) for name, tensor in ctx.outputs.items()})
-            self.callback.process_seq(seq_tag=seq_tag, outputs=outputs)
+            if self.gathered is not None:
+                self.gathered.add(position, seq_tag, outputs)
+            else:
+                self.callback.process_seq(seq_tag=seq_tag, outputs=outputs)
         if self.output is not None:
             self.output.add(data["seq_idx"])
 
     def finish(self, run_ctx: RunCtx, **kwargs: Any) -> None:
+        if self.gathered is not None:
+            self.gathered.finish(model=_model_of(run_ctx))
+            return
         self.callback.finish()
         if self.output is not None:
             self.output.finish(written=self.callback.writer is not None)
+
+
+def _callback_type_error(callback: Any) -> ConfigError:
+    return ConfigError(
+        "config key 'forward_callback': expected a returnn.forward_iface.ForwardCallbackIface (instance, class or "
+        f"factory), got {type(callback).__name__}"
+    )
+
+
+def _model_of(run_ctx: RunCtx) -> torch.nn.Module | None:
+    return run_ctx.engine.model if run_ctx.engine is not None else None
 
 
 def _sequence_of(tensor: Tensor, b: int) -> Tensor:

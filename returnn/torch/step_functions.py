@@ -15,7 +15,7 @@ from typing import Any
 
 from returnn.config import Config, declare_options
 from returnn.errors import ConfigError, StepFunctionError
-from returnn.torch.mainline_steps import mainline_functions, takes_extern_data, writes_output_file
+from returnn.torch.mainline_steps import is_mainline_forward, mainline_functions, takes_extern_data
 
 __all__ = ["StepFunctions", "check_accepts_kwargs"]
 
@@ -70,9 +70,10 @@ class StepFunctions:
     forward_step: Callable[..., Any] | None = None
     forward_init_hook: Callable[..., Any] | None = None
     forward_finish_hook: Callable[..., Any] | None = None
-    # the forward functions are the trainer's own writers of the HDF output_file (a network dict's forward, mainline's
-    # mark_as_output without forward_callback), which run in several processes too
-    forward_writes_output_file: bool = False
+    # the forward functions are the trainer's own (a network dict's forward, mainline's forward_step with its outputs
+    # to forward_callback or output_file), which gather the outputs of several processes themselves; a config's own
+    # hooks run in a directory per process instead (see returnn.torch.forward_parts)
+    forward_gathers_outputs: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> StepFunctions:
@@ -89,15 +90,15 @@ class StepFunctions:
             if not takes_extern_data(func):  # mainline's step functions get exactly mainline's arguments
                 check_accepts_kwargs(func, name, SIGNATURES[name])
             functions[name] = func
-        network_writes = False
+        network_forward = False
         if config.typed_value("network") is not None:
             from returnn.torch.network.steps import network_step_functions
 
-            network_writes = "forward_step" not in functions
+            network_forward = "forward_step" not in functions
             functions.update(network_step_functions(config, defined=functions))
         functions = mainline_functions(config, functions)
-        own_writer = network_writes or writes_output_file(functions.get("forward_step"))
-        return cls(**functions, forward_writes_output_file=own_writer)
+        gathers = network_forward or is_mainline_forward(functions.get("forward_step"))
+        return cls(**functions, forward_gathers_outputs=gathers)
 
     def require(self, name: str, task: str) -> Callable[..., Any]:
         """The function ``name``; a clear error if the config lacks it.

@@ -1,4 +1,4 @@
-"""Which forward functions run in several processes, and the output file of one process."""
+"""Which forward functions gather their outputs from several processes, and the output file of one process."""
 
 from __future__ import annotations
 
@@ -29,17 +29,17 @@ class Callback(ForwardCallbackIface):
 
 
 @pytest.mark.parametrize(
-    "keys, writes_output_file",
+    "keys, gathers",
     [
         ({"network": NETWORK, "num_inputs": 3, "num_outputs": 2}, True),
         ({"network": NETWORK, "num_inputs": 3, "num_outputs": 2, "forward_step": own_forward_step}, False),
         ({"forward_step": mainline_forward_step}, True),
-        ({"forward_step": mainline_forward_step, "forward_callback": Callback}, False),
+        ({"forward_step": mainline_forward_step, "forward_callback": Callback}, True),
         ({"forward_step": own_forward_step}, False),
     ],
 )
-def test_only_the_trainers_own_writers_of_output_file_forward_in_several_processes(keys, writes_output_file):
-    assert StepFunctions.from_config(Config(keys)).forward_writes_output_file is writes_output_file
+def test_the_trainers_own_forward_gathers_outputs_and_a_configs_own_runs_in_process_directories(keys, gathers):
+    assert StepFunctions.from_config(Config(keys)).forward_gathers_outputs is gathers
 
 
 def test_one_process_writes_the_output_file_itself_and_refuses_an_existing_one(tmp_path):
