@@ -4,6 +4,9 @@ A config sets ``forward_callback`` to an instance of a subclass (or to the class
 a mainline-style ``forward_step(*, model, extern_data)``, the forward task calls ``init(model=)`` once, then
 ``process_seq(seq_tag=, outputs=)`` per sequence (numpy values without the batch axis, padding cut off), then
 ``finish()``. Without ``forward_callback``, the outputs go to the HDF file ``output_file``.
+
+Under torchrun the callback runs in rank 0 alone and sees the sequences of all processes, in the order of one process
+(see :mod:`returnn.torch.forward_output`).
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def _merge_plan(name: str, holders: list[str], positions: dict[str, int]) -> tup
         order_keys = [[_position(positions, tag, name) for tag in _hdf_tags(path)] for path in paths]
         how = f"HDF, {sum(map(len, order_keys))} sequences from {len(paths)} processes"
         return functools.partial(_replace, write=lambda tmp: merge_hdf_files(tmp, paths, order_keys)), how
-    entries = _dict_entries(paths, positions)
+    entries = _dict_entries(name, paths, positions)
     if entries is not None:
         how = f"dict, {len(entries)} sequences from {len(paths)} processes"
         return functools.partial(_replace, write=lambda tmp: _write_dict(tmp, entries)), how
@@ -179,7 +179,7 @@ def _hdf_tags(path: str) -> list[str]:
         return [tag.decode("utf-8") if isinstance(tag, bytes) else str(tag) for tag in f["seqTags"][()]]
 
 
-def _dict_entries(paths: list[str], positions: dict[str, int]) -> list[tuple[str, Any]] | None:
+def _dict_entries(name: str, paths: list[str], positions: dict[str, int]) -> list[tuple[str, Any]] | None:
     """The entries of Python dict literals keyed by forwarded sequence tags, by position; None if a part is not one."""
     entries: list[tuple[int, str, Any]] = []
     for path in paths:
@@ -192,9 +192,12 @@ def _dict_entries(paths: list[str], positions: dict[str, int]) -> list[tuple[str
             return None
         entries.extend((positions[tag], tag, item) for tag, item in value.items())
     entries.sort(key=lambda entry: entry[0])
-    tags = [tag for _, tag, _ in entries]
-    if len(set(tags)) != len(tags):
-        raise StepFunctionError(f"forward: several processes wrote entries for the same tags into {paths[0]!r}")
+    repeated = sorted({tag for (_, tag, _), (_, other, _) in zip(entries, entries[1:]) if tag == other})
+    if repeated:
+        raise StepFunctionError(
+            f"forward: several processes wrote entries for the sequence tags {repeated[:3]} into {name!r}; each "
+            "process must write only the sequences it forwarded"
+        )
     return [(tag, item) for _, tag, item in entries]
 
 

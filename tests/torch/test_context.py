@@ -34,6 +34,13 @@ def test_properties_and_user_attributes():
     assert (run_ctx.global_step, run_ctx.losses, run_ctx.decoder_outputs) == (18, {}, [1])
 
 
+def test_one_process_is_rank_0_of_1_and_gathers_its_own_value():
+    run_ctx = _ctx("forward_step")
+    value = (torch.ones(2), 5)
+    assert (run_ctx.rank, run_ctx.world_size) == (0, 1)
+    assert run_ctx.all_gather(value) == [value]
+
+
 def test_total_loss_applies_scale_and_normalization():
     run_ctx = _ctx()
     run_ctx.mark_as_loss(torch.tensor(6.0), "ce", inv_norm_factor=torch.tensor(3))

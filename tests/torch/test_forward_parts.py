@@ -1,0 +1,149 @@
+"""Rank 0 puts the files that the forward hooks of several processes wrote together (merge_process_files)."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import numpy as np
+import pytest
+
+from returnn.datasets.hdf import HDFDataset, SimpleHDFWriter
+from returnn.errors import StepFunctionError
+from returnn.torch.forward_parts import merge_process_files
+
+# 5 sequences; batches of 2 dealt to 2 processes: rank 0 got positions 0, 1, 4 and rank 1 positions 2, 3
+POSITIONS = {f"seq-{i}": i for i in range(5)}
+RANK_SEQS = {0: [0, 1, 4], 1: [2, 3]}
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    directories = [tmp_path / "parts" / f"rank{rank}" for rank in RANK_SEQS]
+    for directory in directories:
+        directory.mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    return directories
+
+
+def values(i: int) -> np.ndarray:
+    return np.arange((i + 1) * 3, dtype="float32").reshape(i + 1, 3) + 100 * i
+
+
+def write_hdf(path, seqs: list[int]) -> None:
+    with SimpleHDFWriter(str(path), dim=3, ndim=2) as writer:
+        for i in seqs:
+            writer.insert_batch(values(i)[None], [i + 1], [f"seq-{i}"])
+
+
+def read_hdf(path) -> list[tuple[str, np.ndarray]]:
+    dataset = HDFDataset(files=[str(path)])
+    dataset.init_seq_order(1)
+    dataset.load_seqs(0, dataset.num_seqs)
+    return [(dataset.get_tag(i), dataset.get_data(i, "data")) for i in range(dataset.num_seqs)]
+
+
+def write_dict(path, seqs: list[int]) -> None:
+    with open(path, "w") as file:
+        file.write("{\n")
+        for i in seqs:
+            file.write(f"{f'seq-{i}'!r}: {[i, 'word']!r},\n")
+        file.write("}\n")
+
+
+def test_hdf_parts_are_merged_in_the_order_of_one_process(dirs, tmp_path):
+    for directory, seqs in zip(dirs, RANK_SEQS.values()):
+        write_hdf(directory / "output.hdf", seqs)
+    written = merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    assert written == {"output.hdf": "HDF, 5 sequences from 2 processes"}
+    merged = read_hdf(tmp_path / "out" / "output.hdf")
+    assert [tag for tag, _ in merged] == [f"seq-{i}" for i in range(5)]
+    for i, (_, data) in enumerate(merged):
+        np.testing.assert_array_equal(data, values(i))
+    assert os.listdir(tmp_path / "out") == ["output.hdf"]  # no temporary file left
+
+
+def test_an_hdf_part_without_sequences_from_a_process_without_batches(dirs, tmp_path):
+    write_hdf(dirs[0] / "output.hdf", [0, 1, 2, 3, 4])
+    write_hdf(dirs[1] / "output.hdf", [])
+    merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    assert [tag for tag, _ in read_hdf(tmp_path / "out" / "output.hdf")] == [f"seq-{i}" for i in range(5)]
+
+
+def test_dicts_keyed_by_seq_tag_are_merged_in_the_order_of_one_process(dirs, tmp_path):
+    for directory, seqs in zip(dirs, RANK_SEQS.values()):
+        write_dict(directory / "search_out.py", seqs)
+    written = merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    assert written == {"search_out.py": "dict, 5 sequences from 2 processes"}
+    write_dict(tmp_path / "one_process.py", range(5))
+    text = (tmp_path / "out" / "search_out.py").read_text()
+    assert text == (tmp_path / "one_process.py").read_text()  # the same lines as one process writes
+    assert list(ast.literal_eval(text).items()) == [(f"seq-{i}", [i, "word"]) for i in range(5)]
+
+
+def test_files_of_one_process_and_files_equal_in_all_are_taken_as_they_are(dirs, tmp_path):
+    (dirs[0] / "prior.txt").write_text("-0.5\n-1.2\n")
+    for directory in dirs:
+        (directory / "sub").mkdir()
+        (directory / "sub" / "vocab.txt").write_text("a\nb\n")
+    (dirs[1] / "sub" / "seq-3.wav").write_bytes(b"RIFF\x00")
+    written = merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    assert written == {
+        "prior.txt": "written by rank0 alone",
+        os.path.join("sub", "seq-3.wav"): "written by rank1 alone",
+        os.path.join("sub", "vocab.txt"): "the same in 2 processes",
+    }
+    assert (tmp_path / "out" / "prior.txt").read_text() == "-0.5\n-1.2\n"
+    assert (tmp_path / "out" / "sub" / "vocab.txt").read_text() == "a\nb\n"
+    assert (tmp_path / "out" / "sub" / "seq-3.wav").read_bytes() == b"RIFF\x00"
+
+
+def test_an_existing_file_is_replaced_as_one_process_would_overwrite_it(dirs, tmp_path):
+    (tmp_path / "out" / "prior.txt").write_text("old")
+    (dirs[1] / "prior.txt").write_text("new")
+    merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    assert (tmp_path / "out" / "prior.txt").read_text() == "new"
+
+
+def test_files_that_differ_and_cannot_be_merged_stop_before_anything_is_written(dirs, tmp_path):
+    for directory, seqs in zip(dirs, RANK_SEQS.values()):
+        write_hdf(directory / "output.hdf", seqs)
+        (directory / "count.txt").write_text(f"{len(seqs)}\n")
+    with pytest.raises(
+        StepFunctionError,
+        match=r"forward: 2 processes wrote different files 'count.txt', which cannot be merged \(only HDF files in "
+        r"RETURNN's layout and Python dicts keyed by sequence tag are merged\); the parts are kept in .*rank0, "
+        r".*rank1\. Write such a file in forward_finish_hook by rank 0 alone \(if run_ctx.rank == 0\) from the values "
+        r"of all processes \(run_ctx.all_gather\(value\)\), or forward in one process",
+    ):
+        merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == []
+    assert sorted(os.listdir(dirs[1])) == ["count.txt", "output.hdf"]  # the parts are kept
+
+
+def test_a_dict_that_is_not_keyed_by_the_forwarded_tags_is_not_merged(dirs, tmp_path):
+    (dirs[0] / "stats.py").write_text("{'frames': 10}\n")
+    (dirs[1] / "stats.py").write_text("{'frames': 7}\n")
+    with pytest.raises(
+        StepFunctionError, match=r"2 processes wrote different files 'stats.py', which cannot be merged"
+    ):
+        merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+
+
+def test_an_hdf_with_a_tag_that_was_not_forwarded_is_named(dirs, tmp_path):
+    write_hdf(dirs[0] / "output.hdf", [0, 1])
+    write_hdf(dirs[1] / "output.hdf", [7])
+    with pytest.raises(
+        StepFunctionError, match=r"forward: 'output.hdf' holds the sequence tag 'seq-7', which no process forwarded"
+    ):
+        merge_process_files([str(d) for d in dirs], {**POSITIONS}, str(tmp_path / "out"))
+
+
+def test_the_same_tag_from_two_processes_is_an_error(dirs, tmp_path):
+    write_dict(dirs[0] / "search_out.py", [0, 1])
+    write_dict(dirs[1] / "search_out.py", [1, 2])
+    with pytest.raises(
+        StepFunctionError,
+        match=r"several processes wrote entries for the sequence tags \['seq-1'\] into 'search_out.py'; each process",
+    ):
+        merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
