@@ -36,11 +36,15 @@ def test_every_demo_has_a_header_and_a_test():
         assert path.stem in tested, f"{path.name} has no test_{path.stem} in {__file__}"
 
 
-def run_demo(cwd: Path, config: str, **overrides: object) -> str:
-    """Run ``rnn.py demos/<config> ++key value ...`` in ``cwd``; returns its stdout."""
+def run_demo(cwd: Path, config: str, *, processes: int = 1, **overrides: object) -> str:
+    """Run ``rnn.py demos/<config> ++key value ...`` in ``cwd`` (with ``processes`` > 1: under torchrun); returns its
+    stdout."""
     # The demo models are small: one thread each is as fast, and far faster when other processes share the cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(REPO / "rnn.py"), str(DEMOS / config)]
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={processes}"]
+    command = [*launcher, str(REPO / "rnn.py"), str(DEMOS / config)]
     for key, value in overrides.items():
         command += [f"++{key}", str(value)]
     proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -132,6 +136,13 @@ def test_seq2seq(tmp_path):
     assert log_values(stdout, "seq_error_rate") == [pytest.approx(seq_error_rate, abs=1e-4)]
     assert seq_error_rate < 0.8  # about 0.5 after this short training; 1.0 untrained
     assert log_values(stdout, "label_error_rate")[0] < 0.6
+
+    # under torchrun with 2 processes: the same search_out.py, and the error rates over all sequences
+    one_process = (out / "search_out.py").read_text(encoding="utf-8")
+    stdout = run_demo(tmp_path, "seq2seq.config", task="forward", processes=2, **data)
+    assert (out / "search_out.py").read_text(encoding="utf-8") == one_process
+    assert log_values(stdout, "seq_error_rate") == [pytest.approx(seq_error_rate, abs=1e-4)]
+    assert not (tmp_path / "forward-parts").exists()
 
 
 @pytest.mark.slow

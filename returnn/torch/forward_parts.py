@@ -2,8 +2,9 @@
 ``forward_finish_hook``: each process forwards its share, rank 0 puts the files together.
 
 Each process forwards its share of the batches (batch i on rank i mod N, as in training) and runs the hooks and the
-steps in a working directory of its own, ``forward-parts/rank<R>`` below the run's working directory. So the files
-that the hooks open with relative names (``output.hdf``, ``search_out.py``, ``prior.txt``) are that process's parts.
+steps in a working directory of its own, ``forward-parts/rank<R>`` below the run's working directory, with the same
+subdirectories (empty). So the files that the hooks open with relative names (``output.hdf``, ``search_out.py``,
+``out/prior.txt``) are that process's parts.
 When every process is done, rank 0 puts each file into the run's working directory:
 
 - an HDF file in RETURNN's layout (``SimpleHDFWriter``, ``HDFDatasetWriter``): the sequences of all parts, in the
@@ -44,6 +45,7 @@ __all__ = ["PARTS_DIR", "ProcessDirectory", "merge_process_files"]
 logger = logging.getLogger(__name__)
 
 PARTS_DIR = "forward-parts"
+MAX_MIRRORED_DIRECTORIES = 10_000
 
 
 class ProcessDirectory:
@@ -63,6 +65,7 @@ class ProcessDirectory:
             shutil.rmtree(self.root)  # the parts of an interrupted run
         data_parallel.all_gather(None)  # nobody creates a directory before rank 0 cleaned up
         os.makedirs(self.path)
+        _mirror_directories(self.home, self.path, skip=os.path.relpath(self.root, self.home))
 
     @contextlib.contextmanager
     def inside(self) -> Iterator[None]:
@@ -101,6 +104,24 @@ class ProcessDirectory:
     def remove_all(self) -> None:
         """Rank 0, when all processes are done: remove the directories of all processes."""
         shutil.rmtree(self.root)
+
+
+def _mirror_directories(source: str, target: str, *, skip: str, limit: int = MAX_MIRRORED_DIRECTORIES) -> None:
+    """Make the directories below ``source`` (not ``skip``) below ``target`` too, so that a hook can open
+    ``sub/dir/file`` for writing in its process directory where it could in the working directory."""
+    count = 0
+    for folder, subfolders, _ in os.walk(source):
+        if folder == source:
+            subfolders[:] = [name for name in subfolders if name != skip]
+        for name in subfolders:
+            if count == limit:
+                logger.warning(
+                    f"forward: the working directory has more than {limit} directories; the hooks can write files "
+                    f"by relative path only below the first {limit} of them"
+                )
+                return
+            os.makedirs(os.path.join(target, os.path.relpath(os.path.join(folder, name), source)), exist_ok=True)
+            count += 1
 
 
 def merge_process_files(directories: Sequence[str], positions: dict[str, int], destination: str) -> dict[str, str]:
