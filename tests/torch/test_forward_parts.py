@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import logging
 import os
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from returnn.datasets.hdf import HDFDataset, SimpleHDFWriter
 from returnn.errors import StepFunctionError
-from returnn.torch.forward_parts import merge_process_files
+from returnn.torch.forward_parts import _mirror_directories, merge_process_files
 
 # 5 sequences; batches of 2 dealt to 2 processes: rank 0 got positions 0, 1, 4 and rank 1 positions 2, 3
 POSITIONS = {f"seq-{i}": i for i in range(5)}
@@ -147,3 +148,19 @@ def test_the_same_tag_from_two_processes_is_an_error(dirs, tmp_path):
         match=r"several processes wrote entries for the sequence tags \['seq-1'\] into 'search_out.py'; each process",
     ):
         merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+
+
+def test_process_directories_get_the_working_directorys_subdirectories_up_to_a_limit(tmp_path, caplog):
+    for name in ("a/b/c", "d", "forward-parts/rank0"):
+        (tmp_path / "home" / name).mkdir(parents=True)
+    (tmp_path / "home" / "a" / "file.txt").write_text("not copied")
+    target = tmp_path / "home" / "forward-parts" / "rank1"
+    target.mkdir()
+    _mirror_directories(str(tmp_path / "home"), str(target), skip="forward-parts")
+    assert sorted(str(path.relative_to(target)) for path in target.rglob("*")) == ["a", "a/b", "a/b/c", "d"]
+
+    other = tmp_path / "other"
+    with caplog.at_level(logging.WARNING):
+        _mirror_directories(str(tmp_path / "home"), str(other), skip="forward-parts", limit=2)
+    assert len(list(other.rglob("*"))) == 2
+    assert "the working directory has more than 2 directories; the hooks can write files by relative" in caplog.text
