@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from returnn.errors import CheckpointError, ConfigError
+from returnn.log import V4
 from returnn.torch.distributed import remove_file, write_file_atomic
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ __all__ = [
     "check_shapes",
     "CleanupPolicy",
     "delete_epoch",
+    "delete_old_epochs",
     "delete_old_optimizer_files",
 ]
 
@@ -283,6 +285,19 @@ def delete_epoch(model_prefix: str, epoch: int) -> None:
     """Delete the model and optimizer files of an epoch."""
     remove_file(checkpoint_filename(model_prefix, epoch))
     remove_file(optimizer_filename(model_prefix, epoch))
+
+
+def delete_old_epochs(model_prefix: str, policy: CleanupPolicy, scores: dict[int, dict[str, float]]) -> None:
+    """Delete the saved epochs (both files) that ``policy`` does not keep (task and option ``cleanup_old_models``).
+
+    :param scores: per epoch the scores from the learning_rates file
+    """
+    epochs = existing_epochs(model_prefix)
+    to_delete = policy.epochs_to_delete(epochs, scores)
+    for epoch in to_delete:
+        delete_epoch(model_prefix, epoch)
+    if to_delete:
+        logger.log(V4, f"cleanup_old_models: deleted={to_delete} kept={sorted(set(epochs) - set(to_delete))}")
 
 
 def delete_old_optimizer_files(model_prefix: str, *, keep_last: int = 2) -> None:

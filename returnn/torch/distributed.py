@@ -24,9 +24,9 @@ same training:
   If some processes had no data since the last update (the last round of an epoch), the average is corrected to be
   over the processes that had data.
 - Gradients (``reduce_type = "grad_explicit"``): at each update step, before unscaling and clipping, the gradients
-  are summed over the processes with one all_reduce per bucket and divided by the number of processes that computed
-  any since the last update. Any model and any use of its parameters works, without options, but communication does
-  not overlap with the backward pass.
+  are summed over the processes with one all_reduce per bucket (:mod:`returnn.torch.bucketed`) and divided by the
+  number of processes that computed any since the last update. Any model and any use of its parameters works,
+  without options, but communication does not overlap with the backward pass.
 - Sharding (``reduce_type = "fsdp"``): torch's FSDP2 shards the parameters, gradients and optimizer state over the
   processes (:mod:`returnn.torch.fsdp`), for models that do not fit one device with their optimizer state. The
   config's module is sharded in place; every process runs every forward (a process without data repeats its last
@@ -63,6 +63,7 @@ import torch.distributed as dist
 from returnn.config import Config, declare_options
 from returnn.errors import CheckpointError, ConfigError, TrainingError
 from returnn.log import log
+from returnn.torch import bucketed
 from returnn.torch.ddp import COMM_HOOKS, DdpStep, check_ddp_options
 from returnn.torch.fsdp import FsdpStep, check_fsdp_options
 
@@ -103,7 +104,6 @@ declare_options(
 REDUCE_TYPES = ("grad", "grad_explicit", "param", "fsdp")
 # An option of mainline RETURNN's parameter averaging; it changes nothing here, and configs that set it still run.
 _WITHOUT_EFFECT = ("sync_on_cpu",)
-_BUCKET_BYTES = 32 * 2**20  # tensors are all-reduced in flat buckets of up to this size
 
 
 def rank() -> int:
@@ -459,7 +459,7 @@ class DataParallel:
                     "processes does not support; use dense gradients (e.g. Embedding(sparse=False))"
                 )
             grads.append(param.grad)
-        self._all_reduce(grads, divide_by=max(num_contributors, 1))
+        bucketed.all_reduce(grads, divide_by=max(num_contributors, 1))
 
     def _rescale_to_contributors(self, params: list[torch.nn.Parameter], contributed: bool) -> None:
         count = torch.tensor([int(contributed)], dtype=torch.int32)
@@ -478,12 +478,12 @@ class DataParallel:
         """
         if self.options.reduce_type == "param" and num_updates % self.options.param_sync_step == 0:
             with torch.no_grad():
-                self._all_reduce([p.data for p in params], divide_by=self.world_size)
+                bucketed.all_reduce([p.data for p in params], divide_by=self.world_size)
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
         """Give every process rank 0's parameters and buffers."""
         with torch.no_grad():
-            self._broadcast([t.data for t in (*module.parameters(), *module.buffers())])
+            bucketed.broadcast([t.data for t in (*module.parameters(), *module.buffers())])
 
     def sync_module(self, module: torch.nn.Module) -> None:
         """At the end of an epoch's training, make the module equal in all processes (saved and evaluated next):
@@ -493,25 +493,9 @@ class DataParallel:
         with torch.no_grad():
             if self.options.reduce_type == "param":
                 floating = [b for b in buffers if b.is_floating_point()]
-                self._all_reduce([p.data for p in module.parameters()] + floating, divide_by=self.world_size)
+                bucketed.all_reduce([p.data for p in module.parameters()] + floating, divide_by=self.world_size)
                 buffers = [b for b in buffers if not b.is_floating_point()]
-            self._broadcast(buffers)
-
-    def _all_reduce(self, tensors: list[torch.Tensor], *, divide_by: int) -> None:
-        """Sum in place over the processes, then divide."""
-        for bucket in _buckets(tensors):
-            flat = _flatten(bucket)
-            dist.all_reduce(flat)
-            if divide_by != 1:
-                flat.div_(divide_by)
-            _unflatten(flat, bucket)
-
-    def _broadcast(self, tensors: list[torch.Tensor]) -> None:
-        for bucket in _buckets(tensors):
-            flat = _flatten(bucket)
-            dist.broadcast(flat, src=0)
-            if self.rank != 0:
-                _unflatten(flat, bucket)
+            bucketed.broadcast(buffers)
 
     # ---------------------------------------------------------------- values
 
@@ -574,39 +558,6 @@ def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
     )
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"returnn/attempt{attempt}/", store)
-
-
-def _buckets(tensors: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
-    """Groups of tensors of one device and dtype, each up to ``_BUCKET_BYTES`` (a larger tensor alone)."""
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for tensor in tensors:
-        groups.setdefault((tensor.device, tensor.dtype), []).append(tensor)
-    for group in groups.values():
-        bucket: list[torch.Tensor] = []
-        size = 0
-        for tensor in group:
-            nbytes = tensor.numel() * tensor.element_size()
-            if bucket and size + nbytes > _BUCKET_BYTES:
-                yield bucket
-                bucket, size = [], 0
-            bucket.append(tensor)
-            size += nbytes
-        if bucket:
-            yield bucket
-
-
-def _flatten(bucket: list[torch.Tensor]) -> torch.Tensor:
-    """One contiguous tensor with the bucket's values (the tensor itself if it is alone and contiguous)."""
-    if len(bucket) == 1 and bucket[0].is_contiguous():
-        return bucket[0]
-    return torch.cat([t.reshape(-1) for t in bucket])
-
-
-def _unflatten(flat: torch.Tensor, bucket: list[torch.Tensor]) -> None:
-    if flat is bucket[0]:
-        return
-    for tensor, part in zip(bucket, flat.split([t.numel() for t in bucket])):
-        tensor.copy_(part.view_as(tensor))
 
 
 def quiet_non_main_logging(rank_: int) -> None:

@@ -1,8 +1,9 @@
 """The engine: the train, eval and forward loops around the config's step functions.
 
 Tasks (``returnn.__main__`` calls one of them on ``Engine(config)``): :meth:`Engine.train`, :meth:`Engine.eval`,
-:meth:`Engine.forward`, :meth:`Engine.initialize_model`, :meth:`Engine.cleanup_old_models`. ``Engine(config)``
-only reads options; datasets and the model are built when a task runs.
+:meth:`Engine.forward`, :meth:`Engine.initialize_model`, :meth:`Engine.cleanup_old_models`, and for network dicts
+:meth:`Engine.search` and :meth:`Engine.compute_priors`; the bodies of all but train and forward are in
+:mod:`returnn.torch.tasks`. ``Engine(config)`` only reads options; datasets and the model are built when a task runs.
 
 A config may define ``class CustomEngine(Engine)`` and override these hooks (each documented where defined):
 
@@ -39,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -52,7 +52,7 @@ from returnn.datasets import Dataset, init_dataset
 from returnn.errors import ConfigError, DatasetError, StepFunctionError, TrainingError
 from returnn.learning_rate_control import LearningRateControl, learning_rate_control_from_config
 from returnn.log import V4
-from returnn.torch import checkpoints, distributed
+from returnn.torch import checkpoints, distributed, tasks
 from returnn.torch.context import RunCtx, using_run_ctx
 from returnn.torch.data.loader import BatchLoader, build_data_loader
 from returnn.torch.data.options import DataPipelineOptions
@@ -66,16 +66,16 @@ from returnn.torch.model_loading import (
     StartPoint,
     apply_preload_from_files,
     checkpoint_for_task,
-    initialize_model_start_point,
+    explicit_start,
     load_model_params,
     train_start_point,
 )
 from returnn.torch.network.growth import pretrain_epoch_start, train_start_model_epoch
-from returnn.torch.output_files import output_locations, prepare_outputs, remove_stale_temporary_files
-from returnn.torch.progress import Progress, ProgressOptions
+from returnn.torch.output_files import prepare_outputs
+from returnn.torch.progress import Progress, ProgressOptions, expected_num_seqs
 from returnn.torch.random_state import derive_seed, get_rng_state, seed_all, set_rng_state
 from returnn.torch.run_control import RunControl
-from returnn.torch.scores import LossTotals, empty_sequences, format_scores, loss_values
+from returnn.torch.scores import LossTotals, check_finite, format_scores, loss_values
 from returnn.torch.step_functions import StepFunctions
 from returnn.torch.training_switches import TrainingSwitches, compile_model
 from returnn.torch.updater import Updater
@@ -137,7 +137,7 @@ class Engine:
                     f"train: nothing to do, epochs 1..{start.epoch - 1} are done (num_epochs={self.options.num_epochs})"
                 )
                 return
-            first_epoch = self.run_control.resume_point(self, start, explicit_start=_explicit_start(self.config))
+            first_epoch = self.run_control.resume_point(self, start, explicit_start=explicit_start(self.config))
             logger.info(
                 f"train: epochs={first_epoch}..{self.options.num_epochs} start={start.kind} "
                 f"global_step={self.global_step} device={self.device} processes={distributed.world_size()}"
@@ -178,18 +178,7 @@ class Engine:
     def eval(self) -> None:
         """Task eval: score a checkpoint on ``dev`` and ``eval_datasets``; the scores go to the learning_rates
         file (for epochs >= 1)."""
-        self.functions.require("train_step", "task 'eval'")
-        if not self.options.eval_names:
-            raise ConfigError("task 'eval' needs datasets to evaluate: set 'dev' and/or 'eval_datasets'")
-        with self._running_task():
-            self._init_model_for_task("eval")
-            self.learning_rate_control = learning_rate_control_from_config(self.config)
-            self._init_data_loaders(self.options.eval_names)
-            for name in self.options.eval_names:
-                scores = self.evaluate_dataset(name, self.data_loaders[name])
-                if self.epoch >= 1:
-                    self._record_scores(scores)
-                logger.info(f"eval: epoch={self.epoch} {format_scores(scores)}")
+        tasks.run_eval(self)
 
     def forward(self) -> None:
         """Task forward: ``forward_step`` over the ``forward`` dataset, between ``forward_init_hook`` and
@@ -238,74 +227,22 @@ class Engine:
     def search(self) -> None:
         """Task search (network dicts): beam search over ``search_data`` (else ``dev``), the hypotheses written to
         ``search_output_file`` (see :mod:`returnn.torch.network.search_task`)."""
-        from returnn.torch.network.search_task import SearchOptions, search_hypotheses, write_search_output
-
-        if self.config.typed_value("network") is None:
-            raise ConfigError(
-                "task 'search' is for network dicts; with get_model, write a forward_step that decodes (e.g. with "
-                "returnn.torch.network.search.beam_search) and run task 'forward'"
-            )
-        options = SearchOptions(self.config)
-        definition = options.dataset or self.options.datasets.get("dev")
-        if not definition:
-            raise ConfigError("task 'search' needs a dataset: set 'search_data' (or 'dev')")
-        self.options.datasets["search"] = definition
-        with self._running_task():
-            self._init_model_for_task("search")
-            loader = self._init_data_loaders(["search"], mode="forward")["search"]
-            self._model.eval()
-            target = self.config.value("target")
-            with torch.no_grad(), autocast(self.device, self.options.amp_dtype):
-                batches = (self._to_device(data) for data in loader.iter_epoch(None))
-                hyps, (errors, ref_length) = search_hypotheses(self._model, batches, options.output_layer, target)
-            dataset = self.datasets["search"]
-            write_search_output(options, hyps, dataset.labels.get(target))
-            error_rate = f" label_error_rate={errors / ref_length:.6g}" if ref_length else ""
-            logger.info(f"search: seqs={len(hyps)}{error_rate} wrote {options.output_file}")
+        tasks.run_search(self)
 
     def compute_priors(self) -> None:
         """Task compute_priors (network dicts): the average softmax of ``forward_output_layer`` over all frames of
         the ``train`` dataset (else ``forward``), written as log priors to ``output_file``."""
-        from returnn.torch.network.priors import accumulate_priors, write_log_priors
-
-        if self.config.typed_value("network") is None:
-            raise ConfigError(
-                "task 'compute_priors' is for network dicts; with get_model, write a forward_step that accumulates "
-                "the priors (and a forward_finish_hook that writes them), and run task 'forward'"
-            )
-        filename = self.config.value("output_file")
-        if not filename:
-            raise ConfigError("task 'compute_priors' needs 'output_file': where to write the log priors")
-        name = "train" if "train" in self.options.datasets else "forward"
-        if name not in self.options.datasets:
-            raise ConfigError("task 'compute_priors' needs a dataset: set 'train' (or 'forward')")
-        with self._running_task():
-            self._init_model_for_task("compute_priors")
-            loader = self._init_data_loaders([name], mode="forward")[name]
-            self._model.eval()
-            with torch.no_grad():
-                batches = (self._to_device(data) for data in loader.iter_epoch(None))
-                priors = accumulate_priors(self._model, batches, self.config.value("forward_output_layer"))
-            write_log_priors(filename, priors)
-            logger.info(f"compute_priors: dataset={name} dim={len(priors)} wrote {filename}")
+        tasks.run_compute_priors(self)
 
     def initialize_model(self) -> None:
         """Task initialize_model: save a freshly initialized model (with ``import_model_train_epoch1``, ``load`` and
         the ``init_for_train`` entries of ``preload_from_files`` applied) as epoch 0, ``<model>.000.pt``. Training
         with the same ``model`` then starts from it."""
-        self.functions.require("get_model", "task 'initialize_model'")
-        prefix = self.options.require_model_prefix("task 'initialize_model'")
-        self._init_model(initialize_model_start_point(self.config, self.load_checkpoint), for_train=True)
-        self.epoch, self.global_step = 0, 0
-        self.save_checkpoint(0)
-        logger.info(f"initialize_model: saved {checkpoints.checkpoint_filename(prefix, 0)}")
+        tasks.run_initialize_model(self)
 
     def cleanup_old_models(self) -> None:
         """Task cleanup_old_models: delete checkpoints as ``cleanup_old_models`` says (its defaults when unset)."""
-        self.options.require_model_prefix("task 'cleanup_old_models'")
-        remove_stale_temporary_files(output_locations(self.config))
-        self.learning_rate_control = learning_rate_control_from_config(self.config)
-        self._cleanup(self.options.cleanup or checkpoints.CleanupPolicy())
+        tasks.run_cleanup_old_models(self)
 
     # ================================================================ hooks
 
@@ -535,12 +472,7 @@ class Engine:
 
     def _init_data_loaders(self, names: Iterable[str], *, mode: str = "eval") -> dict[str, BatchLoader]:
         for name in names:
-            defaults = {"name": name}
-            if name == "train" and self.options.train_seq_ordering:
-                defaults["seq_ordering"] = self.options.train_seq_ordering
-            if self.options.window > 1:
-                defaults["window"] = self.options.window
-            dataset = init_dataset(self.options.datasets[name], default_kwargs=defaults)
+            dataset = init_dataset(self.options.datasets[name], default_kwargs=self.options.dataset_defaults(name))
             self.datasets[name] = dataset
             self.data_loaders[name] = self.build_data_loader(name, dataset, mode=mode)
         return self.data_loaders
@@ -558,9 +490,9 @@ class Engine:
             stage="train_step", device=self.device, engine=self, epoch=self.epoch, global_step=self.global_step
         )
         totals = LossTotals()
-        expected_num_seqs = _expected_num_seqs(self.datasets["train"], data_loader)
+        expected = expected_num_seqs(self.datasets["train"], data_loader)
         progress = Progress(
-            self.epoch, expected_num_seqs, self.progress_options, device=self.device, metrics_log=self.metrics_log
+            self.epoch, expected, self.progress_options, device=self.device, metrics_log=self.metrics_log
         )
         batches = self.switches.train_batches(data_loader.iter_epoch(self.epoch))
         batches = self.run_control.resumed_batches(self, totals, progress, batches)
@@ -586,7 +518,7 @@ class Engine:
                 values = self.optimizer_step(step_values)
                 step_losses = totals.add(run_ctx.losses, values)
                 if self.options.stop_on_nonfinite_train_score:
-                    self._check_finite(step_losses, values, data)
+                    check_finite(step_losses, values, data, epoch=self.epoch, step=self.global_step)
                 self.global_step += 1
                 progress.step(
                     self.global_step,
@@ -638,22 +570,6 @@ class Engine:
         )
         return num_seqs
 
-    def _check_finite(self, step_losses: dict[str, float], values: list[float], data: dict[str, Any]) -> None:
-        for i, (name, value) in enumerate(step_losses.items()):
-            if not math.isfinite(value) and empty_sequences(data):
-                listed = ", ".join(f"{tag!r} ({', '.join(keys)})" for tag, keys in empty_sequences(data).items())
-                raise DatasetError(
-                    f"epoch={self.epoch} step={self.global_step}: the batch holds sequences of length 0: {listed}, "
-                    f"and loss {name!r} became {value}; remove them from the data, or drop them with "
-                    "min_seq_length = 1"
-                )
-            if not math.isfinite(value):
-                raise TrainingError(
-                    f"epoch={self.epoch} step={self.global_step}: loss {name!r} is {value} (sum {values[2 * i]}, "
-                    f"inv_norm_factor {values[2 * i + 1]}); training stopped, nothing of this epoch was saved. "
-                    "Set stop_on_nonfinite_train_score = False to go on regardless"
-                )
-
     def _to_device(self, data: dict[str, Any]) -> dict[str, Any]:
         if self.device == "cpu":
             return data
@@ -668,30 +584,8 @@ class Engine:
         return scores
 
     def _cleanup(self, policy: checkpoints.CleanupPolicy) -> None:
-        prefix = self.options.model_prefix
-        epochs = checkpoints.existing_epochs(prefix)
         scores = {epoch: data.scores for epoch, data in self.learning_rate_control.epoch_data.items()}
-        to_delete = policy.epochs_to_delete(epochs, scores)
-        for epoch in to_delete:
-            checkpoints.delete_epoch(prefix, epoch)
-        if to_delete:
-            logger.log(V4, f"cleanup_old_models: deleted={to_delete} kept={sorted(set(epochs) - set(to_delete))}")
-
-
-def _expected_num_seqs(dataset: Dataset, data_loader: BatchLoader) -> int | None:
-    """Sequences expected in this process in the coming epoch: as many as in the last one, else the corpus size per
-    partition and process."""
-    if data_loader.last_epoch_stats is not None:
-        return data_loader.last_epoch_stats.num_seqs
-    try:
-        return -(-dataset.get_total_num_seqs() // (max(1, dataset.partition_epoch) * distributed.world_size()))
-    except (DatasetError, AttributeError, NotImplementedError):
-        return dataset.estimated_num_seqs
-
-
-def _explicit_start(config: Config) -> bool:
-    """``start_epoch`` or ``load_epoch`` choose where training starts (then no mid-epoch checkpoint is used)."""
-    return config.typed_value("start_epoch") not in ("auto", None) or config.typed_value("load_epoch") is not None
+        checkpoints.delete_old_epochs(self.options.model_prefix, policy, scores)
 
 
 def _check_not_empty(num_batches: int, name: str, epoch: int | None) -> None:

@@ -133,6 +133,16 @@ class EngineOptions:
             )
         return self.model_prefix
 
+    def dataset_defaults(self, name: str) -> dict[str, Any]:
+        """The defaults that the engine's options give the options of dataset ``name``: its name, ``batching`` as
+        the train dataset's ``seq_ordering``, and ``window``."""
+        defaults: dict[str, Any] = {"name": name}
+        if name == "train" and self.train_seq_ordering:
+            defaults["seq_ordering"] = self.train_seq_ordering
+        if self.window > 1:
+            defaults["window"] = self.window
+        return defaults
+
 
 def _dataset_definitions(config: Config) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The dataset definitions by name (train, dev, the eval_datasets entries, forward), and the names evaluated

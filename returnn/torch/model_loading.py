@@ -38,6 +38,7 @@ __all__ = [
     "path_option",
     "StartPoint",
     "train_start_point",
+    "explicit_start",
     "checkpoint_for_task",
     "initialize_model_start_point",
     "load_model_params",
@@ -173,6 +174,11 @@ def train_start_point(config: Config, load: LoadFunction) -> StartPoint:
             kind="load",
         )
     return StartPoint(epoch=start_epoch or 1, step=0, kind="fresh")
+
+
+def explicit_start(config: Config) -> bool:
+    """``start_epoch`` or ``load_epoch`` choose where training starts (then no mid-epoch checkpoint is used)."""
+    return config.typed_value("start_epoch") not in ("auto", None) or config.typed_value("load_epoch") is not None
 
 
 def _resume_point(config: Config, prefix: str, epoch: int, load: LoadFunction) -> StartPoint:

@@ -26,16 +26,20 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from returnn.config import Config, declare_options
-from returnn.errors import ConfigError
+from returnn.errors import ConfigError, DatasetError
 from returnn.torch import distributed
 from returnn.torch.metrics_log import MetricsLog
 
-__all__ = ["Progress", "ProgressOptions", "peak_memory_mb"]
+if TYPE_CHECKING:
+    from returnn.datasets import Dataset
+    from returnn.torch.data.loader import BatchLoader
+
+__all__ = ["Progress", "ProgressOptions", "expected_num_seqs", "peak_memory_mb"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,17 @@ def peak_memory_mb(device: str) -> float:
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def expected_num_seqs(dataset: Dataset, data_loader: BatchLoader) -> int | None:
+    """Sequences expected in this process in the coming epoch: as many as in the last one, else the corpus size per
+    partition and process."""
+    if data_loader.last_epoch_stats is not None:
+        return data_loader.last_epoch_stats.num_seqs
+    try:
+        return -(-dataset.get_total_num_seqs() // (max(1, dataset.partition_epoch) * distributed.world_size()))
+    except (DatasetError, AttributeError, NotImplementedError):
+        return dataset.estimated_num_seqs
 
 
 class Progress:

@@ -1,5 +1,5 @@
-"""Reporting losses: a step's loss values in one tensor, and epoch scores (the per-step line is in
-:mod:`returnn.torch.progress`)."""
+"""Reporting losses: a step's loss values in one tensor, epoch scores (the per-step line is in
+:mod:`returnn.torch.progress`), and the stop at a train loss that is not finite."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from returnn.errors import StepFunctionError
+from returnn.errors import DatasetError, StepFunctionError, TrainingError
 from returnn.torch.context import Loss
 
-__all__ = ["loss_values", "LossTotals", "format_scores", "empty_sequences"]
+__all__ = ["loss_values", "LossTotals", "format_scores", "check_finite", "empty_sequences"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,33 @@ class LossTotals:
 def format_scores(scores: dict[str, float]) -> str:
     """``key=value ...`` for log lines."""
     return " ".join(f"{key}={value:.6g}" for key, value in scores.items())
+
+
+def check_finite(
+    step_losses: dict[str, float], values: list[float], data: dict[str, Any], *, epoch: int, step: int
+) -> None:
+    """Stop the training at a step loss that is not finite (``stop_on_nonfinite_train_score``).
+
+    :param step_losses: the step's losses by name (as :meth:`LossTotals.add` returns them)
+    :param values: the step's loss values ``[loss_0, inv_norm_0, loss_1, ...]``
+    :param data: the step's batch (its sequences of length 0 are named as the likely cause)
+    :raise DatasetError: the batch holds sequences of length 0
+    :raise TrainingError: otherwise
+    """
+    for i, (name, value) in enumerate(step_losses.items()):
+        if not math.isfinite(value) and empty_sequences(data):
+            listed = ", ".join(f"{tag!r} ({', '.join(keys)})" for tag, keys in empty_sequences(data).items())
+            raise DatasetError(
+                f"epoch={epoch} step={step}: the batch holds sequences of length 0: {listed}, "
+                f"and loss {name!r} became {value}; remove them from the data, or drop them with "
+                "min_seq_length = 1"
+            )
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"epoch={epoch} step={step}: loss {name!r} is {value} (sum {values[2 * i]}, "
+                f"inv_norm_factor {values[2 * i + 1]}); training stopped, nothing of this epoch was saved. "
+                "Set stop_on_nonfinite_train_score = False to go on regardless"
+            )
 
 
 def empty_sequences(data: dict[str, Any]) -> dict[str, list[str]]:
