@@ -308,5 +308,15 @@ def test_network_attention(tmp_path):
         ref_length += len(ref)
     label_error_rate = errors / ref_length
     assert log_values(out, "label_error_rate") == [pytest.approx(label_error_rate, abs=1e-4)]
+
+    # under torchrun with 2 processes, each searching its share: the same hypotheses, in the same order
+    search = {"task": "search", "search_output_file": "hyps-2.py", "search_output_file_format": "py"}
+    out = run_demo(tmp_path, "network_attention.config", processes=2, **search, **dev)
+    hyps_2 = ast.literal_eval((tmp_path / "hyps-2.py").read_text(encoding="utf-8"))
+    assert list(hyps_2) == list(hyps)
+    for tag, nbest in hyps.items():
+        assert [text for _, text in hyps_2[tag]] == [text for _, text in nbest]
+        assert [score for score, _ in hyps_2[tag]] == pytest.approx([score for score, _ in nbest], rel=1e-5)
+    assert log_values(out, "label_error_rate") == [pytest.approx(label_error_rate, abs=1e-4)]
     # about 0.19 here; 0.6 for the best guess that ignores the input, 0.39 for a 1 and random bits of the right length
     assert label_error_rate < 0.3

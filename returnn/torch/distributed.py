@@ -3,8 +3,9 @@ which the trainer writes to disk.
 
 Pipelines start ``python -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node=N rnn.py CONFIG`` (i6_core's
 ReturnnTrainingJob with ``horovod_num_processes = N``; its ``use_horovod = True`` is accepted and not needed). With
-``WORLD_SIZE > 1`` in the environment, tasks train and eval run data-parallel (and task forward into ``output_file``,
-see :mod:`returnn.torch.forward_output`); the config key ``torch_distributed`` only adjusts how. Every process runs the
+``WORLD_SIZE > 1`` in the environment, tasks train and eval run data-parallel, and forward, search and compute_priors
+each on a share of the data with the results put together by rank 0 (see :mod:`returnn.torch.forward_output` and
+:mod:`returnn.torch.forward_parts`); the config key ``torch_distributed`` only adjusts how. Every process runs the
 same training:
 
 - Set-up: ``torch.cuda.set_device(LOCAL_RANK)`` first (device ``cuda`` means ``cuda:<LOCAL_RANK>``), then the

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["run_eval", "run_search", "run_compute_priors", "run_initialize_model", "run_cleanup_old_models"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def run_eval(engine: Engine) -> None:
@@ -52,7 +54,12 @@ def run_eval(engine: Engine) -> None:
 
 def run_search(engine: Engine) -> None:
     """Task search (documented at :meth:`~returnn.torch.engine.Engine.search`)."""
-    from returnn.torch.network.search_task import SearchOptions, search_hypotheses, write_search_output
+    from returnn.torch.network.search_task import (
+        SearchOptions,
+        SearchResult,
+        search_hypotheses,
+        write_search_output,
+    )
 
     _require_network_dict(engine, "search", "decodes (e.g. with returnn.torch.network.search.beam_search)")
     options = SearchOptions(engine.config)
@@ -63,16 +70,17 @@ def run_search(engine: Engine) -> None:
     with _model_and_batches(engine, "search", "search") as batches:
         target = engine.config.value("target")
         with autocast(engine.device, engine.options.amp_dtype):
-            hyps, (errors, ref_length) = search_hypotheses(engine.model, batches, options.output_layer, target)
+            result = search_hypotheses(engine.model, batches, options.output_layer, target)
+        result = SearchResult.merged(_all_processes(engine, result))
         dataset = engine.datasets["search"]
-        write_search_output(options, hyps, dataset.labels.get(target))
-        error_rate = f" label_error_rate={errors / ref_length:.6g}" if ref_length else ""
-        logger.info(f"search: seqs={len(hyps)}{error_rate} wrote {options.output_file}")
+        write_search_output(options, result.hyps, dataset.labels.get(target))
+        error_rate = f" label_error_rate={result.errors / result.ref_length:.6g}" if result.ref_length else ""
+        logger.info(f"search: seqs={len(result.hyps)}{error_rate} wrote {options.output_file}")
 
 
 def run_compute_priors(engine: Engine) -> None:
     """Task compute_priors (documented at :meth:`~returnn.torch.engine.Engine.compute_priors`)."""
-    from returnn.torch.network.priors import accumulate_priors, write_log_priors
+    from returnn.torch.network.priors import accumulate_priors, mean_priors, write_log_priors
 
     _require_network_dict(
         engine, "compute_priors", "accumulates the priors (and a forward_finish_hook that writes them),"
@@ -84,9 +92,15 @@ def run_compute_priors(engine: Engine) -> None:
     if name not in engine.options.datasets:
         raise ConfigError("task 'compute_priors' needs a dataset: set 'train' (or 'forward')")
     with _model_and_batches(engine, "compute_priors", name) as batches:
-        priors = accumulate_priors(engine.model, batches, engine.config.value("forward_output_layer"))
+        sums = accumulate_priors(engine.model, batches, engine.config.value("forward_output_layer"))
+        priors = mean_priors(_all_processes(engine, sums))
         write_log_priors(filename, priors)
         logger.info(f"compute_priors: dataset={name} dim={len(priors)} wrote {filename}")
+
+
+def _all_processes(engine: Engine, value: T) -> list[T]:
+    """``value`` of every process under torchrun (each searched its share of the batches), else ``[value]``."""
+    return [value] if engine.data_parallel is None else engine.data_parallel.all_gather(value)
 
 
 def _require_network_dict(engine: Engine, task: str, forward_step_that: str) -> None:

@@ -3,7 +3,7 @@ written as log priors (one line of space-separated numbers, as ``numpy.loadtxt``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,11 +13,12 @@ from returnn.errors import ConfigError, DatasetError
 from returnn.torch.distributed import write_file_atomic
 from returnn.torch.network.network import Network
 
-__all__ = ["accumulate_priors", "write_log_priors"]
+__all__ = ["accumulate_priors", "mean_priors", "write_log_priors"]
 
 
-def accumulate_priors(network: Network, batches: Iterable[dict[str, Any]], layer: str) -> np.ndarray:
-    """The mean over all valid frames of the batches of ``layer``'s output (its softmax), float64 ``[dim]``."""
+def accumulate_priors(network: Network, batches: Iterable[dict[str, Any]], layer: str) -> tuple[np.ndarray | None, int]:
+    """The sum over all valid frames of the batches of ``layer``'s output (its softmax), float64 ``[dim]`` (None
+    without batches), and the number of frames."""
     if layer not in network.specs():
         raise ConfigError(f"task 'compute_priors': the network has no layer {layer!r} (forward_output_layer)")
     total: torch.Tensor | None = None
@@ -32,9 +33,16 @@ def accumulate_priors(network: Network, batches: Iterable[dict[str, Any]], layer
             frames += probs.shape[0]
         summed = probs.reshape(-1, probs.shape[-1]).sum(dim=0)
         total = summed if total is None else total + summed
-    if total is None or frames == 0:
+    return (None if total is None else total.cpu().numpy()), frames
+
+
+def mean_priors(parts: Sequence[tuple[np.ndarray | None, int]]) -> np.ndarray:
+    """The mean over all frames from the sums of :func:`accumulate_priors` (one part per process)."""
+    sums = [total for total, _ in parts if total is not None]
+    frames = sum(count for _, count in parts)
+    if not sums or frames == 0:
         raise DatasetError("task 'compute_priors': the dataset yielded no frames")
-    return (total / frames).cpu().numpy()
+    return sum(sums) / frames
 
 
 def write_log_priors(filename: str, priors: np.ndarray) -> None:

@@ -10,8 +10,9 @@ target (``labels``), joined by spaces; without one as numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from returnn.torch.distributed import write_file_atomic
 from returnn.torch.network.losses import edit_distance
 from returnn.torch.network.network import Network
 
-__all__ = ["SearchOptions", "search_hypotheses", "write_search_output"]
+__all__ = ["SearchOptions", "SearchResult", "search_hypotheses", "write_search_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,35 +54,63 @@ class SearchOptions:
             raise ConfigError("task 'search' needs 'search_output_file': where to write the hypotheses")
 
 
+@dataclasses.dataclass
+class SearchResult:
+    """The hypotheses of a search, and its label errors against the target where the data has it.
+
+    :ivar hyps: ``{seq_tag: [labels]}`` (or ``[(score, [labels]), ...]`` where the layer keeps the beam), in the
+        order of the sequences in the epoch
+    :ivar positions: each sequence's position in the epoch
+    :ivar errors: Σ edit distance of the best hypotheses to the target
+    :ivar ref_length: Σ target length (0: no target)
+    """
+
+    hyps: dict[str, Any] = dataclasses.field(default_factory=dict)
+    positions: dict[str, int] = dataclasses.field(default_factory=dict)
+    errors: int = 0
+    ref_length: int = 0
+
+    @classmethod
+    def merged(cls, parts: Sequence[SearchResult]) -> SearchResult:
+        """The result of one search over the sequences of ``parts`` (one per process)."""
+        positions = {tag: position for part in parts for tag, position in part.positions.items()}
+        hyps = {tag: hyp for part in parts for tag, hyp in part.hyps.items()}
+        return cls(
+            hyps={tag: hyps[tag] for tag in sorted(hyps, key=positions.__getitem__)},
+            positions=positions,
+            errors=sum(part.errors for part in parts),
+            ref_length=sum(part.ref_length for part in parts),
+        )
+
+
 def search_hypotheses(
     network: Network, batches: Iterable[dict[str, Any]], layer: str, target_key: str | None
-) -> tuple[dict[str, Any], tuple[int, int]]:
-    """Search every batch. Returns ``{seq_tag: [labels]}`` (or ``[(score, [labels]), ...]`` where the layer keeps
-    the beam) and (Σ edit distance, Σ target length) against ``target_key`` where the batches have it."""
+) -> SearchResult:
+    """Search every batch."""
     if layer not in network.specs():
         raise ConfigError(f"config key 'search_output_layer': the network has no layer {layer!r}")
-    hyps: dict[str, Any] = {}
-    errors = ref_length = 0
+    result = SearchResult()
     for data in batches:
         out = network.search(data).get(layer)
         if out is None:
             raise ConfigError(f"task 'search': layer {layer!r} could not run without the target data")
         best = _sequences(out.tensor, out.lengths)
         nbest = getattr(out, "nbest", None)
-        for b, tag in enumerate(data["seq_tag"]):
+        for b, (tag, position) in enumerate(zip(data["seq_tag"], data["seq_idx"])):
             if nbest is not None:
-                hyps[tag] = [
+                result.hyps[tag] = [
                     (nbest.scores[b, k].item(), nbest.tokens[b, k, : int(nbest.lengths[b, k])].tolist())
                     for k in range(nbest.tokens.shape[1])
                 ]
             else:
-                hyps[tag] = best[b]
+                result.hyps[tag] = best[b]
+            result.positions[tag] = int(position)
         if target_key is not None and target_key in data:
             refs = _sequences(data[target_key], data[f"{target_key}:size1"])
             for hyp, ref in zip(best, refs):
-                errors += edit_distance(hyp, ref)
-                ref_length += len(ref)
-    return hyps, (errors, ref_length)
+                result.errors += edit_distance(hyp, ref)
+                result.ref_length += len(ref)
+    return result
 
 
 def _sequences(tensor: torch.Tensor, lengths: torch.Tensor | None) -> list[list[int]]:

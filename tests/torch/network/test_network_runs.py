@@ -145,17 +145,21 @@ def test_bad_network_configs_exit_2_and_write_nothing(tmp_path, addition, messag
     assert not (tmp_path / "out").exists()
 
 
+def run_two_processes(cwd: Path, *args: str) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc-per-node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*command, str(REPO / "rnn.py"), "exp.config", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def test_a_network_trains_with_two_processes_under_torchrun(tmp_path):
     (tmp_path / "exp.config").write_text(
         CONFIG_12AX.replace("num_epochs = 3", "num_epochs = 2") + f"network = {NETWORKS['lstm']!r}\n", encoding="utf-8"
     )
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc-per-node=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [*command, str(REPO / "rnn.py"), "exp.config"], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_two_processes(tmp_path)
     epochs = scores(tmp_path)
     assert set(epochs[2]) == {"train_score", "train_error", "dev_score", "dev_error"}
     assert epochs[2]["dev_score"] < epochs[1]["dev_score"]

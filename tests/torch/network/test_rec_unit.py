@@ -54,6 +54,7 @@ def batch(seed: int = 1, lengths=(5, 3), target_lengths=(4, 2)) -> dict[str, Any
         "classes": torch.randint(0, 3, (len(lengths), max(target_lengths)), generator=gen),
         "classes:size1": torch.tensor(target_lengths),
         "seq_tag": [f"seq-{i}" for i in range(len(lengths))],
+        "seq_idx": list(range(len(lengths))),
     }
 
 
@@ -185,7 +186,7 @@ def test_search_with_an_end_layer_stops_and_leaves_out_the_end_label(tmp_path):
     data = batch()
     out = net.search(data)["output"]
     assert out.lengths.tolist() == [0, 0]  # ended at once; the end label itself is not part of the output
-    hyps, _ = search_hypotheses(net, [data], "output", "classes")
+    hyps = search_hypotheses(net, [data], "output", "classes").hyps
     assert set(hyps) == {"seq-0", "seq-1"} and len(hyps["seq-0"]) == 4
     options = SearchOptions(Config({"search_output_file": str(tmp_path / "out.py"), "search_output_file_format": "py"}))
     write_search_output(options, hyps, ["a", "b", "c", "</s>"])
