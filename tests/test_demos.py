@@ -137,10 +137,11 @@ def test_seq2seq(tmp_path):
     assert seq_error_rate < 0.8  # about 0.5 after this short training; 1.0 untrained
     assert log_values(stdout, "label_error_rate")[0] < 0.6
 
-    # under torchrun with 2 processes: the same search_out.py, and the error rates over all sequences
-    one_process = (out / "search_out.py").read_text(encoding="utf-8")
-    stdout = run_demo(tmp_path, "seq2seq.config", task="forward", processes=2, **data)
-    assert (out / "search_out.py").read_text(encoding="utf-8") == one_process
+    # under torchrun with 2 processes, into an absolute path as pipelines give it: the same search_out.py, and the
+    # error rates over all sequences
+    output = out / "search_out-2.py"
+    stdout = run_demo(tmp_path, "seq2seq.config", task="forward", processes=2, search_output_file=output, **data)
+    assert output.read_text(encoding="utf-8") == (out / "search_out.py").read_text(encoding="utf-8")
     assert log_values(stdout, "seq_error_rate") == [pytest.approx(seq_error_rate, abs=1e-4)]
     assert not (tmp_path / "forward-parts").exists()
 

@@ -92,7 +92,7 @@ class GatheredCallback:
     def __init__(self, make_callback: Callable[[], ForwardCallbackIface], data_parallel: DataParallel):
         self.make_callback = make_callback
         self.data_parallel = data_parallel
-        self.directory = ProcessDirectory(data_parallel)
+        self.directory = ProcessDirectory(data_parallel, for_hooks=False)
         self.path = os.path.join(self.directory.path, "outputs.pickle")
         self.file = open(self.path, "wb")
 

@@ -254,3 +254,22 @@ def test_hooks_that_cannot_run_in_several_processes_stop_with_a_clear_error(tmp_
     if "count.txt" in hook:  # the parts are kept
         assert sorted(os.listdir(tmp_path / "forward-parts")) == ["rank0", "rank1"]
         assert (tmp_path / "forward-parts" / "rank1" / "count.txt").exists()
+
+
+def test_a_file_written_by_every_process_outside_its_directory_is_warned_about_and_appending_appends(tmp_path):
+    shared = tmp_path / "shared.txt"  # an absolute path: every process writes it, each with its share
+    config = HOOKS.replace("NUM_SEQS", "9").replace(
+        "    parts = run_ctx.all_gather",
+        f"    open({str(shared)!r}, 'w').write(str(run_ctx.num_frames))\n"
+        "    if run_ctx.rank == 0:\n"
+        "        open('summary.txt', 'a').write('run 2\\n')\n"
+        "    parts = run_ctx.all_gather",
+    )
+    (tmp_path / "exp.config").write_text(config)
+    (tmp_path / "summary.txt").write_text("run 1\n")
+    result = run_two_processes(tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "summary.txt").read_text() == "run 1\nrun 2\n"  # as one process appends
+    log = (tmp_path / "returnn.log").read_text()
+    assert "forward: wrote summary.txt (appended to the existing file)" in log
+    assert f"forward: several processes wrote the same files outside their directories ({shared}): unless" in log

@@ -1,9 +1,13 @@
-"""Rank 0 puts the files that the forward hooks of several processes wrote together (merge_process_files)."""
+"""Rank 0 puts the files that the forward hooks of several processes wrote together (merge_process_files), and the
+process directories."""
 
 from __future__ import annotations
 
 import ast
+import gzip
+import json
 import logging
+import math
 import os
 
 import numpy as np
@@ -11,7 +15,8 @@ import pytest
 
 from returnn.datasets.hdf import HDFDataset, SimpleHDFWriter
 from returnn.errors import StepFunctionError
-from returnn.torch.forward_parts import _mirror_directories, merge_process_files
+from returnn.torch.forward_merge import merge_process_files
+from returnn.torch.forward_parts import _mirror_directories
 
 # 5 sequences; batches of 2 dealt to 2 processes: rank 0 got positions 0, 1, 4 and rank 1 positions 2, 3
 POSITIONS = {f"seq-{i}": i for i in range(5)}
@@ -82,6 +87,49 @@ def test_dicts_keyed_by_seq_tag_are_merged_in_the_order_of_one_process(dirs, tmp
     assert list(ast.literal_eval(text).items()) == [(f"seq-{i}", [i, "word"]) for i in range(5)]
 
 
+def test_json_dicts_stay_json_and_python_dicts_may_hold_inf_and_nan(dirs, tmp_path):
+    for directory, seqs in zip(dirs, RANK_SEQS.values()):
+        (directory / "hyps.json").write_text(json.dumps({f"seq-{i}": {"text": "w", "score": -i} for i in seqs}))
+        scores = {i: "-inf" if i == 3 else f"-{i}.5" for i in seqs}  # as repr writes float("-inf")
+        entries = "".join(f"'seq-{i}': [({scores[i]}, 'w'), (nan, 'x')],\n" for i in seqs)
+        (directory / "search_out.py").write_text("{\n" + entries + "}\n")
+    written = merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    assert written == {
+        "hyps.json": "JSON, 5 sequences from 2 processes",
+        "search_out.py": "dict, 5 sequences from 2 processes",
+    }
+    merged_json = json.loads((tmp_path / "out" / "hyps.json").read_text())
+    assert list(merged_json.items()) == [(f"seq-{i}", {"text": "w", "score": -i}) for i in range(5)]
+    # as i6_core reads search_out.py
+    text = (tmp_path / "out" / "search_out.py").read_text()
+    merged = eval(text, {"inf": math.inf, "nan": math.nan})
+    assert list(merged) == [f"seq-{i}" for i in range(5)] and merged["seq-3"][0][0] == -math.inf
+    assert merged["seq-1"][0] == (-1.5, "w") and math.isnan(merged["seq-4"][1][0])
+
+
+def test_gzipped_dicts_are_merged_and_stay_gzipped(dirs, tmp_path):
+    for directory, seqs in zip(dirs, RANK_SEQS.values()):
+        write_dict(directory / "plain.py", seqs)
+        (directory / "search_out.py.gz").write_bytes(gzip.compress((directory / "plain.py").read_bytes()))
+        (directory / "plain.py").unlink()
+    merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    write_dict(tmp_path / "one_process.py", range(5))
+    merged = gzip.decompress((tmp_path / "out" / "search_out.py.gz").read_bytes()).decode()
+    assert merged == (tmp_path / "one_process.py").read_text()
+
+
+def test_a_file_opened_for_appending_is_appended_to_the_existing_one(dirs, tmp_path):
+    (tmp_path / "out" / "summary.txt").write_text("run 1\n")
+    (dirs[0] / "summary.txt").write_text("run 2\n")
+    (dirs[0] / "new.txt").write_text("new\n")
+    written = merge_process_files(
+        [str(d) for d in dirs], POSITIONS, str(tmp_path / "out"), appended={"summary.txt", "new.txt"}
+    )
+    assert written == {"new.txt": "written by rank0 alone", "summary.txt": "appended to the existing file"}
+    assert (tmp_path / "out" / "summary.txt").read_text() == "run 1\nrun 2\n"
+    assert (tmp_path / "out" / "new.txt").read_text() == "new\n"
+
+
 def test_files_of_one_process_and_files_equal_in_all_are_taken_as_they_are(dirs, tmp_path):
     (dirs[0] / "prior.txt").write_text("-0.5\n-1.2\n")
     for directory in dirs:
@@ -99,11 +147,13 @@ def test_files_of_one_process_and_files_equal_in_all_are_taken_as_they_are(dirs,
     assert (tmp_path / "out" / "sub" / "seq-3.wav").read_bytes() == b"RIFF\x00"
 
 
-def test_an_existing_file_is_replaced_as_one_process_would_overwrite_it(dirs, tmp_path):
+def test_an_existing_file_is_replaced_as_one_process_would_overwrite_it_with_a_warning(dirs, tmp_path, caplog):
     (tmp_path / "out" / "prior.txt").write_text("old")
     (dirs[1] / "prior.txt").write_text("new")
-    merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    with caplog.at_level(logging.WARNING):
+        merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
     assert (tmp_path / "out" / "prior.txt").read_text() == "new"
+    assert "forward: replacing the existing" in caplog.text and "prior.txt" in caplog.text
 
 
 def test_files_that_differ_and_cannot_be_merged_stop_before_anything_is_written(dirs, tmp_path):
@@ -113,7 +163,7 @@ def test_files_that_differ_and_cannot_be_merged_stop_before_anything_is_written(
     with pytest.raises(
         StepFunctionError,
         match=r"forward: 2 processes wrote different files 'count.txt', which cannot be merged \(only HDF files in "
-        r"RETURNN's layout and Python dicts keyed by sequence tag are merged\); the parts are kept in .*rank0, "
+        r"RETURNN's layout and dicts keyed by sequence tag are merged\); the parts are kept in .*rank0, "
         r".*rank1\. Write such a file in forward_finish_hook by rank 0 alone \(if run_ctx.rank == 0\) from the values "
         r"of all processes \(run_ctx.all_gather\(value\)\), or forward in one process",
     ):

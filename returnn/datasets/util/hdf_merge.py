@@ -19,7 +19,9 @@ __all__ = ["merge_hdf_files"]
 _MAX_RUN_SEQS = 1000  # sequences copied per read: bounds the memory of one copy
 
 
-def merge_hdf_files(filename: str, parts: Sequence[str], order_keys: Sequence[Sequence[int]] | None = None) -> int:
+def merge_hdf_files(
+    filename: str, parts: Sequence[str], order_keys: Sequence[Sequence[int]] | None = None, *, overwrite: bool = False
+) -> int:
     """Write the sequences of the HDF files ``parts`` into the new HDF file ``filename``.
 
     The parts must hold the same data keys with the same shapes (as the parts of one writer's output do); the header
@@ -28,6 +30,7 @@ def merge_hdf_files(filename: str, parts: Sequence[str], order_keys: Sequence[Se
     :param parts: the files to merge (at least one)
     :param order_keys: per part, a sort key of each of its sequences (e.g. its position in the dataset's epoch); the
         merged file holds the sequences by ascending key (ties by part). None: the parts one after the other.
+    :param overwrite: replace an existing ``filename`` (else an error)
     :return: the number of sequences written
     :raise DatasetError: the parts differ in their data keys, or ``order_keys`` does not fit them
     """
@@ -47,7 +50,7 @@ def merge_hdf_files(filename: str, parts: Sequence[str], order_keys: Sequence[Se
                     f"{first.name!r} holds {first.keys}"
                 )
         order = _merged_order([layout.num_seqs for layout in layouts], order_keys, parts)
-        appender = _HDFAppender(filename, has_inputs=first.has_inputs or not first.num_seqs)
+        appender = _HDFAppender(filename, has_inputs=first.has_inputs or not first.num_seqs, overwrite=overwrite)
         try:
             _copy_header(first.file, appender)
             for part_index, start, end in _runs(order):
