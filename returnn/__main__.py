@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("returnn: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a crash: the traceback goes to stderr (exit code 1), and into the run's log files
+        log.write_to_files(logging.ERROR, f"crashed:\n{traceback.format_exc().rstrip()}")
+        raise
     finally:
         log.close()
 

@@ -190,6 +190,13 @@ class Log:
         """Whether a target is a file (errors are then also written to it)."""
         return any(isinstance(handler, logging.FileHandler) for handler in self._handlers)
 
+    def write_to_files(self, level: int, message: str) -> None:
+        """A record for the file targets only: what the terminal shows anyway, such as the traceback of a crash."""
+        record = logging.getLogger(ROOT_LOGGER_NAME).makeRecord(ROOT_LOGGER_NAME, level, "", 0, message, None, None)
+        for handler in self._handlers:
+            if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+                handler.handle(record)
+
     def close(self) -> None:
         """Flush the ``v`` streams and remove the targets."""
         root = logging.getLogger(ROOT_LOGGER_NAME)

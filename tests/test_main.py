@@ -113,16 +113,22 @@ def test_optional_config_task(tmp_path, capsys):
     assert "defines no function 'missing_func'" in err
 
 
-def test_internal_error_gives_exit_1_with_traceback(tmp_path, capsys):
+def test_internal_error_gives_exit_1_with_traceback_also_in_the_log_file(tmp_path, capsys):
+    log_file = tmp_path / "returnn.log"
     filename = write_config(
         tmp_path,
-        """
+        f"""
+        log = [{str(log_file)!r}, "stdout"]
+
         def broken():
             raise RuntimeError("boom")
         """,
     )
     with pytest.raises(RuntimeError, match="boom"):
         main([filename, "++task", "config:broken"])
+    text = log_file.read_text()
+    assert "crashed:\nTraceback (most recent call last):" in text and text.rstrip().endswith("RuntimeError: boom")
+    assert "Traceback" not in capsys.readouterr().out  # the terminal gets it once, from Python, on stderr
 
 
 def test_log_file_target(tmp_path, capsys):
