@@ -114,10 +114,7 @@ class RunCtx:
         """``value`` of every process, by rank (``[value]`` in one process). Every process must call it at the same
         point, e.g. in ``forward_finish_hook`` to sum what the steps accumulated before rank 0 writes it. The values
         are pickled: move tensors to the CPU first."""
-        data_parallel = self._engine.data_parallel if self._engine is not None else None
-        if data_parallel is None:
-            return [value]
-        return data_parallel.all_gather(value)
+        return distributed.all_gather_values(self._engine.data_parallel if self._engine is not None else None, value)
 
     def init_step(self, global_step: int) -> None:
         """Start a new step: forget the losses of the previous one."""

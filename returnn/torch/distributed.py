@@ -75,6 +75,7 @@ __all__ = [
     "is_main_process",
     "process_seed",
     "process_device",
+    "all_gather_values",
     "write_file_atomic",
     "remove_file",
     "DistributedOptions",
@@ -150,6 +151,11 @@ def process_device(device: str) -> str:
             "are visible; start at most as many processes per machine (--nproc-per-node) as there are GPUs"
         )
     return f"cuda:{local_rank()}"
+
+
+def all_gather_values(data_parallel: DataParallel | None, value: T) -> list[T]:
+    """``value`` of every process, by rank, with ``data_parallel``; ``[value]`` in one process."""
+    return [value] if data_parallel is None else data_parallel.all_gather(value)
 
 
 def write_file_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, binary: bool = False) -> bool:

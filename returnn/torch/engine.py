@@ -214,13 +214,14 @@ class Engine:
                     if directory is not None:
                         directory.note_batch(data["seq_tag"], data["seq_idx"])
                     num_batches += 1
+                # before the finish hooks: after them, only rank 0 has work (merging), and nobody waits for it
+                if self.data_parallel is not None:  # a process may have had no batch: the shares differ by one
+                    _, (num_batches,) = self.data_parallel.sum_totals({}, [num_batches])
                 if self.functions.forward_finish_hook is not None:
                     with in_directory():
                         self.functions.forward_finish_hook(run_ctx)
             if directory is not None:
                 directory.finish()
-            if self.data_parallel is not None:  # a process may have had no batch: the shares differ by one
-                _, (num_batches,) = self.data_parallel.sum_totals({}, [num_batches])
             _check_not_empty(num_batches, "forward", None)
             logger.info(f"forward: batches={num_batches} epoch={self.epoch} processes={distributed.world_size()}")
 

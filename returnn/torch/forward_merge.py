@@ -31,6 +31,7 @@ from typing import Any
 
 from returnn.datasets.util.hdf_merge import merge_hdf_files
 from returnn.errors import StepFunctionError
+from returnn.torch.distributed import write_file_atomic
 
 __all__ = ["merge_process_files", "log_written"]
 
@@ -168,7 +169,9 @@ class _TagDict:
             values, kind = [_python_dict(text) for text, _ in texts], "dict"
         if any(value is None or not all(tag in positions for tag in value) for value in values):
             return None
-        entries = sorted((positions[tag], tag, item) for value in values for tag, item in value.items())
+        entries = sorted(
+            ((positions[tag], tag, item) for value in values for tag, item in value.items()), key=lambda e: e[:2]
+        )
         repeated = sorted({tag for (_, tag, _), (_, other, _) in zip(entries, entries[1:]) if tag == other})
         if repeated:
             raise StepFunctionError(
@@ -185,7 +188,8 @@ class _TagDict:
             text = "{\n" + "".join(f"{tag!r}: {value!r},\n" for tag, value in self.entries) + "}\n"
         data = text.encode("utf-8")
         _note_replaced(target)
-        _write_atomic(target, gzip.compress(data, mtime=0) if self.gzipped else data)
+        content = gzip.compress(data, mtime=0) if self.gzipped else data
+        write_file_atomic(target, lambda file: file.write(content), binary=True)
 
 
 def _text(path: str) -> tuple[str, bool] | None:
@@ -237,16 +241,3 @@ def _append(source: str, target: str) -> None:
 def _note_replaced(target: str) -> None:
     if os.path.exists(target):
         logger.warning(f"forward: replacing the existing {target}")
-
-
-def _write_atomic(target: str, data: bytes) -> None:
-    """Write ``target`` under a temporary name first, so that it appears complete or not at all."""
-    tmp = f"{target}.merging"
-    try:
-        with open(tmp, "wb") as file:
-            file.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

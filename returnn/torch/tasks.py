@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,7 @@ from returnn.errors import ConfigError
 from returnn.learning_rate_control import learning_rate_control_from_config
 from returnn.torch import checkpoints
 from returnn.torch.device import autocast
+from returnn.torch.distributed import all_gather_values
 from returnn.torch.model_loading import initialize_model_start_point
 from returnn.torch.output_files import output_locations, remove_stale_temporary_files
 from returnn.torch.scores import format_scores
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["run_eval", "run_search", "run_compute_priors", "run_initialize_model", "run_cleanup_old_models"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def run_eval(engine: Engine) -> None:
@@ -71,7 +70,7 @@ def run_search(engine: Engine) -> None:
         target = engine.config.value("target")
         with autocast(engine.device, engine.options.amp_dtype):
             result = search_hypotheses(engine.model, batches, options.output_layer, target)
-        result = SearchResult.merged(_all_processes(engine, result))
+        result = SearchResult.merged(all_gather_values(engine.data_parallel, result))
         dataset = engine.datasets["search"]
         write_search_output(options, result.hyps, dataset.labels.get(target))
         error_rate = f" label_error_rate={result.errors / result.ref_length:.6g}" if result.ref_length else ""
@@ -93,14 +92,9 @@ def run_compute_priors(engine: Engine) -> None:
         raise ConfigError("task 'compute_priors' needs a dataset: set 'train' (or 'forward')")
     with _model_and_batches(engine, "compute_priors", name) as batches:
         sums = accumulate_priors(engine.model, batches, engine.config.value("forward_output_layer"))
-        priors = mean_priors(_all_processes(engine, sums))
+        priors = mean_priors(all_gather_values(engine.data_parallel, sums))
         write_log_priors(filename, priors)
         logger.info(f"compute_priors: dataset={name} dim={len(priors)} wrote {filename}")
-
-
-def _all_processes(engine: Engine, value: T) -> list[T]:
-    """``value`` of every process under torchrun (each searched its share of the batches), else ``[value]``."""
-    return [value] if engine.data_parallel is None else engine.data_parallel.all_gather(value)
 
 
 def _require_network_dict(engine: Engine, task: str, forward_step_that: str) -> None:

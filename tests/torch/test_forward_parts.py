@@ -214,3 +214,10 @@ def test_process_directories_get_the_working_directorys_subdirectories_up_to_a_l
         _mirror_directories(str(tmp_path / "home"), str(other), skip="forward-parts", limit=2)
     assert len(list(other.rglob("*"))) == 2
     assert "the working directory has more than 2 directories; the hooks can write files by relative" in caplog.text
+
+
+def test_the_same_tag_with_values_that_do_not_compare_is_named_too(dirs, tmp_path):
+    (dirs[0] / "hyps.py").write_text("{'seq-1': {'text': 'a'}}\n")
+    (dirs[1] / "hyps.py").write_text("{'seq-1': {'text': 'b'}, 'seq-2': {'text': 'c'}}\n")
+    with pytest.raises(StepFunctionError, match=r"wrote entries for the sequence tags \['seq-1'\] into 'hyps.py'"):
+        merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
