@@ -5,13 +5,14 @@
   order of one process (each sequence's position in the epoch, found by its tag);
 - a dict keyed by sequence tag, as a Python literal (the ``search_out.py`` of recognition hooks; ``inf`` and ``nan``
   as i6_core reads them) or JSON, also gzipped: the entries of all parts in the order of one process, one
-  ``tag: value,`` line each (JSON: ``"tag": value``);
+  ``tag: value,`` line each (JSON: ``"tag": value``; an entry that a part wrote on a line of its own as written);
 - a file that one process wrote alone (say rank 0, from the values of all processes that ``run_ctx.all_gather(...)``
   gave it), or that all wrote the same: moved as it is. A file opened for appending that exists in the working
   directory gets the part appended, as in one process.
 
 Anything else that several processes wrote differently (a sum over the data, a text with a line per sequence) cannot
-be merged: an error names it, before any file is written, and the parts are kept.
+be merged, nor can HDF parts with different data keys or shapes: an error names the file, before any file is
+written, and the parts are kept.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import shutil
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from returnn.datasets.util.hdf_merge import merge_hdf_files
-from returnn.errors import StepFunctionError
+from returnn.datasets.util.hdf_merge import check_hdf_parts, merge_hdf_files
+from returnn.errors import DatasetError, StepFunctionError
 from returnn.torch.distributed import write_file_atomic
 
 __all__ = ["merge_process_files", "log_written"]
@@ -58,7 +59,8 @@ def merge_process_files(
         name: _merge_plan(name, holders, positions, os.path.join(destination, name), append=name in appended)
         for name, holders in sorted(by_name.items())
     }
-    for name, (write, _) in plans.items():
+    # the files made from the parts first: moving a part takes it from its directory
+    for name, (write, _) in sorted(plans.items(), key=lambda item: _takes_part(item[1][0])):
         target = os.path.join(destination, name)
         os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
         write(target)
@@ -100,6 +102,13 @@ def _merge_plan(
             return functools.partial(_move, paths[0]), f"written by {os.path.basename(holders[0])} alone"
         return functools.partial(_move, paths[0]), f"the same in {len(paths)} processes"
     if _is_returnn_hdf(paths[0]):
+        try:
+            check_hdf_parts(paths)
+        except DatasetError as error:
+            raise StepFunctionError(
+                f"forward: the processes wrote {name!r} with different layouts, which cannot be merged: {error}. The "
+                f"parts are kept in {', '.join(holders)}"
+            ) from error
         order_keys = [[_position(positions, tag, name, holders) for tag in _hdf_tags(path)] for path in paths]
         how = f"HDF, {sum(map(len, order_keys))} sequences from {len(paths)} processes"
         return functools.partial(_merge_hdf, paths=paths, order_keys=order_keys), how
@@ -147,10 +156,11 @@ def _merge_hdf(target: str, *, paths: list[str], order_keys: list[list[int]]) ->
 
 
 class _TagDict:
-    """The merged entries of dicts keyed by sequence tag (Python literals or JSON, maybe gzipped)."""
+    """The merged entries of dicts keyed by sequence tag (Python literals or JSON, maybe gzipped), each as the text of
+    one ``tag: value`` entry."""
 
-    def __init__(self, entries: list[tuple[str, Any]], kind: str, gzipped: bool):
-        self.entries = entries
+    def __init__(self, entries: list[tuple[str, str]], kind: str, gzipped: bool):
+        self.entries = entries  # (tag, entry text) in the order of one process
         self.kind = kind  # "dict" (a Python literal) or "JSON"
         self.gzipped = gzipped
 
@@ -163,29 +173,27 @@ class _TagDict:
         gzipped = all(gz for _, gz in texts)
         if any(gz for _, gz in texts) != gzipped:
             return None
-        values = [_json_dict(text) for text, _ in texts]
+        parts = [_json_entries(text) for text, _ in texts]
         kind = "JSON"
-        if any(value is None for value in values):
-            values, kind = [_python_dict(text) for text, _ in texts], "dict"
-        if any(value is None or not all(tag in positions for tag in value) for value in values):
+        if any(part is None for part in parts):
+            parts, kind = [_python_entries(text) for text, _ in texts], "dict"
+        if any(part is None or not all(tag in positions for tag, _ in part) for part in parts):
             return None
-        entries = sorted(
-            ((positions[tag], tag, item) for value in values for tag, item in value.items()), key=lambda e: e[:2]
-        )
+        entries = sorted(((positions[tag], tag, text) for part in parts for tag, text in part), key=lambda e: e[:2])
         repeated = sorted({tag for (_, tag, _), (_, other, _) in zip(entries, entries[1:]) if tag == other})
         if repeated:
             raise StepFunctionError(
                 f"forward: several processes wrote entries for the sequence tags {repeated[:3]} into "
                 f"{os.path.basename(paths[0])!r}; each process must write only the sequences it forwarded"
             )
-        return cls([(tag, item) for _, tag, item in entries], kind, gzipped)
+        return cls([(tag, text) for _, tag, text in entries], kind, gzipped)
 
     def write(self, target: str) -> None:
         if self.kind == "JSON":
-            lines = ",\n".join(f"{json.dumps(tag)}: {json.dumps(value)}" for tag, value in self.entries)
+            lines = ",\n".join(text for _, text in self.entries)
             text = "{\n" + lines + ("\n" if lines else "") + "}\n"
         else:
-            text = "{\n" + "".join(f"{tag!r}: {value!r},\n" for tag, value in self.entries) + "}\n"
+            text = "{\n" + "".join(f"{text},\n" for _, text in self.entries) + "}\n"
         data = text.encode("utf-8")
         _note_replaced(target)
         content = gzip.compress(data, mtime=0) if self.gzipped else data
@@ -203,12 +211,15 @@ def _text(path: str) -> tuple[str, bool] | None:
         return None
 
 
-def _json_dict(text: str) -> dict[str, Any] | None:
+def _json_entries(text: str) -> list[tuple[str, str]] | None:
+    """The entries of a JSON object, each as ``"tag": value`` in JSON; None for other texts."""
     try:
         value = json.loads(text)
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    return [(tag, f"{json.dumps(tag)}: {json.dumps(item)}") for tag, item in value.items()]
 
 
 _FLOAT_NAMES = {"inf": math.inf, "nan": math.nan}  # as repr writes them, and i6_core evaluates them
@@ -219,13 +230,40 @@ class _FloatNames(ast.NodeTransformer):
         return ast.Constant(_FLOAT_NAMES[node.id]) if node.id in _FLOAT_NAMES else node
 
 
+def _python_entries(text: str) -> list[tuple[str, str]] | None:
+    """The entries of a Python dict literal keyed by str, each as its text ``tag: value``; None for other texts.
+
+    A dict written with one entry per line, as recognition hooks write ``search_out.py``, is read line by line (each
+    entry's text kept as written, the memory of one entry at a time); any other layout is read whole.
+    """
+    lines = text.strip().split("\n")
+    if len(lines) >= 2 and lines[0].strip() == "{" and lines[-1].strip() == "}":
+        entries = []
+        for line in lines[1:-1]:
+            entry = line.strip().removesuffix(",")
+            if not entry:
+                continue
+            value = _python_dict("{" + entry + "}")
+            if value is None or len(value) != 1:
+                break
+            entries.append((next(iter(value)), entry))
+        else:
+            return entries
+    value = _python_dict(text)
+    return None if value is None else [(tag, f"{tag!r}: {item!r}") for tag, item in value.items()]
+
+
 def _python_dict(text: str) -> dict[str, Any] | None:
-    """A Python dict literal, where ``inf`` and ``nan`` may stand for floats."""
+    """A Python dict literal keyed by str, where ``inf`` and ``nan`` may stand for floats."""
     try:
         value = ast.literal_eval(_FloatNames().visit(ast.parse(text.strip(), mode="eval")))
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return None
     return value if isinstance(value, dict) and all(isinstance(tag, str) for tag in value) else None
+
+
+def _takes_part(write: Callable[[str], None]) -> bool:
+    return isinstance(write, functools.partial) and write.func is _move
 
 
 def _move(source: str, target: str) -> None:

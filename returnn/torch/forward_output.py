@@ -9,17 +9,18 @@ them. So ``output_file`` holds every sequence once, appears complete or not at a
 
 A config's ``forward_callback`` runs in rank 0 alone (:class:`GatheredCallback`): each process writes the outputs of
 its sequences to a part file (pickled, in the process directory of :mod:`returnn.torch.forward_parts`), and when all
-are done, rank 0 calls ``init``, then ``process_seq`` for every sequence in the order of one process, then
-``finish``. The parts go through the file system, so rank 0 holds one sequence at a time, whatever the data size.
+are done, rank 0 calls ``init``, then ``process_seq`` for every sequence in the epoch's order (also where a process got
+its sequences out of order, from DataLoader workers), then ``finish``. The parts go through the file system, so rank
+0 holds the outputs of one sequence at a time (and two ints per sequence), whatever the data size.
 """
 
 from __future__ import annotations
 
-import heapq
+import contextlib
 import logging
 import os
 import pickle
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from returnn.datasets.util.hdf_merge import merge_hdf_files
@@ -74,6 +75,13 @@ class ForwardOutputFile:
         if gathered is None:  # not rank 0
             return
         parts = [(path, indices) for path, indices in gathered if path is not None]
+        missing = [path for path, _ in parts if not os.path.exists(path)]
+        if missing:
+            raise DatasetError(
+                f"forward under torchrun: rank 0 cannot find the parts {', '.join(missing)} that the other processes "
+                f"wrote, so it cannot merge them into {self.filename!r}; the output_file must lie on a file system "
+                "that all processes share (start every node's process in one shared working directory)"
+            )
         if parts:  # none: no process got a sequence to write (a mainline writer creates its file on the first)
             num_seqs = merge_hdf_files(self.filename, [path for path, _ in parts], [indices for _, indices in parts])
             logger.info(f"forward: merged {len(parts)} parts ({num_seqs} sequences) into {self.filename}")
@@ -82,8 +90,7 @@ class ForwardOutputFile:
 
 
 class GatheredCallback:
-    """A config's ``forward_callback`` under torchrun: it sees every sequence once, in rank 0, in the order of one
-    process.
+    """A config's ``forward_callback`` under torchrun: it sees every sequence once, in rank 0, in the epoch's order.
 
     :param make_callback: creates the callback (called in rank 0 only)
     :param data_parallel: the process group
@@ -95,10 +102,12 @@ class GatheredCallback:
         self.directory = ProcessDirectory(data_parallel, for_hooks=False)
         self.path = os.path.join(self.directory.path, "outputs.pickle")
         self.file = open(self.path, "wb")
+        self.index: list[tuple[int, int]] = []  # (position in the epoch, offset in the file) of each sequence
 
     def add(self, position: int, seq_tag: str, outputs: TensorDict) -> None:
         """The outputs of the sequence at ``position`` in the epoch."""
-        pickle.dump((int(position), seq_tag, outputs), self.file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.index.append((int(position), self.file.tell()))
+        pickle.dump((seq_tag, outputs), self.file, protocol=pickle.HIGHEST_PROTOCOL)
 
     def finish(self, model: Any) -> None:
         """Rank 0 hands the sequences of all processes to the callback, then removes the parts. Every process must
@@ -107,24 +116,19 @@ class GatheredCallback:
         :param model: what the callback's ``init(model=)`` gets
         """
         self.file.close()
-        paths = self.data_parallel.gather_to_main(self.path)
-        if paths is None:  # not rank 0
+        parts = self.data_parallel.gather_to_main((self.path, self.index))
+        if parts is None:  # not rank 0
             return
+        # a process's sequences need not come in the epoch's order (batching_scope "shard" with DataLoader workers)
+        order = sorted((position, rank, offset) for rank, (_, index) in enumerate(parts) for position, offset in index)
         callback = self.make_callback()
         callback.init(model=model)
-        num_seqs = 0
-        for _, seq_tag, outputs in heapq.merge(*(_records(path) for path in paths), key=lambda record: record[0]):
-            callback.process_seq(seq_tag=seq_tag, outputs=outputs)
-            num_seqs += 1
+        with contextlib.ExitStack() as stack:
+            files = [stack.enter_context(open(path, "rb")) for path, _ in parts]
+            for _, rank, offset in order:
+                files[rank].seek(offset)
+                seq_tag, outputs = pickle.load(files[rank])
+                callback.process_seq(seq_tag=seq_tag, outputs=outputs)
         callback.finish()
-        logger.info(f"forward: forward_callback got the {num_seqs} sequences of {len(paths)} processes")
+        logger.info(f"forward: forward_callback got the {len(order)} sequences of {len(parts)} processes")
         self.directory.remove_all()
-
-
-def _records(path: str) -> Iterator[tuple[int, str, TensorDict]]:
-    with open(path, "rb") as file:
-        while True:
-            try:
-                yield pickle.load(file)
-            except EOFError:
-                return

@@ -10,8 +10,10 @@ names a file it cannot merge, with the parts kept.
 
 Relative paths in the hooks and steps resolve in the process's directory, also when reading: read files by absolute
 path (as Sisyphus pipelines give them). A file written to an absolute path is written by every process, each with
-its share: the processes note what they open for writing (Python's audit events), and rank 0 warns about files
-that several processes wrote outside their directories.
+its share: the processes note what they open for writing (Python's audit events; not what C code such as h5py
+writes), and rank 0 warns about files that several processes wrote outside their directories. All processes must
+share the working directory (rank 0 reads their parts): a process that does not see rank 0's files there stops the
+task at the start.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 PARTS_DIR = "forward-parts"
 MAX_MIRRORED_DIRECTORIES = 10_000
+_MARKER = "rank0-was-here"  # rank 0 writes it into the parts directory; every process must see it
 _NOT_OUTPUTS = ("/dev/", "/proc/", "/sys/")
 
 
@@ -56,13 +60,30 @@ class ProcessDirectory:
         self.positions: dict[str, int] = {}  # seq tag -> position in the epoch, of the sequences forwarded here
         self.appended: set[str] = set()  # files in this directory opened for appending (relative names)
         self.outside: set[str] = set()  # files outside it opened for writing (absolute paths)
-        if data_parallel.rank == 0 and os.path.exists(self.root):
-            logger.warning(f"forward: removing {self.root}, the parts of an earlier forward that did not finish")
-            shutil.rmtree(self.root)
-        data_parallel.all_gather(None)  # nobody creates a directory before rank 0 cleaned up
+        marker = os.path.join(self.root, _MARKER)
+        if data_parallel.rank == 0:
+            if os.path.exists(self.root):
+                logger.warning(f"forward: removing {self.root}, the parts of an earlier forward that did not finish")
+                shutil.rmtree(self.root)
+            os.makedirs(self.root)
+            with open(marker, "w") as file:
+                file.write("made by rank 0\n")
+        data_parallel.all_gather(None)  # nobody looks before rank 0 cleaned up and made its marker
+        self._check_shared(_appears(marker))
         os.makedirs(self.path)
         if for_hooks:
             _mirror_directories(self.home, self.path, skip=os.path.relpath(self.root, self.home))
+
+    def _check_shared(self, sees_marker: bool) -> None:
+        """Rank 0 merges the files of all processes, so all must work in one shared working directory."""
+        blind = [rank for rank, seen in enumerate(self.data_parallel.all_gather(sees_marker)) if not seen]
+        if blind:
+            raise ReturnnError(
+                f"forward under torchrun: the processes of rank {', '.join(map(str, blind))} do not see the files "
+                f"of rank 0 in {self.root} (each node has a working directory of its own?); rank 0 merges the outputs "
+                "of all processes, so all must run in one working directory on a shared file system. Start the run "
+                "there (cd to a shared directory on every node), or forward in one process"
+            )
 
     @contextlib.contextmanager
     def inside(self) -> Iterator[None]:
@@ -74,6 +95,8 @@ class ProcessDirectory:
         try:
             yield
         except (OSError, ReturnnError) as error:
+            if isinstance(error, OSError) and not _names_relative_path(error):
+                raise
             error.add_note(
                 f"forward under torchrun: the hooks and forward_step run in {self.path}, where relative paths "
                 "resolve; read input files by absolute path"
@@ -105,6 +128,12 @@ class ProcessDirectory:
         gathered = self.data_parallel.gather_to_main((self.path, self.positions, self.appended, self.outside))
         if gathered is None:  # not rank 0
             return
+        missing = [path for path, *_ in gathered if not os.path.isdir(path)]
+        if missing:
+            raise ReturnnError(
+                f"forward under torchrun: rank 0 cannot find the directories {', '.join(missing)} of the other "
+                "processes (removed during the run?), so it cannot merge their outputs"
+            )
         positions: dict[str, int] = {}
         for _, process_positions, _, _ in gathered:
             positions.update(process_positions)
@@ -139,6 +168,23 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         directory.note_write(args[0], append=bool(args[2] & os.O_APPEND))
     elif event == "os.rename" and len(args) >= 2:
         directory.note_write(args[1], append=False)
+
+
+def _appears(path: str, wait_sec: float = 10.0) -> bool:
+    """Whether ``path`` exists, waiting a little for a network file system that shows new files late."""
+    deadline = time.monotonic() + wait_sec
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+        with contextlib.suppress(OSError):
+            os.listdir(os.path.dirname(os.path.dirname(path)))  # makes NFS look at the directory again
+    return True
+
+
+def _names_relative_path(error: OSError) -> bool:
+    name = error.filename
+    return isinstance(name, (str, bytes, os.PathLike)) and not os.path.isabs(os.fsdecode(name))
 
 
 def _warn_about_shared_outside_files(outside: list[set[str]]) -> None:

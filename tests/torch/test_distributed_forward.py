@@ -231,6 +231,45 @@ def test_a_forward_callback_sees_every_sequence_once_in_rank_0_in_the_order_of_o
     assert "forward: forward_callback got the 9 sequences of 2 processes" in (two / "returnn.log").read_text()
 
 
+def test_a_forward_callback_gets_the_order_of_one_process_also_from_shards_with_workers(tmp_path, monkeypatch):
+    # each of the 2 workers of a process batches every 4th sequence: a process gets positions 0, 4, 2, 6, 1, 5, ...
+    # (one process with 2 workers hands them over as they come, 0, 2, 1, 3, ...; the values are the same)
+    config = CALLBACK.replace("NUM_SEQS", "13") + 'batching_scope = "shard"\nnum_workers_per_gpu = 2\n'
+    one, two = one_and_two_processes(tmp_path, monkeypatch, config)
+    one_lines, two_lines = ((directory / "callback.txt").read_text().splitlines()[1:-1] for directory in (one, two))
+    assert [line.split()[0] for line in two_lines] == [f"seq-{i}" for i in range(13)]
+    assert sorted(two_lines) == sorted(one_lines)  # the same shapes and sums
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        (
+            "hooks",
+            r"forward under torchrun: the processes of rank 1 do not see the files of rank 0 in .*forward-parts \(each "
+            r"node has a working directory of its own\?\); rank 0 merges the outputs of all processes, so all must "
+            r"run in one working directory on a shared file system",
+        ),
+        (
+            "network",
+            r"forward under torchrun: rank 0 cannot find the parts out.hdf.part1 that the other processes wrote, so it "
+            r"cannot merge them into 'out.hdf'; the output_file must lie on a file system that all processes share",
+        ),
+    ],
+)
+def test_processes_that_do_not_share_the_working_directory_stop_with_a_clear_error(tmp_path, kind, message):
+    elsewhere = tmp_path / "node2"  # rank 1 works in a directory of its own, as on a node without a shared one
+    elsewhere.mkdir()
+    (elsewhere / "forward-parts" / "rank1").mkdir(parents=True)  # an earlier run's parts, which rank 0 cannot remove
+    config = HOOKS if kind == "hooks" else CONFIGS[kind]
+    config = f"import os\nif os.environ['RANK'] == '1':\n    os.chdir({str(elsewhere)!r})\n" + config
+    (tmp_path / "exp.config").write_text(config.replace("NUM_SEQS", "9"))
+    result = run_two_processes(tmp_path)
+    assert result.returncode != 0
+    assert re.search(message, result.stdout + result.stderr), result.stderr[-3000:]
+    assert not (tmp_path / "output.hdf").exists() and not (tmp_path / "out.hdf").exists()
+
+
 @pytest.mark.parametrize(
     "hook, message",
     [
@@ -252,7 +291,7 @@ def test_hooks_that_cannot_run_in_several_processes_stop_with_a_clear_error(tmp_
     assert re.search(message, result.stdout + result.stderr), result.stderr[-3000:]
     assert not (tmp_path / "output.hdf").exists()
     if "count.txt" in hook:  # the parts are kept
-        assert sorted(os.listdir(tmp_path / "forward-parts")) == ["rank0", "rank1"]
+        assert sorted(os.listdir(tmp_path / "forward-parts")) == ["rank0", "rank0-was-here", "rank1"]
         assert (tmp_path / "forward-parts" / "rank1" / "count.txt").exists()
 
 

@@ -221,3 +221,35 @@ def test_the_same_tag_with_values_that_do_not_compare_is_named_too(dirs, tmp_pat
     (dirs[1] / "hyps.py").write_text("{'seq-1': {'text': 'b'}, 'seq-2': {'text': 'c'}}\n")
     with pytest.raises(StepFunctionError, match=r"wrote entries for the sequence tags \['seq-1'\] into 'hyps.py'"):
         merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+
+
+def test_hdf_parts_with_different_layouts_stop_before_anything_is_written(dirs, tmp_path):
+    write_hdf(dirs[0] / "output.hdf", [0, 1])
+    with SimpleHDFWriter(str(dirs[1] / "output.hdf"), dim=4, ndim=2) as writer:  # 4 features instead of 3
+        writer.insert_batch(np.zeros((1, 2, 4), dtype="float32"), [2], ["seq-2"])
+    (dirs[0] / "prior.txt").write_text("-0.5\n")  # would be moved, taking it from rank0's directory
+    with pytest.raises(
+        StepFunctionError,
+        match=r"forward: the processes wrote 'output.hdf' with different layouts, which cannot be merged: cannot merge "
+        r"HDF files: data key 'data' has dtype float32 and shape per frame \(4,\) in .*rank1/output.hdf', but dtype "
+        r"float32 and shape per frame \(3,\) in .*rank0/output.hdf'\. The parts are kept in .*rank0, .*rank1",
+    ):
+        merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == []
+    assert sorted(os.listdir(dirs[0])) == ["output.hdf", "prior.txt"]
+
+
+def test_python_dict_entries_written_one_per_line_are_kept_as_written(dirs, tmp_path):
+    (dirs[0] / "search_out.py").write_text("{\n'seq-0':  [(-1.5, 'a b')],\n\n'seq-4': [(-inf, '')],\n}\n")
+    (dirs[1] / "search_out.py").write_text("{\n  'seq-2' : [(nan, 'c')]\n}\n")  # no comma after the last entry
+    merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    text = (tmp_path / "out" / "search_out.py").read_text()
+    assert text == "{\n'seq-0':  [(-1.5, 'a b')],\n'seq-2' : [(nan, 'c')],\n'seq-4': [(-inf, '')],\n}\n"
+
+
+def test_python_dicts_in_other_layouts_are_read_whole(dirs, tmp_path):
+    (dirs[0] / "hyps.py").write_text("{'seq-4': 'x', 'seq-0': [\n  1,\n  2,\n]}\n")  # two entries on a line, and
+    (dirs[1] / "hyps.py").write_text("{\n'seq-2': 'y',  # a comment\n}\n")  # a comment
+    merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    text = (tmp_path / "out" / "hyps.py").read_text()
+    assert text == "{\n'seq-0': [1, 2],\n'seq-2': 'y',\n'seq-4': 'x',\n}\n"

@@ -6,6 +6,7 @@ order of the dataset's epoch. The merged file is written under a temporary name 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 from returnn.datasets.util.hdf_writer import INPUT_KEY, _HDFAppender
 from returnn.errors import DatasetError
 
-__all__ = ["merge_hdf_files"]
+__all__ = ["check_hdf_parts", "merge_hdf_files"]
 
 _MAX_RUN_SEQS = 1000  # sequences copied per read: bounds the memory of one copy
 
@@ -41,14 +42,7 @@ def merge_hdf_files(
     files = [h5py.File(part, "r") for part in parts]
     try:
         layouts = [_Layout(f, part) for f, part in zip(files, parts)]
-        # a part without sequences has no data sets yet (a process that got no batch)
-        first = next((layout for layout in layouts if layout.num_seqs), layouts[0])
-        for layout in layouts:
-            if layout.num_seqs and layout.keys != first.keys:
-                raise DatasetError(
-                    f"cannot merge HDF files: {layout.name!r} holds data keys {layout.keys}, "
-                    f"{first.name!r} holds {first.keys}"
-                )
+        first = _check_layouts(layouts)
         order = _merged_order([layout.num_seqs for layout in layouts], order_keys, parts)
         appender = _HDFAppender(filename, has_inputs=first.has_inputs or not first.num_seqs, overwrite=overwrite)
         try:
@@ -64,6 +58,39 @@ def merge_hdf_files(
         for f in files:
             f.close()
     return len(order)
+
+
+def check_hdf_parts(parts: Sequence[str]) -> None:
+    """Check that :func:`merge_hdf_files` can merge ``parts`` (without writing anything).
+
+    :raise DatasetError: the parts differ in their data keys, or in a key's dtype or shape per frame
+    """
+    import h5py
+
+    with contextlib.ExitStack() as stack:
+        _check_layouts([_Layout(stack.enter_context(h5py.File(part, "r")), part) for part in parts])
+
+
+def _check_layouts(layouts: list[_Layout]) -> _Layout:
+    """The first layout with sequences (a part without sequences has no data sets yet: a process that got no batch);
+    an error if the others with sequences differ from it."""
+    first = next((layout for layout in layouts if layout.num_seqs), layouts[0])
+    for layout in layouts:
+        if not layout.num_seqs:
+            continue
+        if layout.keys != first.keys:
+            raise DatasetError(
+                f"cannot merge HDF files: {layout.name!r} holds data keys {layout.keys}, {first.name!r} holds "
+                f"{first.keys}"
+            )
+        for key in layout.keys:
+            if layout.frame_type(key) != first.frame_type(key):
+                (dtype, shape), (first_dtype, first_shape) = layout.frame_type(key), first.frame_type(key)
+                raise DatasetError(
+                    f"cannot merge HDF files: data key {key!r} has dtype {dtype} and shape per frame {shape} in "
+                    f"{layout.name!r}, but dtype {first_dtype} and shape per frame {first_shape} in {first.name!r}"
+                )
+    return first
 
 
 class _Layout:
@@ -83,6 +110,11 @@ class _Layout:
 
     def dataset(self, key: str) -> Any:
         return self.file["inputs"] if key == INPUT_KEY else self.file["targets/data"][key]
+
+    def frame_type(self, key: str) -> tuple[str, tuple[int, ...]]:
+        """The dtype and shape per frame (row) of ``key``."""
+        dataset = self.dataset(key)
+        return str(dataset.dtype), tuple(dataset.shape[1:])
 
     def read(self, start: int, end: int) -> tuple[list[str], list[dict[str, np.ndarray]]]:
         """Tags and data of sequences ``start .. end - 1``."""
