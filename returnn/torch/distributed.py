@@ -65,6 +65,7 @@ from returnn.config import Config, declare_options
 from returnn.errors import CheckpointError, ConfigError, TrainingError
 from returnn.log import log
 from returnn.torch import bucketed
+from returnn.torch.attempt_store import attempt_store
 from returnn.torch.ddp import COMM_HOOKS, DdpStep, check_ddp_options
 from returnn.torch.fsdp import FsdpStep, check_fsdp_options
 
@@ -351,7 +352,11 @@ class DataParallel:
         backend = options.backend_for(device)
         timeout = datetime.timedelta(seconds=options.timeout_sec)
         dist.init_process_group(
-            backend=backend, timeout=timeout, store=_attempt_store(timeout), rank=rank(), world_size=world_size()
+            backend=backend,
+            timeout=timeout,
+            store=attempt_store(timeout, rank(), world_size()),
+            rank=rank(),
+            world_size=world_size(),
         )
         data_parallel = None
         try:
@@ -544,27 +549,6 @@ class DataParallel:
                 f"the training processes disagree on {what} ({by_rank}); all processes must see the same files "
                 "(put the model directory and the learning_rates file on a file system shared by all machines)"
             )
-
-
-def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
-    """The key-value store through which the processes find each other, with a namespace of its own per restart.
-
-    torchrun keeps its store (at ``MASTER_ADDR:MASTER_PORT``) across the restarts of ``--max-restarts``; every attempt
-    (``TORCHELASTIC_RESTART_COUNT``) sets up its process group under its own prefix, so that keys left by the
-    processes of an earlier attempt (their addresses, the counters of the group's set-up) are never read as the
-    current ones. Outside torchrun's agent, rank 0 hosts the store, as with ``init_method="env://"``.
-    """
-    uses_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        world_size(),
-        is_master=not uses_agent_store and rank() == 0,
-        timeout=timeout,
-        wait_for_workers=False,
-    )
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return dist.PrefixStore(f"returnn/attempt{attempt}/", store)
 
 
 def quiet_non_main_logging(rank_: int) -> None:

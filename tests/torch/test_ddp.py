@@ -146,3 +146,39 @@ def test_a_step_that_bypasses_the_updater_backward_is_an_error_not_unsynchronise
     )  # fmt: skip
     with pytest.raises(AssertionError, match=r"TrainingError: a train step computed gradients without passing"):
         run_in_processes(lambda: BackwardItself(config).train(), options=None)
+
+
+class CountingAllReduces(Engine):
+    """Counts DDP's gradient all-reduces, through a comm hook registered before the first step."""
+
+    all_reduces = 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
+        if epoch == 1:
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            def count(state, bucket):  # no annotations: DDP checks them, and they are strings here
+                CountingAllReduces.all_reduces += 1
+                return default_hooks.allreduce_hook(state, bucket)
+
+            self.data_parallel.ddp.ddp.register_comm_hook(None, count)
+
+
+@pytest.mark.parametrize("accum", [1, 2, 4])
+def test_ddp_all_reduces_only_in_update_steps(make_config, accum):
+    # 2 processes, 8 sequences of one batch each: 4 steps per process and epoch, an update every `accum` steps; the
+    # small model's gradients fit one bucket, so one all-reduce per update and none in the steps between (no_sync)
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 8, "seq_len": 4}
+    config = make_config(
+        get_model=get_model, train_step=train_step, optimizer={"class": "sgd"}, max_seqs=1, dev=None, train=train,
+        accum_grad_multiple_step=accum, torch_distributed={"options": {"find_unused_parameters": True}},
+    )  # fmt: skip
+
+    def train_and_count() -> tuple[int, int]:
+        engine = CountingAllReduces(config)
+        engine.train()
+        return CountingAllReduces.all_reduces, engine.global_step
+
+    results = run_in_processes(train_and_count, options=None)
+    assert results == [(2 * 4 // accum, 2 * 4)] * 2  # (all-reduces, steps) in 2 epochs, in both processes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -329,3 +330,57 @@ def test_elastic_restart_after_a_killed_worker_resumes_and_ends_as_uninterrupted
         full = torch.load(uneven_run / "models" / name, weights_only=True)
         assert_same_state(full, torch.load(tmp_path / "models" / name, weights_only=True))
     assert (tmp_path / "learning_rates").read_text() == (uneven_run / "learning_rates").read_text()
+
+
+# each process notes its batches of epoch 2 in epoch2.<rank>.txt; at its third one (after the first update of the
+# epoch, whose checkpoint it resumes from), rank 1 is killed while rank 0 is in a long step
+KILL_MID_EPOCH = """
+    if run_ctx.epoch == 2 and model.training and not os.path.exists("killed"):
+        with open(f"epoch2.{_RANK}.txt", "a") as f:
+            f.write("batch\\n")
+        if len(open(f"epoch2.{_RANK}.txt").readlines()) == 3:
+            if _RANK == "0":
+                time.sleep(10)
+            else:
+                open("killed", "w").close()
+                os.kill(os.getpid(), 9)
+
+
+import time
+"""
+MID_EPOCH_CHECKPOINTS = """
+checkpoint_interval_steps = 1
+torch_distributed = {"timeout_sec": 60}
+"""
+
+
+def test_two_nodes_restart_after_a_killed_worker_from_a_mid_epoch_checkpoint(tmp_path, assert_same_state):
+    # two torchrun agents (as on two machines, sharing the run directory): only the agent of the killed worker counts
+    # a restart, the other one restarts its worker because the first rejoined. The processes of the next attempt find
+    # each other all the same, continue from the checkpoint after the first update of epoch 2, and end with the
+    # model of an uninterrupted run.
+    reference = tmp_path / "uninterrupted"
+    write_config(reference, num_seqs=9, accum=2, extra=NOTE_ENVIRONMENT + MID_EPOCH_CHECKPOINTS)
+    result = torchrun(reference)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path / "restarted"
+    write_config(run_dir, num_seqs=9, accum=2, extra=NOTE_ENVIRONMENT + KILL_MID_EPOCH + MID_EPOCH_CHECKPOINTS)
+    endpoint = f"127.0.0.1:{_free_port()}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--max-restarts=2"]
+    command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=test", str(REPO_ROOT / "rnn.py")]
+    agents = [
+        subprocess.Popen(
+            [*command, "exp.config"], cwd=run_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [agent.communicate(timeout=240)[0] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert (run_dir / "killed").exists()
+    restart_counts = sorted(path.read_text().split()[2] for path in run_dir.glob("env.*.txt"))
+    assert restart_counts == ["0", "1"]  # one agent counted the restart, the other did not
+    assert re.search(r"train: resuming epoch=2 after [1-9]\d* batches", (run_dir / "returnn.log").read_text())
+    for name in ("epoch.002.pt", "epoch.002.opt.pt"):
+        full = torch.load(reference / "models" / name, weights_only=True)
+        assert_same_state(full, torch.load(run_dir / "models" / name, weights_only=True))
+    assert (run_dir / "learning_rates").read_text() == (reference / "learning_rates").read_text()
