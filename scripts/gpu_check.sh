@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The checks that need CUDA GPUs (a few minutes): the CUDA tests, DDP over NCCL on 1 and on all GPUs, bf16/fp16
-# AMP, and the throughput of training fed by the data pipeline; prints one table (see benchmarks/gpu_check.py).
+# The checks that need CUDA GPUs (a few minutes): the CUDA tests, DDP over NCCL on 1, 2 and all GPUs, bf16/fp16
+# AMP, rnn.py under torchrun with DDP and FSDP2, and the throughput of training fed by the data pipeline; prints one
+# table (see benchmarks/gpu_check.py).
 # Usage: bash scripts/gpu_check.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -437,6 +437,13 @@ class Dataset:
             lengths[key] = data.shape[0] if data.ndim else 1
         return lengths
 
+    def knows_lengths_without_loading(self) -> bool:
+        """Whether, after ``init_seq_order``, :meth:`get_seq_length` and :meth:`get_tag` of any sequence of the epoch
+        are cheap without :meth:`load_seqs` (lengths from an index, no data read), and :meth:`get_data` reads any
+        sequence in any order. Then with ``batching_scope = "epoch"`` each of several shards batches the epoch on the
+        lengths and reads only the sequences of its own batches."""
+        return False
+
     def get_complete_frac(self, seq_idx: int) -> float | None:
         """How much of the epoch is done after ``seq_idx``, in (0, 1]; None if the size is not known."""
         try:

@@ -429,6 +429,12 @@ class HDFDataset(Dataset):
         hdf_file, local_idx = self._locate_seq(seq_idx)
         return {key: hdf_file.length(local_idx, key) for key in self._keys}
 
+    def knows_lengths_without_loading(self) -> bool:
+        # seqLengths and seqTags are read at start, and get_data reads any sequence directly; a subclass that changes
+        # the data may change the lengths too
+        cls = type(self)
+        return cls.get_data is HDFDataset.get_data and cls.get_seq_length is HDFDataset.get_seq_length
+
     def have_get_corpus_seq(self) -> bool:
         return True
 

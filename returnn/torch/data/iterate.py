@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from returnn.errors import DatasetError
 
 if TYPE_CHECKING:
     from returnn.datasets.basic import Dataset
 
-__all__ = ["SEQ_IDX", "SEQ_TAG", "Item", "iterate_dataset"]
+__all__ = ["SEQ_IDX", "SEQ_TAG", "Item", "iterate_dataset", "iterate_lengths", "load_items"]
 
 SEQ_TAG = "seq_tag"
 SEQ_IDX = "seq_idx"
@@ -35,15 +37,7 @@ def iterate_dataset(
     :param shard_index: this shard (``rank * num_workers + worker_id``).
     :param num_shards: all shards (``world_size * num_workers``); more than 1 needs ``dataset.supports_sharding()``.
     """
-    dataset.set_sharding(shard_index, num_shards)
-    dataset.init_seq_order(epoch=epoch)
-    keys = list(dataset.get_data_keys())
-    clashes = {SEQ_TAG, SEQ_IDX}.intersection(keys)
-    if clashes:
-        raise DatasetError(
-            f"{dataset}: data keys {sorted(clashes)} clash with the batch entries of the same name; rename these data "
-            "keys in the dataset"
-        )
+    keys = _start_epoch(dataset, epoch, shard_index, num_shards)
     try:
         seq_idx = 0
         while dataset.is_less_than_num_seqs(seq_idx):
@@ -55,3 +49,51 @@ def iterate_dataset(
             seq_idx += 1
     finally:
         dataset.finish_epoch()
+
+
+def iterate_lengths(dataset: Dataset, *, epoch: int | None) -> Iterator[Item]:
+    """Set up the epoch (not sharded) and yield its sequences as stand-ins that carry only their lengths, for a dataset
+    that :meth:`~Dataset.knows_lengths_without_loading`: each key's value is the frame numbers ``1 .. length`` (so
+    that the stages that cut and pad sequences show which frames an item holds: 0 for padding), read by
+    :func:`load_items`. The caller runs the dataset's ``finish_epoch`` when it has loaded what it needs."""
+    keys = _start_epoch(dataset, epoch, 0, 1)
+    seq_idx = 0
+    while dataset.is_less_than_num_seqs(seq_idx):
+        lengths = dataset.get_seq_length(seq_idx)
+        item: Item = {key: np.arange(1, lengths[key] + 1) for key in keys}
+        item[SEQ_TAG] = dataset.get_tag(seq_idx)
+        item[SEQ_IDX] = seq_idx
+        yield item
+        seq_idx += 1
+
+
+def load_items(dataset: Dataset, items: list[Item]) -> list[Item]:
+    """The items of :func:`iterate_lengths` with their data: the frames they stand for, zeros where they hold 0."""
+    loaded = []
+    for item in items:
+        real = dict(item)
+        for key in dataset.get_data_keys():
+            frames = item[key]
+            data = dataset.get_data(item[SEQ_IDX], key)
+            if len(frames) and frames[0] > 0 and frames[-1] - frames[0] + 1 == len(frames):
+                real[key] = data[frames[0] - 1 : frames[-1]]  # consecutive frames: a view, as without stand-ins
+            else:
+                real[key] = np.zeros((len(frames), *data.shape[1:]), dtype=data.dtype)
+                inside = frames > 0
+                real[key][inside] = data[frames[inside] - 1]
+        loaded.append(real)
+    return loaded
+
+
+def _start_epoch(dataset: Dataset, epoch: int | None, shard_index: int, num_shards: int) -> list[str]:
+    """Shard and order the epoch; the data keys."""
+    dataset.set_sharding(shard_index, num_shards)
+    dataset.init_seq_order(epoch=epoch)
+    keys = list(dataset.get_data_keys())
+    clashes = {SEQ_TAG, SEQ_IDX}.intersection(keys)
+    if clashes:
+        raise DatasetError(
+            f"{dataset}: data keys {sorted(clashes)} clash with the batch entries of the same name; rename these data "
+            "keys in the dataset"
+        )
+    return keys

@@ -63,7 +63,8 @@ _OPTIONS = {
         "epoch",
         '"epoch": batches are formed on the whole epoch\'s order (also drop_last, the online shuffle, the chunk '
         "starts) and dealt to the processes and workers, batch i to shard i mod n: the same batches whatever "
-        'their number (each shard reads every sequence to know its size). "shard": each shard reads, batches and '
+        "their number (each shard learns every sequence's length: from the index of an HDFDataset, reading only "
+        'its own batches\' sequences; from the data of other datasets). "shard": each shard reads, batches and '
         "shuffles only its own sequences (less reading; the batches depend on the number of shards, and the "
         "dataset must support sharding).",
     ),

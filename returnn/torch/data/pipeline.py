@@ -11,7 +11,7 @@ from returnn.torch.data.batching import batch_items, shuffle_batches
 from returnn.torch.data.chunking import add_context, chunk_items
 from returnn.torch.data.collate import CollatedBatch, collate_batch
 from returnn.torch.data.filter import filter_by_length
-from returnn.torch.data.iterate import Item, iterate_dataset
+from returnn.torch.data.iterate import Item, iterate_dataset, iterate_lengths, load_items
 from returnn.torch.data.options import DataPipelineOptions
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ def iterate_batches(
     """
     check_mode(mode)
     if options.batching_scope == "epoch" and not getattr(dataset, "shards_itself", False):
+        if num_shards > 1 and dataset.knows_lengths_without_loading():
+            yield from _own_batches_read_alone(dataset, options, epoch, mode, shard_index, num_shards, shared_memory)
+            return
         batches = _epoch_batches(dataset, options, epoch=epoch, mode=mode, shard_index=0, num_shards=1)
         for index, batch in enumerate(batches):
             if index % num_shards == shard_index:
@@ -70,11 +73,45 @@ def iterate_batches(
             yield collate_batch(batch, shared_memory=shared_memory)
 
 
+def _own_batches_read_alone(
+    dataset: Dataset,
+    options: DataPipelineOptions,
+    epoch: int | None,
+    mode: Mode,
+    shard_index: int,
+    num_shards: int,
+    shared_memory: bool,
+) -> Iterator[CollatedBatch]:
+    """Batching scope "epoch" for a dataset that knows its lengths without loading: the stages run on the lengths
+    alone, and this shard reads only the sequences of its own batches."""
+    items = iterate_lengths(dataset, epoch=epoch)
+    try:
+        batches = _batches_of(items, options, epoch=epoch, mode=mode, shard_index=0, num_shards=1)
+        for index, batch in enumerate(batches):
+            if index % num_shards == shard_index:
+                yield collate_batch(load_items(dataset, batch), shared_memory=shared_memory)
+    finally:
+        dataset.finish_epoch()
+
+
 def _epoch_batches(
     dataset: Dataset, options: DataPipelineOptions, *, epoch: int | None, mode: Mode, shard_index: int, num_shards: int
 ) -> Iterator[list[Item]]:
     """The batches (lists of items) of the sequences of one shard of the dataset's epoch."""
     items = iterate_dataset(dataset, epoch=epoch, shard_index=shard_index, num_shards=num_shards)
+    return _batches_of(items, options, epoch=epoch, mode=mode, shard_index=shard_index, num_shards=num_shards)
+
+
+def _batches_of(
+    items: Iterator[Item],
+    options: DataPipelineOptions,
+    *,
+    epoch: int | None,
+    mode: Mode,
+    shard_index: int,
+    num_shards: int,
+) -> Iterator[list[Item]]:
+    """The stages after reading: length filter, chunks (or context), batches, batch shuffling."""
     chunked = mode != "forward" and options.chunking is not None
     if mode != "forward":
         items = filter_by_length(items, min_seq_length=options.min_seq_length, max_seq_length=options.max_seq_length)

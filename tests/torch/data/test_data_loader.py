@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from returnn.datasets.generating import DummyDataset, StaticDataset
+from returnn.datasets.hdf import HDFDataset, SimpleHDFWriter
 from returnn.errors import ConfigError, DatasetError
 from returnn.log import V4
 from returnn.torch.data import BatchStatistics, DataPipelineOptions, build_data_loader, default_num_workers
@@ -208,6 +209,66 @@ def test_epoch_batches_are_dealt_to_ranks_and_the_same_for_any_number_of_ranks(s
         dealt = [per_rank[index % num_ranks][index // num_ranks] for index in range(len(single))]
         assert all(_data_dicts_equal(a, b) for a, b in zip(dealt, single))
     assert any(uneven)
+
+
+class ReadCountingHDFDataset(HDFDataset):
+    """Notes the positions of the sequences whose data is read."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read_positions: set[int] = set()
+
+    def get_data(self, seq_idx, key):
+        self.read_positions.add(seq_idx)
+        return super().get_data(seq_idx, key)
+
+    def knows_lengths_without_loading(self):
+        return True  # its data is HDFDataset's (a subclass that overrides get_data is not trusted by default)
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [
+        dict(chunking_options={"chunk_streams": {"data": {"size": 3, "step": 2}, "classes": {"size": 3, "step": 2}},
+                               "random_chunk_start": True}, context_window={"data": 3}),
+        dict(context_window=(({"data": 2}, {"data": 1}))),
+        dict(),
+    ],
+)  # fmt: skip
+def test_epoch_batches_of_a_dataset_that_knows_its_lengths_are_read_by_their_shard_alone(tmp_path, stages):
+    # an HDF file knows the lengths without reading the data: each of 3 shards batches the epoch on the lengths
+    # (chunks, context, length filter, drop_last, shuffle, partition_epoch) and reads only its own batches' sequences;
+    # the batches are those of one shard that reads every sequence
+    rng = np.random.default_rng(5)
+    with SimpleHDFWriter(str(tmp_path / "data.hdf"), dim=2, ndim=2, extra_type={"classes": (4, 1, "int32")}) as writer:
+        for i in range(17):
+            length = int(rng.integers(1, 9))
+            features = rng.standard_normal((1, length, 2)).astype("float32")
+            classes = rng.integers(0, 4, (1, length)).astype("int32")
+            writer.insert_batch(features, [length], [f"seq-{i}"], extra={"classes": classes})
+    options = DataPipelineOptions.parse(
+        batch_size=12, max_seqs=3, min_seq_length=2, online_shuffle_batches=4, drop_last=True, num_workers_per_gpu=0,
+        **stages,
+    )  # fmt: skip
+
+    def batches(rank: int = 0, world_size: int = 1) -> tuple[list[dict], set[int]]:
+        dataset = ReadCountingHDFDataset(files=[str(tmp_path / "data.hdf")], partition_epoch=2, seq_ordering="random")
+        loaded = list(build_data_loader(dataset, options, rank=rank, world_size=world_size).iter_epoch(2))
+        return loaded, dataset.read_positions
+
+    assert not HDFDataset.knows_lengths_without_loading(ReadCountingHDFDataset(files=[str(tmp_path / "data.hdf")]))
+    single, _ = batches()
+    per_rank = [batches(rank, 3) for rank in range(3)]
+    dealt = [per_rank[index % 3][0][index // 3] for index in range(len(single))]
+    assert [len(own) for own, _ in per_rank] == [len(range(r, len(single), 3)) for r in range(3)]
+    assert all(_data_dicts_equal(a, b) for a, b in zip(dealt, single))
+    for own, read in per_rank:
+        assert read == {position for batch in own for position in batch["seq_idx"]}
+    batched = {position for batch in single for position in batch["seq_idx"]}
+    reads = [read for _, read in per_rank]
+    assert set().union(*reads) == batched and all(len(read) < len(batched) for read in reads)
+    if "chunking_options" not in stages:  # the chunks of a sequence may lie in the batches of several shards
+        assert sum(map(len, reads)) == len(batched)
 
 
 def test_epoch_batching_works_for_datasets_that_cannot_be_sharded():
