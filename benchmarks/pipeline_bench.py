@@ -257,6 +257,37 @@ def padding(directory: str) -> None:
                 )
 
 
+def shards(directory: str, reps: int) -> None:
+    """batching_scope "epoch": the time one of N shards takes for its batches of an epoch, when it reads every
+    sequence to learn the lengths, and when it batches on the lengths from the HDF index and reads only its own."""
+    sys.path.insert(0, REPO_ROOT)
+    from returnn.datasets.hdf import HDFDataset
+    from returnn.torch.data import DataPipelineOptions
+    from returnn.torch.data.pipeline import iterate_batches
+
+    class ReadingEverySequence(HDFDataset):
+        def knows_lengths_without_loading(self) -> bool:
+            return False
+
+    path = os.path.join(directory, "train.hdf")
+    options = DataPipelineOptions.parse(batch_size=20000, max_seqs=128, num_workers_per_gpu=0)
+    print("| shards | reads every sequence, s | reads its own batches, s | ratio |")
+    print("|---|---|---|---|")
+    for num_shards in (1, 2, 4, 8):
+        times = {}
+        for dataset_class in (ReadingEverySequence, HDFDataset):
+            rounds = []
+            for _ in range(reps):
+                dataset = dataset_class(files=[path], seq_ordering="random")
+                start = time.perf_counter()
+                for _ in iterate_batches(dataset, options, epoch=1, shard_index=0, num_shards=num_shards):
+                    pass
+                rounds.append(time.perf_counter() - start)
+            times[dataset_class] = statistics.median(rounds)
+        every, own = times[ReadingEverySequence], times[HDFDataset]
+        print(f"| {num_shards} | {every:.3f} | {own:.3f} | {own / every:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -271,6 +302,9 @@ def main() -> None:
     compare_parser.add_argument("--workers", default="0", help="comma-separated worker counts of the pipeline")
     padding_parser = commands.add_parser("padding")
     padding_parser.add_argument("directory")
+    shards_parser = commands.add_parser("shards")
+    shards_parser.add_argument("directory")
+    shards_parser.add_argument("--reps", type=int, default=5)
     run_parser = commands.add_parser("_run")  # internal: one measured run
     for name in ("impl", "path", "epochs", "workers", "ordering", "weights_out"):
         run_parser.add_argument(name)
@@ -281,6 +315,8 @@ def main() -> None:
         compare(args.directory, args.epochs, args.reps, [int(count) for count in args.workers.split(",")])
     elif args.command == "padding":
         padding(args.directory)
+    elif args.command == "shards":
+        shards(args.directory, args.reps)
     else:
         run(args.impl, args.path, int(args.epochs), int(args.workers), args.ordering, args.weights_out)
 
