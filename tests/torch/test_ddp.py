@@ -129,6 +129,17 @@ def test_ddp_fp16_compression_stays_close_to_the_explicit_all_reduce(make_config
             torch.testing.assert_close(value, explicit[epoch][name], rtol=1e-3, atol=1e-4)
 
 
+def test_bf16_compression_on_gloo_is_a_clear_config_error(make_config):
+    train = {"class": "DummyDataset", "input_dim": 5, "output_dim": 3, "num_seqs": 4, "seq_len": 4}
+    ddp_options = {"options": {"find_unused_parameters": True}, "comm_hook": "bf16_compress"}
+    with pytest.raises(
+        AssertionError,
+        match=r"ConfigError: config key 'torch_distributed': comm_hook 'bf16_compress' cannot be used here \(.*\); use "
+        r"another comm_hook or none",
+    ):
+        _train(make_config, "ddp", processes=2, train=train, learning_rate=0.1, torch_distributed=ddp_options)
+
+
 class BackwardItself(Engine):
     """A CustomEngine whose run_train_step calls backward itself instead of self.updater.backward."""
 

@@ -308,6 +308,38 @@ def test_two_nodes_by_c10d_rendezvous_on_localhost(uneven_run, tmp_path, assert_
     )
 
 
+def test_two_nodes_with_two_processes_each_have_local_ranks_and_one_writer(tmp_path):
+    # two agents of 2 processes each, as on two machines with 2 GPUs: global ranks 0..3, local ranks 0 and 1 on each
+    endpoint = f"127.0.0.1:{_free_port()}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=2"]
+    command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=test", str(REPO_ROOT / "rnn.py")]
+    nodes = [tmp_path / f"node{i}" for i in range(2)]
+    for node in nodes:
+        write_config(node, num_seqs=8, extra=NOTE_ENVIRONMENT)
+    agents = [
+        subprocess.Popen(
+            [*command, "exp.config"], cwd=node, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for node in nodes
+    ]
+    outputs = [agent.communicate(timeout=180)[0] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    by_node = [
+        sorted((int(path.name.split(".")[1]), path.read_text()) for path in node.glob("env.*.txt")) for node in nodes
+    ]
+    assert sorted(by_node) == [
+        [(0, "0 4 0"), (1, "1 4 0")],  # the node of global ranks 0 and 1, as local ranks 0 and 1
+        [(2, "0 4 0"), (3, "1 4 0")],
+    ]
+    writer = next(node for node, ranks in zip(nodes, by_node) if ranks[0][0] == 0)
+    other = next(node for node in nodes if node != writer)
+    assert (writer / "models" / "epoch.002.pt").exists()
+    assert not (other / "models").exists() and not (other / "learning_rates").exists()
+    seqs = sorted(tag for node in nodes for rank in range(4) if (node / f"steps.{rank}.txt").exists()
+                  for part, epoch, tag, *_ in read_steps(node, rank) if (part, epoch) == ("train", 1))  # fmt: skip
+    assert len(seqs) == 8 and len(set(seqs)) == 8  # every sequence once, over the 4 processes
+
+
 def test_elastic_restart_after_a_killed_worker_resumes_and_ends_as_uninterrupted(
     uneven_run, tmp_path, assert_same_state
 ):
