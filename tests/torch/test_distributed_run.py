@@ -266,6 +266,27 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def run_two_agents(
+    directories: list[pathlib.Path],
+    *,
+    nproc_per_node: int = 1,
+    launcher_args: tuple[str, ...] = (),
+    timeout: float = 180,
+) -> None:
+    """Two torchrun agents, as on two machines, meeting at a c10d rendezvous on localhost; each runs rnn.py in its
+    directory (the same directory twice: a shared file system). Both must end with exit code 0."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--nproc-per-node={nproc_per_node}"]
+    command += [*launcher_args, "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=test"]
+    command += [str(REPO_ROOT / "rnn.py"), "exp.config"]
+    agents = [
+        subprocess.Popen(command, cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for directory in directories
+    ]
+    outputs = [agent.communicate(timeout=timeout)[0] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+
+
 # train_step also notes the process's environment (LOCAL_RANK, WORLD_SIZE, the restart count) in env.<rank>.txt
 NOTE_ENVIRONMENT = """
 _train_step = train_step
@@ -281,20 +302,10 @@ def train_step(*, model, data, run_ctx, **kwargs):
 def test_two_nodes_by_c10d_rendezvous_on_localhost(uneven_run, tmp_path, assert_same_state):
     # two torchrun agents, one process each, meet at a c10d rendezvous endpoint, as on two machines; each runs in
     # its own directory, so that the files show which process wrote what
-    endpoint = f"127.0.0.1:{_free_port()}"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
-    command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=test", str(REPO_ROOT / "rnn.py")]
     nodes = [tmp_path / f"node{i}" for i in range(2)]
     for node in nodes:
         write_config(node, num_seqs=5, accum=2, extra=NOTE_ENVIRONMENT)
-    agents = [
-        subprocess.Popen(
-            [*command, "exp.config"], cwd=node, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for node in nodes
-    ]
-    outputs = [agent.communicate(timeout=120)[0] for agent in agents]
-    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    run_two_agents(nodes, timeout=120)
     ranks = sorted(
         (int(path.name.split(".")[1]), path.read_text()) for node in nodes for path in node.glob("env.*.txt")
     )
@@ -310,20 +321,10 @@ def test_two_nodes_by_c10d_rendezvous_on_localhost(uneven_run, tmp_path, assert_
 
 def test_two_nodes_with_two_processes_each_have_local_ranks_and_one_writer(tmp_path):
     # two agents of 2 processes each, as on two machines with 2 GPUs: global ranks 0..3, local ranks 0 and 1 on each
-    endpoint = f"127.0.0.1:{_free_port()}"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=2"]
-    command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=test", str(REPO_ROOT / "rnn.py")]
     nodes = [tmp_path / f"node{i}" for i in range(2)]
     for node in nodes:
         write_config(node, num_seqs=8, extra=NOTE_ENVIRONMENT)
-    agents = [
-        subprocess.Popen(
-            [*command, "exp.config"], cwd=node, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for node in nodes
-    ]
-    outputs = [agent.communicate(timeout=180)[0] for agent in agents]
-    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    run_two_agents(nodes, nproc_per_node=2, timeout=180)
     by_node = [
         sorted((int(path.name.split(".")[1]), path.read_text()) for path in node.glob("env.*.txt")) for node in nodes
     ]
@@ -397,17 +398,7 @@ def test_two_nodes_restart_after_a_killed_worker_from_a_mid_epoch_checkpoint(tmp
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = tmp_path / "restarted"
     write_config(run_dir, num_seqs=9, accum=2, extra=NOTE_ENVIRONMENT + KILL_MID_EPOCH + MID_EPOCH_CHECKPOINTS)
-    endpoint = f"127.0.0.1:{_free_port()}"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--max-restarts=2"]
-    command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=test", str(REPO_ROOT / "rnn.py")]
-    agents = [
-        subprocess.Popen(
-            [*command, "exp.config"], cwd=run_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for _ in range(2)
-    ]
-    outputs = [agent.communicate(timeout=240)[0] for agent in agents]
-    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    run_two_agents([run_dir, run_dir], launcher_args=("--max-restarts=2",), timeout=240)
     assert (run_dir / "killed").exists()
     restart_counts = sorted(path.read_text().split()[2] for path in run_dir.glob("env.*.txt"))
     assert restart_counts == ["0", "1"]  # one agent counted the restart, the other did not
