@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import ipaddress
 import os
 import socket
 import time
@@ -34,30 +35,33 @@ def attempt_store(timeout: datetime.timedelta, rank: int, world_size: int) -> di
     return _fresh_round_store(agent_store, address, timeout, rank, world_size)
 
 
-_ROUND_STORE_KEY = "returnn/round-store"  # in the agent's store: "<port> <token>" of this attempt's store
+_ROUND_STORE_KEY = "returnn/round-store"  # in the agent's store: "<host> <port> <token>" of this attempt's store
 _TOKEN_KEY = "returnn/token"  # in this attempt's store: its token
 
 
 def _fresh_round_store(
     agent_store: dist.Store, address: str, timeout: datetime.timedelta, rank: int, world_size: int
 ) -> dist.Store:
-    """Rank 0 starts a store on a free port and announces it, with a token of its own, in the agent's store. The
+    """Rank 0 starts a store on a free port and announces where, with a token of its own, in the agent's store. The
     other ranks may read the announcement of an earlier attempt (until rank 0 overwrote it); that store is gone, or
     (its port taken again) holds another token, so they read the announcement again until they reach the store that
     holds the announced token."""
     if rank == 0:
-        store = dist.TCPStore(address, 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
+        # rank 0 need not run on the machine of the agent's store (after a change of the machines, rank 0 of the
+        # rendezvous may be another machine than the store's), so it announces its own address
+        own_address = _address_towards(address, int(os.environ["MASTER_PORT"]))
+        store = dist.TCPStore(own_address, 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
         token = uuid.uuid4().hex
         store.set(_TOKEN_KEY, token)
-        agent_store.set(_ROUND_STORE_KEY, f"{store.port} {token}")
+        agent_store.set(_ROUND_STORE_KEY, f"{own_address} {store.port} {token}")
         return store
     deadline = time.monotonic() + timeout.total_seconds()
     while True:
-        port, token = agent_store.get(_ROUND_STORE_KEY).decode().split()
+        host, port, token = agent_store.get(_ROUND_STORE_KEY).decode().split()
         with contextlib.suppress(OSError, dist.DistError):  # the store of an earlier attempt is gone
             # a quiet look first: the store's client logs every failed try
-            socket.create_connection((address, int(port)), timeout=_PROBE.total_seconds()).close()
-            store = dist.TCPStore(address, int(port), world_size, is_master=False, timeout=_PROBE)
+            socket.create_connection((host, int(port)), timeout=_PROBE.total_seconds()).close()
+            store = dist.TCPStore(host, int(port), world_size, is_master=False, timeout=_PROBE)
             if store.get(_TOKEN_KEY).decode() == token:
                 store.set_timeout(timeout)
                 return store
@@ -70,3 +74,14 @@ def _fresh_round_store(
 
 
 _PROBE = datetime.timedelta(seconds=5)  # how long to try a store that may be gone
+
+
+def _address_towards(host: str, port: int) -> str:
+    """How the machines that reach ``host`` reach this machine: ``host`` itself if it is this machine (its route is
+    the loopback), else this machine's address on the route to it (a UDP socket's connect picks the route and sends
+    nothing)."""
+    family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(target)
+        own = probe.getsockname()[0]
+    return host if ipaddress.ip_address(own).is_loopback else own
