@@ -373,7 +373,7 @@ KILL_MID_EPOCH = """
             f.write("batch\\n")
         if len(open(f"epoch2.{_RANK}.txt").readlines()) == 3:
             if _RANK == "0":
-                time.sleep(10)
+                time.sleep(40)  # its agent restarts it before (when the other agent rejoins)
             else:
                 open("killed", "w").close()
                 os.kill(os.getpid(), 9)
