@@ -47,8 +47,8 @@ def _fresh_round_store(
     (its port taken again) holds another token, so they read the announcement again until they reach the store that
     holds the announced token."""
     if rank == 0:
-        # rank 0 need not run on the machine of the agent's store (after a change of the machines, rank 0 of the
-        # rendezvous may be another machine than the store's), so it announces its own address
+        # announced as the address by which this machine reaches the agent's store: rank 0 need not run where the
+        # store does
         own_address = _address_towards(address, int(os.environ["MASTER_PORT"]))
         store = dist.TCPStore(own_address, 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
         token = uuid.uuid4().hex
@@ -77,11 +77,8 @@ _PROBE = datetime.timedelta(seconds=5)  # how long to try a store that may be go
 
 
 def _address_towards(host: str, port: int) -> str:
-    """How the machines that reach ``host`` reach this machine: ``host`` itself if it is this machine (its route is
-    the loopback), else this machine's address on the route to it (a UDP socket's connect picks the route and sends
-    nothing)."""
-    family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        probe.connect(target)
-        own = probe.getsockname()[0]
-    return host if ipaddress.ip_address(own).is_loopback else own
+    """How the machines that reach ``host:port`` (the agent's store) reach this machine: ``host`` itself if it is
+    this machine (the connection runs over the loopback), else this machine's end of a connection to it."""
+    with socket.create_connection((host, port), timeout=_PROBE.total_seconds()) as connection:
+        own = connection.getsockname()[0]
+    return host if ipaddress.ip_address(own.split("%")[0]).is_loopback else own

@@ -233,22 +233,23 @@ class _FloatNames(ast.NodeTransformer):
 def _python_entries(text: str) -> list[tuple[str, str]] | None:
     """The entries of a Python dict literal keyed by str, each as its text ``tag: value``; None for other texts.
 
-    A dict written with one entry per line, as recognition hooks write ``search_out.py``, is read line by line (each
-    entry's text kept as written, the memory of one entry at a time); any other layout is read whole.
+    A dict written with one entry per line, as recognition hooks write ``search_out.py``, is parsed an entry at a time
+    (far less memory than the whole literal) and each entry's text kept as written; any other layout is read whole.
     """
-    lines = text.strip().split("\n")
-    if len(lines) >= 2 and lines[0].strip() == "{" and lines[-1].strip() == "}":
-        entries = []
-        for line in lines[1:-1]:
-            entry = line.strip().removesuffix(",")
-            if not entry:
-                continue
+    lines = [line.strip() for line in text.strip().split("\n")]
+    entry_lines = [line for line in lines[1:-1] if line]
+    if len(lines) >= 2 and lines[0] == "{" and lines[-1] == "}":
+        entries: dict[str, str] = {}  # as a dict literal: a tag written twice keeps its first place and last value
+        for number, line in enumerate(entry_lines, 1):
+            entry = line.removesuffix(",")
+            if entry.endswith(",") or (entry == line and number < len(entry_lines)):  # not one entry per line
+                break
             value = _python_dict("{" + entry + "}")
             if value is None or len(value) != 1:
                 break
-            entries.append((next(iter(value)), entry))
+            entries[next(iter(value))] = entry
         else:
-            return entries
+            return list(entries.items())
     value = _python_dict(text)
     return None if value is None else [(tag, f"{tag!r}: {item!r}") for tag, item in value.items()]
 

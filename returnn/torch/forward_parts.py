@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -61,15 +62,17 @@ class ProcessDirectory:
         self.appended: set[str] = set()  # files in this directory opened for appending (relative names)
         self.outside: set[str] = set()  # files outside it opened for writing (absolute paths)
         marker = os.path.join(self.root, _MARKER)
+        token = None
         if data_parallel.rank == 0:
             if os.path.exists(self.root):
                 logger.warning(f"forward: removing {self.root}, the parts of an earlier forward that did not finish")
                 shutil.rmtree(self.root)
             os.makedirs(self.root)
+            token = uuid.uuid4().hex  # this run's: a marker left by an earlier run elsewhere does not count
             with open(marker, "w") as file:
-                file.write("made by rank 0\n")
-        data_parallel.all_gather(None)  # nobody looks before rank 0 cleaned up and made its marker
-        self._check_shared(_appears(marker))
+                file.write(token)
+        token = data_parallel.all_gather(token)[0]  # nobody looks before rank 0 cleaned up and made its marker
+        self._check_shared(_appears(marker, token))
         os.makedirs(self.path)
         if for_hooks:
             _mirror_directories(self.home, self.path, skip=os.path.relpath(self.root, self.home))
@@ -170,16 +173,25 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         directory.note_write(args[1], append=False)
 
 
-def _appears(path: str, wait_sec: float = 10.0) -> bool:
-    """Whether ``path`` exists, waiting a little for a network file system that shows new files late."""
+def _appears(path: str, content: str, wait_sec: float = 10.0) -> bool:
+    """Whether the file ``path`` holds ``content``, waiting a little for a network file system that shows new files
+    late."""
     deadline = time.monotonic() + wait_sec
-    while not os.path.exists(path):
+    while not _holds(path, content):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)
         with contextlib.suppress(OSError):
             os.listdir(os.path.dirname(os.path.dirname(path)))  # makes NFS look at the directory again
     return True
+
+
+def _holds(path: str, content: str) -> bool:
+    try:
+        with open(path) as file:
+            return file.read() == content
+    except OSError:
+        return False
 
 
 def _names_relative_path(error: OSError) -> bool:

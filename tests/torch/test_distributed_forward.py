@@ -231,7 +231,7 @@ def test_a_forward_callback_sees_every_sequence_once_in_rank_0_in_the_order_of_o
     assert "forward: forward_callback got the 9 sequences of 2 processes" in (two / "returnn.log").read_text()
 
 
-def test_a_forward_callback_gets_the_order_of_one_process_also_from_shards_with_workers(tmp_path, monkeypatch):
+def test_a_forward_callback_gets_the_epochs_order_also_from_shards_with_workers(tmp_path, monkeypatch):
     # each of the 2 workers of a process batches every 4th sequence: a process gets positions 0, 4, 2, 6, 1, 5, ...
     # (one process with 2 workers hands them over as they come, 0, 2, 1, 3, ...; the values are the same)
     config = CALLBACK.replace("NUM_SEQS", "13") + 'batching_scope = "shard"\nnum_workers_per_gpu = 2\n'
@@ -261,6 +261,7 @@ def test_processes_that_do_not_share_the_working_directory_stop_with_a_clear_err
     elsewhere = tmp_path / "node2"  # rank 1 works in a directory of its own, as on a node without a shared one
     elsewhere.mkdir()
     (elsewhere / "forward-parts" / "rank1").mkdir(parents=True)  # an earlier run's parts, which rank 0 cannot remove
+    (elsewhere / "forward-parts" / "rank0-was-here").write_text("an earlier run's marker")
     config = HOOKS if kind == "hooks" else CONFIGS[kind]
     config = f"import os\nif os.environ['RANK'] == '1':\n    os.chdir({str(elsewhere)!r})\n" + config
     (tmp_path / "exp.config").write_text(config.replace("NUM_SEQS", "9"))

@@ -253,3 +253,14 @@ def test_python_dicts_in_other_layouts_are_read_whole(dirs, tmp_path):
     merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
     text = (tmp_path / "out" / "hyps.py").read_text()
     assert text == "{\n'seq-0': [1, 2],\n'seq-2': 'y',\n'seq-4': 'x',\n}\n"
+
+
+def test_python_dicts_that_are_not_valid_literals_are_not_merged_and_a_tag_twice_in_one_part_is_a_dict(dirs, tmp_path):
+    for text in ("{\n'seq-0': 1,,\n}\n", "{\n'seq-0': 1\n'seq-1': 3\n}\n"):  # a comma too many, one missing
+        (dirs[0] / "hyps.py").write_text(text)
+        (dirs[1] / "hyps.py").write_text("{\n'seq-2': 2,\n}\n")
+        with pytest.raises(StepFunctionError, match=r"2 processes wrote different files 'hyps.py', which cannot be"):
+            merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    (dirs[0] / "hyps.py").write_text("{\n'seq-1': 'old',\n'seq-0': 0,\n'seq-1': 'new',\n}\n")  # as a dict: 'new'
+    merge_process_files([str(d) for d in dirs], POSITIONS, str(tmp_path / "out"))
+    assert (tmp_path / "out" / "hyps.py").read_text() == "{\n'seq-0': 0,\n'seq-1': 'new',\n'seq-2': 2,\n}\n"

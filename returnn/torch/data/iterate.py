@@ -16,7 +16,7 @@ from returnn.errors import DatasetError
 if TYPE_CHECKING:
     from returnn.datasets.basic import Dataset
 
-__all__ = ["SEQ_IDX", "SEQ_TAG", "Item", "iterate_dataset", "iterate_lengths", "load_items"]
+__all__ = ["SEQ_IDX", "SEQ_TAG", "Item", "iterate_dataset", "ItemLoader", "iterate_lengths"]
 
 SEQ_TAG = "seq_tag"
 SEQ_IDX = "seq_idx"
@@ -55,7 +55,7 @@ def iterate_lengths(dataset: Dataset, *, epoch: int | None) -> Iterator[Item]:
     """Set up the epoch (not sharded) and yield its sequences as stand-ins that carry only their lengths, for a dataset
     that :meth:`~Dataset.knows_lengths_without_loading`: each key's value is the frame numbers ``1 .. length`` (so
     that the stages that cut and pad sequences show which frames an item holds: 0 for padding), read by
-    :func:`load_items`. The caller runs the dataset's ``finish_epoch`` when it has loaded what it needs."""
+    :class:`ItemLoader`. The caller runs the dataset's ``finish_epoch`` when it has loaded what it needs."""
     keys = _start_epoch(dataset, epoch, 0, 1)
     seq_idx = 0
     while dataset.is_less_than_num_seqs(seq_idx):
@@ -67,22 +67,32 @@ def iterate_lengths(dataset: Dataset, *, epoch: int | None) -> Iterator[Item]:
         seq_idx += 1
 
 
-def load_items(dataset: Dataset, items: list[Item]) -> list[Item]:
-    """The items of :func:`iterate_lengths` with their data: the frames they stand for, zeros where they hold 0."""
-    loaded = []
-    for item in items:
-        real = dict(item)
-        for key in dataset.get_data_keys():
+class ItemLoader:
+    """Loads the items of :func:`iterate_lengths` with their data: the frames they stand for, zeros where they hold 0.
+    The chunks of a sequence come one after the other: its data is read once for all of them."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.keys = list(dataset.get_data_keys())
+        self._last: tuple[int, dict[str, np.ndarray]] | None = None  # the last sequence read: position, data
+
+    def load(self, items: list[Item]) -> list[Item]:
+        return [self._load(item) for item in items]
+
+    def _load(self, item: Item) -> Item:
+        position = item[SEQ_IDX]
+        if self._last is None or self._last[0] != position:
+            self._last = position, {key: self.dataset.get_data(position, key) for key in self.keys}
+        loaded = dict(item)
+        for key, data in self._last[1].items():
             frames = item[key]
-            data = dataset.get_data(item[SEQ_IDX], key)
             if len(frames) and frames[0] > 0 and frames[-1] - frames[0] + 1 == len(frames):
-                real[key] = data[frames[0] - 1 : frames[-1]]  # consecutive frames: a view, as without stand-ins
+                loaded[key] = data[frames[0] - 1 : frames[-1]]  # consecutive frames: a view, as without stand-ins
             else:
-                real[key] = np.zeros((len(frames), *data.shape[1:]), dtype=data.dtype)
+                loaded[key] = np.zeros((len(frames), *data.shape[1:]), dtype=data.dtype)
                 inside = frames > 0
-                real[key][inside] = data[frames[inside] - 1]
-        loaded.append(real)
-    return loaded
+                loaded[key][inside] = data[frames[inside] - 1]
+        return loaded
 
 
 def _start_epoch(dataset: Dataset, epoch: int | None, shard_index: int, num_shards: int) -> list[str]:

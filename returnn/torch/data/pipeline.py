@@ -11,7 +11,7 @@ from returnn.torch.data.batching import batch_items, shuffle_batches
 from returnn.torch.data.chunking import add_context, chunk_items
 from returnn.torch.data.collate import CollatedBatch, collate_batch
 from returnn.torch.data.filter import filter_by_length
-from returnn.torch.data.iterate import Item, iterate_dataset, iterate_lengths, load_items
+from returnn.torch.data.iterate import Item, ItemLoader, iterate_dataset, iterate_lengths
 from returnn.torch.data.options import DataPipelineOptions
 
 if TYPE_CHECKING:
@@ -85,11 +85,12 @@ def _own_batches_read_alone(
     """Batching scope "epoch" for a dataset that knows its lengths without loading: the stages run on the lengths
     alone, and this shard reads only the sequences of its own batches."""
     items = iterate_lengths(dataset, epoch=epoch)
+    loader = ItemLoader(dataset)
     try:
         batches = _batches_of(items, options, epoch=epoch, mode=mode, shard_index=0, num_shards=1)
         for index, batch in enumerate(batches):
             if index % num_shards == shard_index:
-                yield collate_batch(load_items(dataset, batch), shared_memory=shared_memory)
+                yield collate_batch(loader.load(batch), shared_memory=shared_memory)
     finally:
         dataset.finish_epoch()
 

@@ -216,10 +216,14 @@ class ReadCountingHDFDataset(HDFDataset):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.read_positions: set[int] = set()
+        self.reads: list[tuple[int, str]] = []
+
+    @property
+    def read_positions(self) -> set[int]:
+        return {position for position, _ in self.reads}
 
     def get_data(self, seq_idx, key):
-        self.read_positions.add(seq_idx)
+        self.reads.append((seq_idx, key))
         return super().get_data(seq_idx, key)
 
     def knows_lengths_without_loading(self):
@@ -254,6 +258,7 @@ def test_epoch_batches_of_a_dataset_that_knows_its_lengths_are_read_by_their_sha
     def batches(rank: int = 0, world_size: int = 1) -> tuple[list[dict], set[int]]:
         dataset = ReadCountingHDFDataset(files=[str(tmp_path / "data.hdf")], partition_epoch=2, seq_ordering="random")
         loaded = list(build_data_loader(dataset, options, rank=rank, world_size=world_size).iter_epoch(2))
+        assert len(set(dataset.reads)) == len(dataset.reads)  # each sequence read once, also for several chunks
         return loaded, dataset.read_positions
 
     assert not HDFDataset.knows_lengths_without_loading(ReadCountingHDFDataset(files=[str(tmp_path / "data.hdf")]))
