@@ -119,7 +119,10 @@ def engine_run(
         except subprocess.TimeoutExpired:
             return "FAILED (timed out)", "", None
         log_path = os.path.join(run_dir, "returnn.log")
-        log = open(log_path).read() if os.path.exists(log_path) else ""
+        log = ""
+        if os.path.exists(log_path):
+            with open(log_path) as file:
+                log = file.read()
         found = re.search(r"^.*epoch=1 .*time=([\d.]+)s", log, flags=re.MULTILINE)
         if result.returncode != 0 or found is None:
             last = (result.stdout + result.stderr).strip().splitlines()

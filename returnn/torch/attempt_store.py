@@ -32,7 +32,7 @@ def attempt_store(timeout: datetime.timedelta, rank: int, world_size: int) -> di
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return dist.TCPStore(address, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False)
     agent_store = dist.TCPStore(address, port, world_size, is_master=False, timeout=timeout)
-    return _fresh_round_store(agent_store, address, timeout, rank, world_size)
+    return _fresh_round_store(agent_store, address, port, timeout, rank, world_size)
 
 
 _ROUND_STORE_KEY = "returnn/round-store"  # in the agent's store: "<host> <port> <token>" of this attempt's store
@@ -40,7 +40,7 @@ _TOKEN_KEY = "returnn/token"  # in this attempt's store: its token
 
 
 def _fresh_round_store(
-    agent_store: dist.Store, address: str, timeout: datetime.timedelta, rank: int, world_size: int
+    agent_store: dist.Store, address: str, port: int, timeout: datetime.timedelta, rank: int, world_size: int
 ) -> dist.Store:
     """Rank 0 starts a store on a free port and announces where, with a token of its own, in the agent's store. The
     other ranks may read the announcement of an earlier attempt (until rank 0 overwrote it); that store is gone, or
@@ -49,7 +49,7 @@ def _fresh_round_store(
     if rank == 0:
         # announced as the address by which this machine reaches the agent's store: rank 0 need not run where the
         # store does
-        own_address = _address_towards(address, int(os.environ["MASTER_PORT"]))
+        own_address = _address_towards(address, port)
         store = dist.TCPStore(own_address, 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
         token = uuid.uuid4().hex
         store.set(_TOKEN_KEY, token)
@@ -57,11 +57,11 @@ def _fresh_round_store(
         return store
     deadline = time.monotonic() + timeout.total_seconds()
     while True:
-        host, port, token = agent_store.get(_ROUND_STORE_KEY).decode().split()
+        host, round_port, token = agent_store.get(_ROUND_STORE_KEY).decode().split()
         with contextlib.suppress(OSError, dist.DistError):  # the store of an earlier attempt is gone
             # a quiet look first: the store's client logs every failed try
-            socket.create_connection((host, int(port)), timeout=_PROBE.total_seconds()).close()
-            store = dist.TCPStore(host, int(port), world_size, is_master=False, timeout=_PROBE)
+            socket.create_connection((host, int(round_port)), timeout=_PROBE.total_seconds()).close()
+            store = dist.TCPStore(host, int(round_port), world_size, is_master=False, timeout=_PROBE)
             if store.get(_TOKEN_KEY).decode() == token:
                 store.set_timeout(timeout)
                 return store

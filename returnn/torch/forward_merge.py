@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from returnn.datasets.util.hdf_merge import check_hdf_parts, merge_hdf_files
 from returnn.errors import DatasetError, StepFunctionError
@@ -60,11 +60,11 @@ def merge_process_files(
         for name, holders in sorted(by_name.items())
     }
     # the files made from the parts first: moving a part takes it from its directory
-    for name, (write, _) in sorted(plans.items(), key=lambda item: _takes_part(item[1][0])):
+    for name, plan in sorted(plans.items(), key=lambda item: item[1].takes_part):
         target = os.path.join(destination, name)
         os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        write(target)
-    return {name: how for name, (_, how) in plans.items()}
+        plan.write(target)
+    return {name: plan.how for name, plan in plans.items()}
 
 
 def log_written(written: dict[str, str]) -> None:
@@ -88,19 +88,25 @@ def _files_below(directory: str) -> list[str]:
     )
 
 
-def _merge_plan(
-    name: str, holders: list[str], positions: dict[str, int], target: str, *, append: bool
-) -> tuple[Callable[[str], None], str]:
+class _Plan(NamedTuple):
+    """How to write a merged file from its parts, and that in words."""
+
+    write: Callable[[str], None]
+    how: str
+    takes_part: bool = False  # moves a part out of its process directory (so it is done after the others)
+
+
+def _merge_plan(name: str, holders: list[str], positions: dict[str, int], target: str, *, append: bool) -> _Plan:
     """How to write the merged ``name`` from its parts in the process directories ``holders`` (decided before anything
     is written), and that in words."""
     paths = [os.path.join(directory, name) for directory in holders]
     single = len(paths) == 1 or all(filecmp.cmp(paths[0], other, shallow=False) for other in paths[1:])
     if single and append and os.path.isfile(target):
-        return functools.partial(_append, paths[0]), "appended to the existing file"
+        return _Plan(functools.partial(_append, paths[0]), "appended to the existing file")
     if single:
         if len(paths) == 1:
-            return functools.partial(_move, paths[0]), f"written by {os.path.basename(holders[0])} alone"
-        return functools.partial(_move, paths[0]), f"the same in {len(paths)} processes"
+            return _Plan(functools.partial(_move, paths[0]), f"written by {os.path.basename(holders[0])} alone", True)
+        return _Plan(functools.partial(_move, paths[0]), f"the same in {len(paths)} processes", True)
     if _is_returnn_hdf(paths[0]):
         try:
             check_hdf_parts(paths)
@@ -111,10 +117,10 @@ def _merge_plan(
             ) from error
         order_keys = [[_position(positions, tag, name, holders) for tag in _hdf_tags(path)] for path in paths]
         how = f"HDF, {sum(map(len, order_keys))} sequences from {len(paths)} processes"
-        return functools.partial(_merge_hdf, paths=paths, order_keys=order_keys), how
+        return _Plan(functools.partial(_merge_hdf, paths=paths, order_keys=order_keys), how)
     tag_dict = _TagDict.read(paths, positions)
     if tag_dict is not None:
-        return tag_dict.write, f"{tag_dict.kind}, {len(tag_dict.entries)} sequences from {len(paths)} processes"
+        return _Plan(tag_dict.write, f"{tag_dict.kind}, {len(tag_dict.entries)} sequences from {len(paths)} processes")
     appending = " (opened for appending)" if append else ""
     raise StepFunctionError(
         f"forward: {len(paths)} processes wrote different files {name!r}{appending}, which cannot be merged (only HDF "
@@ -237,8 +243,8 @@ def _python_entries(text: str) -> list[tuple[str, str]] | None:
     (far less memory than the whole literal) and each entry's text kept as written; any other layout is read whole.
     """
     lines = [line.strip() for line in text.strip().split("\n")]
-    entry_lines = [line for line in lines[1:-1] if line]
     if len(lines) >= 2 and lines[0] == "{" and lines[-1] == "}":
+        entry_lines = [line for line in lines[1:-1] if line]
         entries: dict[str, str] = {}  # as a dict literal: a tag written twice keeps its first place and last value
         for number, line in enumerate(entry_lines, 1):
             entry = line.removesuffix(",")
@@ -261,10 +267,6 @@ def _python_dict(text: str) -> dict[str, Any] | None:
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return None
     return value if isinstance(value, dict) and all(isinstance(tag, str) for tag in value) else None
-
-
-def _takes_part(write: Callable[[str], None]) -> bool:
-    return isinstance(write, functools.partial) and write.func is _move
 
 
 def _move(source: str, target: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
@@ -63,9 +64,8 @@ def iterate_batches(
             yield from _own_batches_read_alone(dataset, options, epoch, mode, shard_index, num_shards, shared_memory)
             return
         batches = _epoch_batches(dataset, options, epoch=epoch, mode=mode, shard_index=0, num_shards=1)
-        for index, batch in enumerate(batches):
-            if index % num_shards == shard_index:
-                yield collate_batch(batch, shared_memory=shared_memory)
+        for batch in itertools.islice(batches, shard_index, None, num_shards):
+            yield collate_batch(batch, shared_memory=shared_memory)
     else:
         for batch in _epoch_batches(
             dataset, options, epoch=epoch, mode=mode, shard_index=shard_index, num_shards=num_shards
@@ -88,9 +88,8 @@ def _own_batches_read_alone(
     loader = ItemLoader(dataset)
     try:
         batches = _batches_of(items, options, epoch=epoch, mode=mode, shard_index=0, num_shards=1)
-        for index, batch in enumerate(batches):
-            if index % num_shards == shard_index:
-                yield collate_batch(loader.load(batch), shared_memory=shared_memory)
+        for batch in itertools.islice(batches, shard_index, None, num_shards):
+            yield collate_batch(loader.load(batch), shared_memory=shared_memory)
     finally:
         dataset.finish_epoch()
 
